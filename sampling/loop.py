@@ -1,0 +1,55 @@
+"""``sample()``: the whole sampling chain as one jitted ``lax.scan`` over solver steps."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from sampling.solvers.base import SolverState
+
+
+def _chain(denoise: Callable, params: Any, solver, grid: jax.Array, x_T: jax.Array,
+           cond: Mapping[str, jax.Array] | None, key: jax.Array, debug: bool) -> SolverState:
+    model = lambda x, t: denoise(params, x, t, cond)  # noqa: E731
+    state = solver.init(x_T, key)
+
+    def body(state, ts):
+        return solver.step(state, model, ts[0], ts[1]), None
+
+    pairs = jnp.stack([grid[:-1], grid[1:]], axis=1)  # [N, 2]
+    if debug:
+        for ts in pairs:  # same step, eager, one Python iteration per step
+            state, _ = body(state, ts)
+        return state
+    return jax.lax.scan(body, state, pairs)[0]
+
+
+_chain_jit = jax.jit(_chain, static_argnames=("denoise", "debug"))
+
+
+def sample(denoise: Callable, params: Any, solver, grid: jax.Array, x_T: jax.Array,
+           cond: Mapping[str, jax.Array] | None = None, key: jax.Array | None = None,
+           *, debug: bool = False) -> jax.Array:
+    """Runs a solver over a time grid.
+
+    Args:
+      denoise: a hashable ``denoise(params, x_t, t, cond) -> Prediction`` (e.g.
+        ``diffusion.nn.denoiser.Denoiser``); static under jit.
+      params: network parameters (traced).
+      solver: a solver dataclass (``sampling.solvers``); its knobs are traced.
+      grid: ``[N + 1]`` decreasing times (``sampling.grids.make_grid``); ``N`` is static.
+      x_T: ``[B, ...]`` the starting noise.
+      cond: conditioning dict passed to the denoiser (``{"label": [B]}``).
+      key: rng for stochastic solvers (default ``PRNGKey(0)``).
+      debug: run the steps in a Python loop, un-jitted, to step through them.
+
+    Returns:
+      ``[B, ...]`` the final sample.
+    """
+    key = jax.random.PRNGKey(0) if key is None else key
+    if debug:
+        return _chain(denoise, params, solver, grid, x_T, cond, key, True).x
+    return _chain_jit(denoise, params, solver, grid, x_T, cond, key, False).x
