@@ -1,0 +1,149 @@
+"""The training loop shared by diffusion training and every distiller.
+
+It owns the step loop, progress bar, logging, periodic and final callbacks,
+checkpointing, the non-finite guard and preemption (SIGTERM / Ctrl-C: save, then stop).
+It knows no method: the jitted step, the data iterator and callbacks come from outside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+import tqdm
+
+from diffusion.train import checkpoint
+from diffusion.train.state import TrainState
+from diffusion.train.writer import MetricWriter
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive non-finite updates; no checkpoint of this state was written."""
+
+
+class Preempted(Exception):
+    """Raised after a SIGTERM / SIGINT save; ``signum`` says which."""
+
+    def __init__(self, step: int, signum: int):
+        super().__init__(f"stopped by signal {signum} at step {step}; a checkpoint was saved, "
+                         "re-run the same command to resume")
+        self.step, self.signum = step, signum
+
+
+@dataclasses.dataclass
+class Callback:
+    """``fn(step, state) -> metrics dict or None``, run every ``every`` steps (0: never)
+    and, if ``at_end``, once after the last step."""
+
+    fn: Callable[[int, TrainState], dict | None]
+    every: int = 0
+    at_end: bool = True
+
+
+class _SignalFlag:
+    """Records SIGTERM / SIGINT instead of dying, so the loop can save first."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread (e.g. some test runners): no handler
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+@dataclasses.dataclass
+class LoopSettings:
+    num_steps: int
+    log_every: int = 100
+    ckpt_every: int = 1000
+    max_consecutive_nonfinite: int = 20
+    progress: bool = True
+
+
+def _check_finite(state: TrainState, limit: int) -> None:
+    consecutive = int(jax.device_get(state.consecutive_skipped))
+    if consecutive >= limit:
+        raise NonFiniteError(
+            f"{consecutive} consecutive non-finite updates (loss or gradients NaN/Inf) at step "
+            f"{int(jax.device_get(state.step))}; stopping without saving this state. Check the data for "
+            "NaNs, lower train.lr, or tighten train.grad_clip; the last good checkpoint is untouched.")
+
+
+def run(state: TrainState, train_step: Callable, data_iter: Any, make_batch: Callable[[Any], Any],
+        manager, config_dict: dict, settings: LoopSettings, writer: MetricWriter,
+        callbacks: Sequence[Callback] = ()) -> TrainState:
+    """Trains from ``state.step`` up to ``settings.num_steps``.
+
+    Args:
+      state: the (restored or fresh) train state, already sharded.
+      train_step: jitted ``(state, batch) -> (state, metrics)`` (state donated).
+      data_iter: checkpointable iterator of per-process batches.
+      make_batch: per-process batch -> global (sharded) batch.
+      manager: orbax ``CheckpointManager``.
+      config_dict: the resolved config, saved with every checkpoint.
+      settings: loop lengths and intervals.
+      writer: metric writer.
+      callbacks: periodic / final hooks (sample grids, evaluation).
+
+    Raises:
+      Preempted: after saving, when SIGTERM / SIGINT arrived.
+      NonFiniteError: too many consecutive non-finite updates (nothing saved).
+    """
+    start = int(jax.device_get(state.step))
+    bar = tqdm.tqdm(total=settings.num_steps, initial=start, disable=not settings.progress or jax.process_index(),
+                    dynamic_ncols=True, desc="train")
+    window, t_last, step = [], time.perf_counter(), start
+
+    def save(step, force=False):
+        _check_finite(state, settings.max_consecutive_nonfinite)
+        checkpoint.save(manager, step, state, config_dict, data_iter, force=force)
+
+    with _SignalFlag() as flag:
+        while step < settings.num_steps:
+            state, metrics = train_step(state, make_batch(next(data_iter)))
+            step += 1
+            window.append(metrics)
+            bar.update(1)
+            if step % settings.log_every == 0 or step == settings.num_steps:
+                fetched = jax.device_get(window)
+                now = time.perf_counter()
+                logged = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+                logged.update(steps_per_sec=len(window) / (now - t_last), skipped=float(jax.device_get(state.skipped)))
+                writer.write(step, logged)
+                bar.set_postfix(loss=f"{logged['loss']:.4f}", steps_s=f"{logged['steps_per_sec']:.2f}")
+                window, t_last = [], now
+                _check_finite(state, settings.max_consecutive_nonfinite)
+            # one host's SIGTERM is every host's: the distributed runtime agrees on a step
+            if flag.signum is not None or (jax.process_count() > 1 and manager.reached_preemption(step)):
+                save(step, force=True)
+                manager.wait_until_finished()
+                bar.close()
+                raise Preempted(step, flag.signum or signal.SIGTERM)
+            if step % settings.ckpt_every == 0 or step == settings.num_steps:
+                save(step)
+            for cb in callbacks:
+                if (cb.every and step % cb.every == 0) or (cb.at_end and step == settings.num_steps):
+                    t_cb = time.perf_counter()
+                    out = cb.fn(step, state)
+                    if out:
+                        writer.write(step, out)
+                    t_last += time.perf_counter() - t_cb  # keep callbacks out of steps/s
+    bar.close()
+    manager.wait_until_finished()
+    return state

@@ -1,0 +1,53 @@
+"""Plain denoising training as a method: the loss ``loss_fn(params, batch, rng, state)``."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from diffusion.losses import denoising_loss
+from diffusion.nn.denoiser import Denoiser
+from diffusion.schedules import Schedule, bcast_right
+from diffusion.train.state import TrainState
+
+
+def sample_times(key: jax.Array, shape: tuple[int, ...], schedule: Schedule) -> jax.Array:
+    """Training times: uniform over ``{1..T} / T`` for a discrete schedule, ``U(0, 1]`` else."""
+    if schedule.num_steps:
+        n = jax.random.randint(key, shape, 1, schedule.num_steps + 1)
+        return n.astype(jnp.float32) / schedule.num_steps
+    return 1.0 - jax.random.uniform(key, shape)  # (0, 1]
+
+
+def drop_labels(key: jax.Array, labels: jax.Array, prob: float, null_label: int) -> jax.Array:
+    """Replaces each label by ``null_label`` with probability ``prob`` (classifier-free guidance)."""
+    if prob <= 0:
+        return labels
+    return jnp.where(jax.random.uniform(key, labels.shape) < prob, null_label, labels)
+
+
+def make_diffusion_loss(denoiser: Denoiser, weighting: str = "eps", cond_drop_prob: float = 0.0,
+                        num_classes: int | None = None):
+    """The denoising objective for ``batch = {"image": [B, ...], "label": [B]}``.
+
+    ``x_t = alpha(t) x0 + sigma(t) eps`` at ``t`` from :func:`sample_times`; the label is
+    dropped to the null label ``num_classes`` with probability ``cond_drop_prob``.
+    Returns ``loss_fn(params, batch, rng, state) -> (loss, {})``.
+    """
+    schedule = denoiser.schedule
+
+    def loss_fn(params, batch, rng, state: TrainState):
+        x0 = batch["image"]
+        k_t, k_eps, k_drop, k_net = jax.random.split(rng, 4)
+        t = sample_times(k_t, x0.shape[:1], schedule)
+        eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+        alpha, sigma = schedule.alpha_sigma(t)
+        x_t = bcast_right(alpha, x0) * x0 + bcast_right(sigma, x0) * eps
+        cond = {}
+        if num_classes is not None:
+            cond["label"] = drop_labels(k_drop, batch["label"], cond_drop_prob, num_classes)
+        pred = denoiser(params, x_t, t, cond, rng=k_net, train=True)
+        loss, _ = denoising_loss(pred, x0, eps, t, schedule, weighting)
+        return loss, {}
+
+    return loss_fn

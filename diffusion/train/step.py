@@ -1,0 +1,63 @@
+"""The jitted training step: gradients, a non-finite guard, the optimizer and the EMA.
+
+A method is a loss ``loss_fn(params, batch, rng, state) -> (loss, aux_metrics)``;
+the step knows nothing else about it (plain diffusion and every distiller share it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from diffusion.train.state import TrainState
+
+LossFn = Callable[[Any, Any, jax.Array, TrainState], tuple[jax.Array, dict]]
+
+
+def ema_decay_at(step: jax.Array, decay: float, warmup: bool = True) -> jax.Array:
+    """``min(decay, (1 + step) / (10 + step))`` with warmup, else ``decay``."""
+    if not warmup:
+        return jnp.asarray(decay, jnp.float32)
+    s = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + s) / (10.0 + s))
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, ema_decay: float,
+                    ema_warmup: bool = True) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """Returns ``train_step(state, batch) -> (state, metrics)`` (not yet jitted).
+
+    A step whose loss or gradients are not finite leaves params, EMA and optimizer state
+    untouched, increments ``skipped`` / ``consecutive_skipped`` and still advances
+    ``step`` (its batch is consumed). Metrics: ``loss``, ``grad_norm``, ``finite``,
+    ``lr``-free aux values from the loss.
+    """
+
+    def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng, state)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # any NaN/Inf gradient makes the norm non-finite
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        d = ema_decay_at(state.step, ema_decay, ema_warmup)
+        ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
+
+        def keep_if_finite(new, old):
+            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+        skip = (~finite).astype(jnp.int32)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep_if_finite(params, state.params),
+            ema_params=keep_if_finite(ema, state.ema_params),
+            opt_state=keep_if_finite(opt_state, state.opt_state),
+            skipped=state.skipped + skip,
+            consecutive_skipped=(state.consecutive_skipped + skip) * skip,
+        )
+        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, **aux}
+        return new_state, metrics
+
+    return train_step
