@@ -1,0 +1,51 @@
+"""Builds the pieces of an experiment from its config sections (plain arguments inward)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections
+
+from diffusion.data import DatasetInfo, make_source
+from diffusion.nn.denoiser import Denoiser
+from diffusion.nn.unet import UNet
+from diffusion.schedules import Schedule, make_schedule
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_schedule(diffusion: ml_collections.ConfigDict) -> Schedule:
+    return make_schedule(diffusion.schedule, diffusion.num_steps)
+
+
+def build_unet(model: ml_collections.ConfigDict, info: DatasetInfo) -> UNet:
+    if model.dtype not in DTYPES:
+        raise ValueError(f"unknown config.model.dtype {model.dtype!r}; expected one of {sorted(DTYPES)}")
+    if model.class_conditional and info.num_classes is None:
+        raise ValueError("config.model.class_conditional=True but the dataset has no labels; set it to False")
+    return UNet(
+        channels=model.channels,
+        channel_mult=tuple(model.channel_mult),
+        num_res_blocks=model.num_res_blocks,
+        attn_resolutions=tuple(model.attn_resolutions),
+        num_heads=model.num_heads,
+        dropout=model.dropout,
+        scale_shift=model.scale_shift,
+        num_classes=info.num_classes if model.class_conditional else None,
+        context_dim=model.context_dim,
+        out_channels=info.image_shape[-1],
+        dtype=DTYPES[model.dtype],
+    )
+
+
+def build_denoiser(config: ml_collections.ConfigDict, info: DatasetInfo) -> Denoiser:
+    return Denoiser(build_unet(config.model, info), build_schedule(config.diffusion), config.model.pred_type)
+
+
+def build_source(config: ml_collections.ConfigDict, split: str = "train"):
+    """``(source, DatasetInfo)`` of ``config.data``."""
+    return make_source(config.data.name, split, resolution=config.data.resolution, data_dir=config.data.data_dir)
+
+
+def num_classes(denoiser: Denoiser) -> int | None:
+    """The class count of a class-conditional UNet (its null label), else None."""
+    return getattr(denoiser.module, "num_classes", None)

@@ -1,0 +1,84 @@
+"""Command-line plumbing shared by the ``launch.*`` entry points.
+
+``run(main)`` is ``absl.app.run`` with a flag parser that turns a bad
+``--config.a.b=value`` override into one clear line (which field is unknown and which
+fields exist there) instead of a traceback; it quiets INFO logs of orbax / absl and
+turns on JAX's persistent compilation cache (``$JAX_COMPILATION_CACHE_DIR``, default
+``~/.cache/kairos/jax``), so a second run of the same config skips most compilation.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+from absl import app, flags, logging
+
+
+def _config_arg(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def explain_override_error(argv: list[str]) -> str | None:
+    """Loads the ``--config`` file and names the first override that is not a config field."""
+    spec = _config_arg(argv)
+    if spec is None:
+        return None
+    from ml_collections.config_flags.config_flags import _LoadConfigModule  # noqa: PLC2701
+
+    path, _, variant = spec.partition(":")
+    try:
+        module = _LoadConfigModule(f"{path}_config", path)
+        config = module.get_config(variant) if variant else module.get_config()
+    except Exception as e:  # the config file itself is broken
+        return f"could not load config {spec!r}: {e}"
+    for a in argv:
+        if not a.startswith("--config."):
+            continue
+        key = a[len("--config."):].split("=", 1)[0]
+        node, walked = config, []
+        for part in key.split("."):
+            if not hasattr(node, "keys") or part not in node.keys():
+                where = ".".join(walked) or "the config"
+                choices = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a section)"
+                return (f"unknown config field {key!r} in --config.{key}: {where} has no {part!r}. "
+                        f"Fields of {where}: {choices}")
+            node, walked = node[part], walked + [part]
+    return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}\nRun with --helpfull for the flags.", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError, ValueError, TypeError) as e:
+        message = explain_override_error(argv) or f"bad --config override: {e}"
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def enable_compilation_cache() -> None:
+    import jax
+
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        root = pathlib.Path(os.environ.get("KAIROS_CACHE", pathlib.Path.home() / ".cache" / "kairos"))
+        jax.config.update("jax_compilation_cache_dir", str(root / "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def run(main) -> None:
+    def quiet_main(argv):
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+        enable_compilation_cache()
+        return main(argv)
+
+    app.run(quiet_main, flags_parser=parse_flags)
