@@ -1,0 +1,56 @@
+"""Timing helpers for the benchmarks: warm-up, repeats, medians, machine description."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+
+def time_fn(fn: Callable[[], object], warmup: int = 2, repeats: int = 10) -> dict:
+    """Runs ``fn`` (which must block until its result is ready) ``warmup + repeats`` times.
+
+    Returns ``{"median_s", "min_s", "max_s", "repeats"}`` over the timed repeats.
+    """
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median_s": float(np.median(times)), "min_s": float(np.min(times)), "max_s": float(np.max(times)),
+            "repeats": repeats}
+
+
+def flops_of(compiled) -> float:
+    """FLOPs of a compiled XLA program from its cost analysis (0 if unavailable)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list):  # older jax returned one dict per device program
+        cost = cost[0]
+    return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "date": datetime.date.today().isoformat(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "devices": [d.device_kind for d in jax.devices()],
+        "jax": jax.__version__,
+    }
