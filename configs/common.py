@@ -62,12 +62,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample = ml_collections.ConfigDict()
     c.sample.solver = "ddim"
     c.sample.steps = 50
+    c.sample.grid = "trailing"
     c.sample.num = 100  # images per grid (10 per class when class-conditional)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.fd_digits = True  # FD-digits at the end (digits datasets only)
     c.eval.solver = "ddim"
     c.eval.steps = 50
+    c.eval.grid = "trailing"
     c.eval.num_samples = 1000
     c.eval.batch_size = 500
     return c
@@ -81,6 +83,6 @@ RESUMABLE_KEYS = (
     "train.keep_last",
     "train.keep_every",
     "train.sample_every",
-    "sample.num",
+    "sample",
     "eval",
 )

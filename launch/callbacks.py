@@ -14,7 +14,7 @@ from diffusion.metrics.grid import save_grid
 from diffusion.nn.denoiser import Denoiser
 from diffusion.train.state import TrainState
 from launch.builders import num_classes
-from launch.generate import class_labels, generate
+from launch.generate import SamplerSpec, class_labels, generate
 
 FD_FILE = "fd_digits.json"
 
@@ -25,9 +25,10 @@ def sample_grid_callback(denoiser: Denoiser, info: DatasetInfo, config: ml_colle
     classes = num_classes(denoiser)
 
     def fn(step: int, state: TrainState):
-        images = generate(denoiser, state.ema_params, info.image_shape, config.sample.num,
-                          solver=config.sample.solver, steps=config.sample.steps, batch_size=config.sample.num,
-                          seed=config.seed, labels=class_labels(config.sample.num, classes))
+        spec = SamplerSpec(config.sample.solver, config.sample.steps, config.sample.grid)
+        images = generate(denoiser, state.ema_params, info.image_shape, config.sample.num, spec,
+                          batch_size=config.sample.num, seed=config.seed,
+                          labels=class_labels(config.sample.num, classes), null_label=classes)
         if jax.process_index() == 0:  # labels cycle 0..9, so column j shows class j
             save_grid(images, workdir / "samples" / f"step_{step:06d}.png", nrow=classes or None,
                       scale=max(1, 32 // info.image_shape[0]))
@@ -43,9 +44,9 @@ def fd_digits_eval(denoiser: Denoiser, params, info: DatasetInfo, config: ml_col
     classes = num_classes(denoiser)
     labels = class_labels(config.eval.num_samples, classes)
     t0 = time.perf_counter()
-    images = generate(denoiser, params, info.image_shape, config.eval.num_samples, solver=config.eval.solver,
-                      steps=config.eval.steps, batch_size=config.eval.batch_size, seed=config.seed + 1,
-                      labels=labels)
+    spec = SamplerSpec(config.eval.solver, config.eval.steps, config.eval.grid)
+    images = generate(denoiser, params, info.image_shape, config.eval.num_samples, spec,
+                      batch_size=config.eval.batch_size, seed=config.seed + 1, labels=labels, null_label=classes)
     sample_s = time.perf_counter() - t0
     result = fd_digits(images, labels)
     result.update(solver=config.eval.solver, steps=config.eval.steps, sample_seconds=sample_s)

@@ -74,6 +74,24 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def with_clean_errors(main):
+    """Bad input (ValueError, FileNotFoundError and their subclasses) becomes one
+    ``error: ...`` line and exit status 2; ``--verbosity=1`` shows the traceback."""
+
+    def wrapped(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        try:
+            return main(argv)
+        except (ValueError, FileNotFoundError) as e:
+            if flags.FLAGS["verbosity"].present:
+                raise
+            print(f"error: {e}\n(add --verbosity=1 for the traceback)", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    return wrapped
+
+
 def run(main) -> None:
     def quiet_main(argv):
         if not flags.FLAGS["verbosity"].present:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from launch import cli
@@ -25,27 +25,21 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
     if FLAGS.multihost:
         jax.distributed.initialize()
     from diffusion.train.loop import NonFiniteError, Preempted
     from launch.experiment import train
-    from launch.workdir import WorkdirMismatchError
 
     try:
         train(FLAGS.config, FLAGS.workdir)
     except Preempted as e:
         print(str(e), file=sys.stderr, flush=True)
         sys.exit(128 + e.signum)
-    except (WorkdirMismatchError, NonFiniteError, ValueError, FileNotFoundError) as e:
-        if FLAGS["verbosity"].present:  # -v / --verbosity: show the traceback too
-            raise
-        print(f"error: {e}\n(add --verbosity=1 for the traceback)", file=sys.stderr, flush=True)
-        sys.exit(2)
+    except NonFiniteError as e:
+        raise ValueError(str(e)) from e
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(cli.with_clean_errors(main))

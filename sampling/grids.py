@@ -1,4 +1,17 @@
-"""Sampling time grids: ``[N + 1]`` decreasing times from ``t_max`` to ``0``."""
+"""Sampling time grids: ``[N + 1]`` decreasing times ending at ``0``.
+
+* ``uniform``: the DDIM paper's uniform skip on the ``T``-step training grid: network
+  times ``n = 1, 1 + k, 1 + 2k, ...`` (``k = T // N``), largest first (the released
+  TS-DPM / DDIM code's ``range(0, T, k) + 1``); it does not start at pure noise.
+* ``trailing``: ``N`` equal steps from ``t = 1`` (diffusers' "trailing"; starts at pure noise).
+* ``quadratic``: the DDIM paper's quadratic spacing ``n_i ~ (i * sqrt(0.8 T) / (N - 1))^2``,
+  dense near the data, up to ``0.8 T`` as in its released code (times that would repeat
+  near ``t = 0`` are pushed apart by one training step).
+* ``logsnr``: uniform in log-SNR from ``t = 1`` to ``t = 1 / T`` (DPM-Solver's choice;
+  continuous times, not snapped to the training grid).
+
+The last entry is always ``0``: the final step returns the data prediction.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +20,41 @@ import numpy as np
 
 from diffusion.schedules import Schedule
 
-GRIDS = ("uniform",)
+GRIDS = ("uniform", "trailing", "quadratic", "logsnr")
 
 
-def snap_to_training_grid(t: np.ndarray, schedule: Schedule) -> np.ndarray:
-    """Rounds times to the ``n / T`` grid of a discrete schedule (no-op for continuous)."""
-    if schedule.num_steps:
-        return np.round(t * schedule.num_steps) / schedule.num_steps
-    return t
+def _network_times(kind: str, n: int, schedule: Schedule) -> np.ndarray:
+    T = schedule.num_steps or 1000  # continuous schedules: the same rule on a 1000-step lattice
+    if kind == "uniform":
+        k = max(T // n, 1)
+        steps = (np.arange(0, T, k)[:n] + 1)[::-1]
+        return steps / T
+    if kind == "trailing":
+        return np.round(np.linspace(T, 0, n + 1)[:-1]) / T
+    if kind == "quadratic":
+        steps = (np.linspace(0, np.sqrt(0.8 * T), n) ** 2).astype(int) + 1
+        steps = np.maximum.accumulate(steps - np.arange(n)) + np.arange(n)  # no repeats near t = 0
+        return steps[::-1] / T
+    if kind == "logsnr":
+        hi, lo = float(schedule.logsnr(jnp.asarray(1.0 / T))), float(schedule.logsnr(jnp.asarray(1.0)))
+        return np.asarray(schedule.t_from_logsnr(jnp.linspace(lo, hi, n)), np.float64)
+    raise ValueError(f"unknown time grid {kind!r}; expected one of {', '.join(GRIDS)}")
 
 
-def make_grid(kind: str, num_steps: int, schedule: Schedule, t_max: float = 1.0) -> jnp.ndarray:
-    """A grid of ``num_steps`` steps: ``[num_steps + 1]`` times, ``grid[0] = t_max``, ``grid[-1] = 0``.
+def make_grid(kind: str, num_steps: int, schedule: Schedule) -> jnp.ndarray:
+    """``[num_steps + 1]`` decreasing times: ``num_steps`` network times, then ``0``.
 
     Args:
-      kind: ``uniform`` (equal steps in t; on a discrete schedule, snapped to its steps).
-      num_steps: number of denoiser evaluations for a first-order solver (>= 1).
+      kind: one of ``GRIDS`` (module docstring).
+      num_steps: steps of a first-order solver (= network calls), >= 1.
       schedule: the model's noise schedule.
-      t_max: the first time (1 = pure noise).
     """
     if num_steps < 1:
         raise ValueError(f"need at least 1 sampling step, got {num_steps}")
     if schedule.num_steps and num_steps > schedule.num_steps:
         raise ValueError(f"{num_steps} steps exceed the {schedule.num_steps} steps of the training schedule")
-    if kind == "uniform":
-        t = np.linspace(t_max, 0.0, num_steps + 1)
-    else:
-        raise ValueError(f"unknown time grid {kind!r}; expected one of {GRIDS}")
-    return jnp.asarray(snap_to_training_grid(t, schedule), jnp.float32)
+    times = _network_times(kind, num_steps, schedule)
+    if len(np.unique(times)) != num_steps or np.any(np.diff(times) >= 0):
+        raise ValueError(f"the {kind!r} grid with {num_steps} steps repeats times on a {schedule.num_steps}-step "
+                         "schedule; use fewer steps or another grid")
+    return jnp.asarray(np.concatenate([times, [0.0]]), jnp.float32)

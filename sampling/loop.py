@@ -12,22 +12,26 @@ from sampling.solvers.base import SolverState
 
 
 def _chain(denoise: Callable, params: Any, solver, grid: jax.Array, x_T: jax.Array,
-           cond: Mapping[str, jax.Array] | None, key: jax.Array, debug: bool) -> SolverState:
+           cond: Mapping[str, jax.Array] | None, key: jax.Array, debug: bool, trajectory: bool = False):
+    """``(final state, [N, *x.shape] states after each step or None)``."""
     model = lambda x, t: denoise(params, x, t, cond)  # noqa: E731
     state = solver.init(x_T, key)
 
     def body(state, ts):
-        return solver.step(state, model, ts[0], ts[1]), None
+        state = solver.step(state, model, ts[0], ts[1])
+        return state, (state.x if trajectory else None)
 
     pairs = jnp.stack([grid[:-1], grid[1:]], axis=1)  # [N, 2]
     if debug:
+        xs = []
         for ts in pairs:  # same step, eager, one Python iteration per step
-            state, _ = body(state, ts)
-        return state
-    return jax.lax.scan(body, state, pairs)[0]
+            state, x = body(state, ts)
+            xs.append(x)
+        return state, (jnp.stack(xs) if trajectory else None)
+    return jax.lax.scan(body, state, pairs)
 
 
-_chain_jit = jax.jit(_chain, static_argnames=("denoise", "debug"))
+_chain_jit = jax.jit(_chain, static_argnames=("debug", "trajectory"))
 
 
 def sample(denoise: Callable, params: Any, solver, grid: jax.Array, x_T: jax.Array,
@@ -36,8 +40,9 @@ def sample(denoise: Callable, params: Any, solver, grid: jax.Array, x_T: jax.Arr
     """Runs a solver over a time grid.
 
     Args:
-      denoise: a hashable ``denoise(params, x_t, t, cond) -> Prediction`` (e.g.
-        ``diffusion.nn.denoiser.Denoiser``); static under jit.
+      denoise: ``denoise(params, x_t, t, cond) -> Prediction`` as a pytree (e.g.
+        ``diffusion.nn.denoiser.Denoiser``, ``sampling.transforms.guidance.Guided``):
+        its leaves (a guidance scale) are traced, its structure is static.
       params: network parameters (traced).
       solver: a solver dataclass (``sampling.solvers``); its knobs are traced.
       grid: ``[N + 1]`` decreasing times (``sampling.grids.make_grid``); ``N`` is static.
@@ -51,5 +56,13 @@ def sample(denoise: Callable, params: Any, solver, grid: jax.Array, x_T: jax.Arr
     """
     key = jax.random.PRNGKey(0) if key is None else key
     if debug:
-        return _chain(denoise, params, solver, grid, x_T, cond, key, True).x
-    return _chain_jit(denoise, params, solver, grid, x_T, cond, key, False).x
+        return _chain(denoise, params, solver, grid, x_T, cond, key, True)[0].x
+    return _chain_jit(denoise, params, solver, grid, x_T, cond, key, False)[0].x
+
+
+def sample_trajectory(denoise: Callable, params: Any, solver, grid: jax.Array, x_T: jax.Array,
+                      cond: Mapping[str, jax.Array] | None = None, key: jax.Array | None = None) -> jax.Array:
+    """Like :func:`sample` but returns every state: ``[N, B, ...]``, entry ``i`` at time
+    ``grid[i + 1]`` (the last is the final sample). For diagnostics (exposure bias)."""
+    key = jax.random.PRNGKey(0) if key is None else key
+    return _chain_jit(denoise, params, solver, grid, x_T, cond, key, False, True)[1]

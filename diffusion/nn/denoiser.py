@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from diffusion.param import Prediction, check_pred_type, to_prediction
 from diffusion.schedules import Schedule
 
 
-@dataclasses.dataclass(frozen=True)
+@struct.dataclass
 class Denoiser:
     """``denoise(params, x_t, t, cond, *, rng=None, train=False) -> Prediction(x0, eps)``.
 
-    Hashable (a static argument of ``jax.jit``): equal networks, schedules and
-    parameterisations give equal denoisers, so re-creating one does not recompile.
+    A pytree with no leaves (every field is static): passed to ``jax.jit`` as an
+    ordinary argument, equal networks, schedules and parameterisations give equal tree
+    structures, so re-creating one does not recompile. Transforms (``Guided``) wrap it
+    and add traced leaves.
 
     Attributes:
       module: a network called as ``module.apply({"params": p}, x_t, t, **cond, train=...)``
@@ -27,9 +29,9 @@ class Denoiser:
       pred_type: the network's native output: ``"eps"``, ``"x0"`` or ``"v"``.
     """
 
-    module: nn.Module
-    schedule: Schedule
-    pred_type: str = "eps"
+    module: nn.Module = struct.field(pytree_node=False)
+    schedule: Schedule = struct.field(pytree_node=False)
+    pred_type: str = struct.field(pytree_node=False, default="eps")
 
     def __post_init__(self):
         check_pred_type(self.pred_type)

@@ -46,6 +46,15 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data
     return manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
 
+def restore_subtree(manager: ocp.CheckpointManager, step: int, abstract: dict) -> dict:
+    """Restores only some fields of the saved state, e.g. ``{"ema_params": abstract}``
+    for sampling (the optimizer state is never read); the abstract leaves carry the
+    target shardings."""
+    args = ocp.args.PyTreeRestore(abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                  partial_restore=True)
+    return manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+
+
 def restore_config(manager: ocp.CheckpointManager, step: int | None = None) -> dict:
     """The resolved config saved with a checkpoint (the latest by default)."""
     step = manager.latest_step() if step is None else step

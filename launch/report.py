@@ -1,0 +1,98 @@
+"""Evaluation reports: ``report.md`` tables and FD-vs-steps plots from ``report.json`` records."""
+
+from __future__ import annotations
+
+import collections
+import pathlib
+
+import numpy as np
+
+
+def _group(records: list[dict], keys: tuple[str, ...]) -> dict:
+    groups = collections.defaultdict(list)
+    for r in records:
+        groups[tuple(str(r.get(k)) for k in keys)].append(r)
+    return groups
+
+
+def _mean_std(values: list[float]) -> str:
+    v = np.asarray(values, np.float64)
+    return f"{v.mean():.2f}" if len(v) == 1 else f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
+
+
+def _ts_label(r: dict) -> str:
+    ts = r.get("time_shift")
+    if not ts:
+        return "off"
+    return f"{ts[0]:g}:{ts[1]:g}" + ("" if r.get("time_shift_mode", "query") == "query" else " (dest)")
+
+
+def markdown(records: list[dict], title: str) -> str:
+    """Tables: one per (checkpoint, guidance, grid); rows solver x time shift, columns steps;
+    cells mean ± std of FD-digits over seeds (and class accuracy)."""
+    lines = [f"# {title}", "", "FD-digits (lower is better; mean ± std over seeds), then class accuracy.", ""]
+    for (ckpt, guidance, grid), recs in sorted(_group(records, ("ckpt", "guidance", "grid")).items()):
+        steps = sorted({r["steps"] for r in recs})
+        lines += [f"## checkpoint {ckpt}, guidance {guidance}, grid {grid}", "",
+                  "| solver | time shift | " + " | ".join(f"{s} steps" for s in steps) + " |",
+                  "|---|---|" + "---|" * len(steps)]
+        rows = _group(recs, ("solver",))
+        for (solver,), srecs in sorted(rows.items()):
+            for ts, trecs in sorted(_group_by_ts(srecs).items(), key=lambda kv: (kv[0] != "off", kv[0])):
+                by_steps = _group(trecs, ("steps",))
+                cells = []
+                for s in steps:
+                    rs = by_steps.get((str(s),), [])
+                    if not rs:
+                        cells.append("—")
+                        continue
+                    text = _mean_std([r["fd_digits"] for r in rs])
+                    if rs[0].get("class_accuracy") is not None:
+                        text += f" ({100 * np.mean([r['class_accuracy'] for r in rs]):.0f}%)"
+                    cells.append(text)
+                lines.append(f"| {solver} | {ts} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _group_by_ts(records: list[dict]) -> dict:
+    groups = collections.defaultdict(list)
+    for r in records:
+        groups[_ts_label(r)].append(r)
+    return groups
+
+
+def plots(records: list[dict], out_dir: pathlib.Path) -> list[pathlib.Path]:
+    """``fd_vs_steps_ckpt<N>[_w<g>][_<grid>].png``: FD-digits vs steps, a colour per solver,
+    solid without and dashed with the time shift (error bars: std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for (ckpt, guidance, grid), recs in sorted(_group(records, ("ckpt", "guidance", "grid")).items()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        colors = {}
+        for (solver,), srecs in sorted(_group(recs, ("solver",)).items()):
+            for ts, trecs in sorted(_group_by_ts(srecs).items()):
+                steps = sorted({r["steps"] for r in trecs})
+                fd = [[r["fd_digits"] for r in trecs if r["steps"] == s] for s in steps]
+                mean = [np.mean(f) for f in fd]
+                err = [np.std(f, ddof=1) if len(f) > 1 else 0.0 for f in fd]
+                color = colors.setdefault(solver, f"C{len(colors)}")
+                ax.errorbar(steps, mean, yerr=err, color=color, linestyle="-" if ts == "off" else "--",
+                            marker="o", capsize=2, label=f"{solver}" + ("" if ts == "off" else f" + TS {ts}"))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("sampling steps")
+        ax.set_ylabel("FD-digits")
+        ax.set_title(f"checkpoint {ckpt}, guidance {guidance}, grid {grid}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        name = f"fd_vs_steps_ckpt{ckpt}" + ("" if guidance == "None" else f"_w{guidance}") + \
+            ("" if grid == "trailing" else f"_{grid}") + ".png"
+        fig.savefig(out_dir / name, dpi=120)
+        plt.close(fig)
+        paths.append(out_dir / name)
+    return paths

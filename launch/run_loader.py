@@ -1,0 +1,85 @@
+"""Opens a finished (or running) work directory for sampling and evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from diffusion.data import DatasetInfo
+from diffusion.nn.denoiser import Denoiser
+from diffusion.train import checkpoint
+from launch.builders import build_denoiser, build_source, num_classes
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    workdir: pathlib.Path
+    config: ml_collections.ConfigDict
+    denoiser: Denoiser
+    info: DatasetInfo
+    steps: list[int]  # every checkpoint step on disk
+
+    @property
+    def num_classes(self) -> int | None:
+        return num_classes(self.denoiser)
+
+    def params(self, step: int) -> Any:
+        """The EMA parameters of checkpoint ``step`` (only they are read)."""
+        if step not in self.steps:
+            raise FileNotFoundError(f"no checkpoint at step {step} in {self.workdir}/checkpoints; "
+                                    f"available steps: {self.steps}")
+        module = self.denoiser.module
+        cond = {"label": jnp.zeros((1,), jnp.int32)} if self.num_classes else {}
+        shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, *self.info.image_shape)),
+                                                    jnp.zeros((1,)), **cond)["params"])
+        on_one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # sampling runs on one device
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_one_device), shapes)
+        manager = checkpoint.make_manager(self.workdir)
+        try:
+            return checkpoint.restore_subtree(manager, step, {"ema_params": abstract})["ema_params"]
+        finally:
+            manager.close()
+
+    def select(self, spec: str) -> list[int]:
+        """``latest``, ``all`` or a comma list of steps -> checkpoint steps (checked)."""
+        if not self.steps:
+            raise FileNotFoundError(f"{self.workdir} has no checkpoints yet")
+        if spec == "latest":
+            return [self.steps[-1]]
+        if spec == "all":
+            return list(self.steps)
+        try:
+            wanted = [int(s) for s in spec.split(",")]
+        except ValueError:
+            raise ValueError(f"--ckpts must be 'latest', 'all' or steps like '1000,2500', got {spec!r}") from None
+        missing = [s for s in wanted if s not in self.steps]
+        if missing:
+            raise FileNotFoundError(f"no checkpoint at step(s) {missing} in {self.workdir}; available: {self.steps}")
+        return wanted
+
+
+def load_run(workdir: str | pathlib.Path) -> LoadedRun:
+    """Rebuilds the model of a work directory from its ``config.json``.
+
+    Raises:
+      FileNotFoundError: not a Kairos work directory (no ``config.json``).
+    """
+    workdir = pathlib.Path(workdir)
+    path = workdir / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{workdir} has no config.json: not a Kairos work directory "
+                                "(train one with `python -m launch.train --config ... --workdir ...`)")
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    config.model.channel_mult = tuple(config.model.channel_mult)
+    config.model.attn_resolutions = tuple(config.model.attn_resolutions)
+    _, info = build_source(config)
+    manager = checkpoint.make_manager(workdir)
+    steps = sorted(manager.all_steps())
+    manager.close()
+    return LoadedRun(workdir, config, build_denoiser(config, info), info, steps)

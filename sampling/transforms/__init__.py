@@ -1,0 +1,7 @@
+"""Sampling-time transforms: a denoiser transform returns a denoiser, a solver transform
+returns a solver (docs/design/sampling.md)."""
+
+from sampling.transforms.guidance import Guided
+from sampling.transforms.time_shift import TimeShift
+
+__all__ = ["Guided", "TimeShift"]

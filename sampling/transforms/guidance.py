@@ -1,0 +1,43 @@
+"""Classifier-free guidance as a transform of the denoiser (Ho & Salimans 2022)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from diffusion.param import Prediction
+
+
+@struct.dataclass
+class Guided:
+    """``x0 = x0_u + scale (x0_c - x0_u)`` and likewise ``eps``, from one batched call.
+
+    The conditional and unconditional (null label) branches run as one ``[2B]`` batch;
+    the same affine combination of x0 and eps keeps ``x_t = alpha x0 + sigma eps``.
+    ``scale = 1`` is the conditional model, ``0`` the unconditional one. ``scale`` is a
+    traced leaf: sweeping it does not recompile.
+
+    Attributes:
+      denoiser: the wrapped denoiser (static structure).
+      scale: guidance scale ``w`` (scalar or ``[B]``).
+      null_label: the unconditional label (the UNet's ``num_classes``).
+    """
+
+    denoiser: Any
+    scale: jax.Array | float
+    null_label: int = struct.field(pytree_node=False, default=10)
+
+    def __call__(self, params, x_t, t, cond: Mapping[str, jax.Array] | None = None, **kwargs) -> Prediction:
+        if not cond or "label" not in cond:
+            raise ValueError("classifier-free guidance needs cond['label'] (a class-conditional model)")
+        b = x_t.shape[0]
+        t = jnp.asarray(t)
+        both_t = jnp.concatenate([t, t]) if t.ndim else t
+        labels = jnp.concatenate([cond["label"], jnp.full_like(cond["label"], self.null_label)])
+        both = self.denoiser(params, jnp.concatenate([x_t, x_t]), both_t, {**cond, "label": labels}, **kwargs)
+        w = jnp.reshape(jnp.asarray(self.scale, x_t.dtype), jnp.shape(self.scale) + (1,) * (x_t.ndim - jnp.ndim(self.scale)))
+        mix = lambda y: y[b:] + w * (y[:b] - y[b:])  # noqa: E731
+        return Prediction(x0=mix(both.x0), eps=mix(both.eps))
