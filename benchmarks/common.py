@@ -54,3 +54,40 @@ def machine() -> dict:
         "devices": [d.device_kind for d in jax.devices()],
         "jax": jax.__version__,
     }
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, float]:
+    """Median seconds of each blocking function: one warm-up call each, then ``repeats``
+    rounds that call every function once, so the drifts of a noisy machine hit all alike."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def emit(result: dict, out: str | None) -> None:
+    """Prints the result as JSON and writes it to ``out`` when given."""
+    import json
+    import pathlib
+
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if out:
+        pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(out).write_text(text + "\n")
+
+
+def write_keeping_verdict(path, text: str) -> None:
+    """Writes a results page whose ``## Verdict`` section is the placeholder ``VERDICT``,
+    keeping a verdict already written by hand in the existing file."""
+    import pathlib
+
+    path = pathlib.Path(path)
+    if path.exists() and "VERDICT" not in path.read_text():
+        text = text.replace("## Verdict\n\nVERDICT\n", "## Verdict" + path.read_text().split("## Verdict", 1)[-1])
+    path.write_text(text)

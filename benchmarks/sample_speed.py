@@ -3,8 +3,8 @@ r"""Sampling speed: compile time vs steps, and sample() vs a Python loop vs the 
     python -m benchmarks.sample_speed [--workdir runs/digits | --config configs/digits.py] \
         [--batch 256] [--out docs/results/sample_speed.json]
 
-1. Compile time of ``sample()`` (DDIM, DPM-Solver++ 2M, F-PNDM) at 10, 100 and 1000 steps:
-   the scan compiles the step once, so it should be flat in the number of steps.
+1. Compile time of ``sample()`` (DDIM, DPM-Solver++ 2M, F-PNDM) at 10, 100 and 1000 steps,
+   median of 3: the scan compiles the step once, so it should be flat in the number of steps.
 2. Images/s at 50 DDIM steps of (a) ``sample()`` (one jitted ``lax.scan``), (b) a
    per-step Python loop calling the jitted denoiser and a jitted DDIM update, and (c) the
    model's own forward throughput (jitted denoiser alone, 50 calls): (c)/(a) in time is
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import flops_of, machine, time_fn
+from benchmarks.common import emit, flops_of, machine, time_interleaved
 from sampling import loop
 from sampling.grids import make_grid
 from sampling.solvers import DDIM, make_solver
@@ -53,17 +53,24 @@ def load_model(args):
     return den, params, shape, labels
 
 
-def compile_times(den, params, shape, labels, batch) -> dict:
+def compile_times(den, params, shape, labels, batch, rounds: int = 3) -> dict:
+    """Median of ``rounds`` compilations of each (solver, steps), the step counts
+    interleaved within a round so that machine drift hits them alike."""
     x_T = jnp.zeros((batch, *shape))
     cond = {"label": labels} if labels is not None else None
     out = {}
     for name in ("ddim", "dpmpp2m", "fpndm"):
         solver = make_solver(name, den.schedule)
-        for n in (10, 100, 1000):
-            grid = make_grid("trailing", n, den.schedule)
-            t0 = time.perf_counter()
-            loop._chain_jit.lower(den, params, solver, grid, x_T, cond, jax.random.PRNGKey(0), False).compile()
-            out[f"{name}/{n}"] = time.perf_counter() - t0
+        times = {n: [] for n in (10, 100, 1000)}
+        for _ in range(rounds):
+            for n in times:
+                grid = make_grid("trailing", n, den.schedule)
+                jax.clear_caches()  # otherwise a repeat is served from the in-memory cache
+                t0 = time.perf_counter()
+                loop._chain_jit.lower(den, params, solver, grid, x_T, cond, jax.random.PRNGKey(0), False).compile()
+                times[n].append(time.perf_counter() - t0)
+        for n, ts in times.items():
+            out[f"{name}/{n}"] = float(np.median(ts))
         out[f"{name}/ratio_1000_vs_10"] = out[f"{name}/1000"] / out[f"{name}/10"]
     return out
 
@@ -107,14 +114,7 @@ def throughput(den, params, shape, labels, batch, steps=50) -> dict:
     np.testing.assert_allclose(np.asarray(compiled_scan(den, params, solver, grid, x_T, cond, key)[0].x),
                                np.asarray(_python_result(model_c, update, params, x_T, grid, steps)),
                                rtol=2e-3, atol=2e-3)
-    times = {name: [] for name in ("scan", "python_loop", "model_only")}
-    fns = {"scan": run_scan, "python_loop": run_python_loop, "model_only": run_model_only}
-    for fn in fns.values():
-        fn()  # warm-up
-    for _ in range(5):  # interleaved repeats
-        for name, fn in fns.items():
-            times[name].append(time_fn(fn, warmup=0, repeats=1)["median_s"])
-    med = {k: float(np.median(v)) for k, v in times.items()}
+    med = time_interleaved({"scan": run_scan, "python_loop": run_python_loop, "model_only": run_model_only})
     return {
         "batch": batch, "steps": steps,
         "seconds": med,
@@ -140,15 +140,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--parts", default="compile,throughput", help="compile and/or throughput")
+    ap.add_argument("--out", default=None, help="JSON file; parts not run now are kept from it")
     args = ap.parse_args()
     den, params, shape, labels = load_model(args)
-    result = {"machine": machine(), "compile_s": compile_times(den, params, shape, labels, args.batch),
-              "throughput": throughput(den, params, shape, labels, args.batch)}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        pathlib.Path(args.out).write_text(text + "\n")
+    parts = set(args.parts.split(","))
+    old = json.loads(pathlib.Path(args.out).read_text()) if args.out and pathlib.Path(args.out).exists() else {}
+    result = {**old, "machine": machine()}
+    if "compile" in parts:
+        result["compile_s"] = compile_times(den, params, shape, labels, args.batch)
+    if "throughput" in parts:
+        result["throughput"] = throughput(den, params, shape, labels, args.batch)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

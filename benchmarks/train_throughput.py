@@ -10,8 +10,6 @@ forward and forward+backward) in the same run for comparison.
 
 from __future__ import annotations
 
-import json
-import pathlib
 import time
 
 import jax
@@ -20,7 +18,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from benchmarks.common import flops_of, machine, time_fn
+from benchmarks.common import emit, flops_of, machine, time_fn
 from diffusion.train.objective import make_diffusion_loss
 from diffusion.train.setup import abstract_state, init_state, jit_train_step, state_factory
 from diffusion.train.sharding import global_batch, make_mesh
@@ -96,11 +94,7 @@ def main(_):
         "timing": timing,
     }
     result["fraction_of_conv_fwd_bwd_peak"] = result["achieved_gflops"] / peak["forward_backward_gflops"]
-    text = json.dumps(result, indent=2, default=str)
-    print(text)
-    if FLAGS.out:
-        pathlib.Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(FLAGS.out).write_text(text + "\n")
+    emit(result, FLAGS.out)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,11 @@ speed (FLOP/s of the model alone) from loop overhead (sampler vs model alone). M
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from benchmarks.common import flops_of, machine, time_fn
+from benchmarks.common import emit, flops_of, machine, time_interleaved
 from diffusion.nn.denoiser import Denoiser
 from diffusion.nn.unet import UNet
 from diffusion.schedules import make_schedule
@@ -95,14 +92,7 @@ def main():
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     sides = {"kairos": kairos(args.batch, args.steps), "diffusers": diffusers_side(args.batch, args.steps)}
-    fns = {f"{s}/{k}": sides[s][k] for s in sides for k in ("sampler", "model")}
-    for fn in fns.values():
-        fn()  # warm-up / compile
-    times = {k: [] for k in fns}
-    for _ in range(5):
-        for k, fn in fns.items():
-            times[k].append(time_fn(fn, warmup=0, repeats=1)["median_s"])
-    med = {k: float(np.median(v)) for k, v in times.items()}
+    med = time_interleaved({f"{s}/{k}": sides[s][k] for s in sides for k in ("sampler", "model")})
     result = {"machine": machine(), "batch": args.batch, "steps": args.steps, "seconds": med}
     for s in sides:
         work = sides[s]["flops_per_call"] * args.steps
@@ -117,10 +107,7 @@ def main():
         }
     result["diffusers"].update(torch=sides["diffusers"]["torch"], threads=sides["diffusers"]["threads"])
     result["kairos_over_diffusers_images_per_s"] = result["kairos"]["images_per_s"] / result["diffusers"]["images_per_s"]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        pathlib.Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

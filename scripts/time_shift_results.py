@@ -7,7 +7,7 @@ and the exposure-bias diagnostic. Writes docs/results/time_shift.{md,json} and p
    ``WINDOWS x CUTOFFS``; the setting with the lowest FD-digits is kept (TS "on").
 2. Report (seeds 0, 1, 2): every solver at 5, 10, 20, 50 steps, TS off and on.
 3. Overhead: warm wall time of ``sample()`` with and without the shift (median of 5,
-   interleaved), per solver at 10 and 50 steps.
+   interleaved), per solver at 10 and 20 steps, batch 250.
 4. Diagnostic: the mean per-sample variance of ``x_t`` along DDIM chains vs what the
    forward process predicts, ``alpha_bar Var(x0) + 1 - alpha_bar``, with and without TS.
 
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import machine, time_fn
+from benchmarks.common import machine, time_interleaved, write_keeping_verdict
 from launch.evaluate import run_cells
 from launch.generate import SamplerSpec, class_labels
 from launch.run_loader import load_run
@@ -70,25 +70,21 @@ def report_cells(run, ckpt, out_dir, num, best) -> list[dict]:
     return run_cells(run, [ckpt], cells, out_dir, num)
 
 
-def overhead(run, params, best, batch=500) -> dict:
+def overhead(run, params, best, batch=250) -> dict:
     from sampling.loop import sample
 
     labels = jnp.asarray(class_labels(batch, run.num_classes))
     x_T = jax.random.normal(jax.random.PRNGKey(0), (batch, *run.info.image_shape))
     out = {}
     for s in SOLVERS:
-        for n in (10, 50):
+        for n in (10, 20):
             fns = {}
             for name, ts in (("off", None), ("on", (best[s]["window"], best[s]["cutoff"]))):
                 den, solver, grid = SamplerSpec(s, n, GRID, None, ts).build(run.denoiser, run.num_classes)
                 fns[name] = lambda den=den, solver=solver, grid=grid: jax.block_until_ready(
                     sample(den, params, solver, grid, x_T, {"label": labels}))
-                fns[name]()  # compile
-            times = {"off": [], "on": []}
-            for _ in range(5):  # interleaved, so drifts of this noisy machine hit both
-                for name in ("off", "on"):
-                    times[name].append(time_fn(fns[name], warmup=0, repeats=1)["median_s"])
-            off, on = np.median(times["off"]), np.median(times["on"])
+            med = time_interleaved(fns)
+            off, on = med["off"], med["on"]
             out[f"{s}/{n}"] = {"off_s": off, "on_s": on, "ratio": on / off}
     return out
 
@@ -177,7 +173,7 @@ def markdown(result: dict) -> str:
     for s in SOLVERS:
         lines.append(f"| {s} | " + " | ".join(f"{100 * result['table'][f'{s}/{n}']['relative_change']:+.1f}%"
                                               for n in STEPS) + " |")
-    lines += ["", "## Wall-time overhead of the shift (batch 500, warm, median of 5 interleaved runs)", "",
+    lines += ["", "## Wall-time overhead of the shift (batch 250, warm, median of 5 interleaved runs)", "",
               "| solver | steps | off (s) | on (s) | on / off |", "|---|---|---|---|---|"]
     for k, v in result["overhead"].items():
         s, n = k.split("/")
@@ -220,11 +216,7 @@ def main():
     }
     (out / "time_shift.json").write_text(json.dumps(result, indent=1) + "\n")
     md = out / "time_shift.md"
-    text = markdown(result)
-    if md.exists() and "VERDICT" not in md.read_text():  # keep a verdict written by hand below the tables
-        verdict = md.read_text().split("## Verdict", 1)[-1]
-        text = text.replace("## Verdict\n\nVERDICT\n", "## Verdict" + verdict)
-    md.write_text(text)
+    write_keeping_verdict(md, markdown(result))
     print(f"wrote {md} and {out / 'time_shift.json'} in {result['wall_s']:.0f}s")
 
 
