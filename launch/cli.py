@@ -75,7 +75,7 @@ def enable_compilation_cache() -> None:
 
 
 def with_clean_errors(main):
-    """Bad input (ValueError, FileNotFoundError and their subclasses) becomes one
+    """Bad input (ValueError, FileNotFoundError, FileExistsError and subclasses) becomes one
     ``error: ...`` line and exit status 2; ``--verbosity=1`` shows the traceback."""
 
     def wrapped(argv):
@@ -83,7 +83,7 @@ def with_clean_errors(main):
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         try:
             return main(argv)
-        except (ValueError, FileNotFoundError) as e:
+        except (ValueError, FileNotFoundError, FileExistsError) as e:
             if flags.FLAGS["verbosity"].present:
                 raise
             print(f"error: {e}\n(add --verbosity=1 for the traceback)", file=sys.stderr, flush=True)

@@ -65,7 +65,7 @@ def run_cells(run, ckpts: list[int], cells: list, out_dir: pathlib.Path, num: in
             params, params_step = run.params(ckpt), ckpt
         t0 = time.perf_counter()
         images = generate(run.denoiser, params, run.info.image_shape, num, cell.spec, batch_size=batch_size,
-                          seed=cell.seed, labels=labels, null_label=run.num_classes)
+                          seed=cell.seed, labels=labels, null_label=run.num_classes, workdir=run.workdir)
         seconds = time.perf_counter() - t0
         scores = fd_digits(images, labels)
         record = {"id": cell.key(ckpt, num), "ckpt": ckpt, "seed": cell.seed, "num": num,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import Any
 
 import jax
@@ -15,7 +16,7 @@ from diffusion.nn.denoiser import Denoiser
 from sampling.grids import make_grid
 from sampling.loop import sample
 from sampling.solvers import make_solver
-from sampling.transforms import Guided, TimeShift
+from sampling.transforms import AttentionReuse, FeatureCache, Guided, TimeShift
 
 
 def class_labels(num: int, num_classes: int | None) -> np.ndarray | None:
@@ -30,6 +31,9 @@ class SamplerSpec:
     ``guidance``: classifier-free guidance scale (None: the plain conditional model).
     ``time_shift``: ``(window, cutoff)`` in training steps, or None.
     ``eta``: DDIM's eta (ddim only).
+    ``attention_reuse``: ``hurry:K`` | ``phast:K`` | ``steps:I,J,..`` | ``block:K,START`` (or None).
+    ``feature_cache``: ``uniform:N`` | ``nonuniform:N,CENTER`` (or None), at skip branch
+    ``cache_branch`` (0 = shallowest).
     """
 
     solver: str = "ddim"
@@ -39,10 +43,26 @@ class SamplerSpec:
     time_shift: tuple[float, float] | None = None
     time_shift_mode: str = "query"
     eta: float | None = None
+    attention_reuse: str | None = None
+    feature_cache: str | None = None
+    cache_branch: int = 0
 
-    def build(self, denoiser: Denoiser, null_label: int | None):
-        """``(denoiser, solver, grid)`` ready for ``sampling.loop.sample``."""
+    def without_caching(self) -> "SamplerSpec":
+        """The same sampler with no reuse or caching (the reference these approximate)."""
+        return dataclasses.replace(self, attention_reuse=None, feature_cache=None, cache_branch=0)
+
+    def build(self, denoiser: Denoiser, null_label: int | None, workdir=None):
+        """``(denoiser, solver, grid)`` ready for ``sampling.loop.sample``. ``workdir``
+        holds PHAST schedules (``phast:K``)."""
+        from sampling.transforms.schedules import parse_attention_reuse, parse_feature_cache
+
         schedule = denoiser.schedule
+        if self.attention_reuse:
+            reuse_dir = None if workdir is None else pathlib.Path(workdir) / "phast"
+            reuse = parse_attention_reuse(self.attention_reuse, self.steps, reuse_dir, self.without_caching().tag())
+            denoiser = AttentionReuse(denoiser, reuse)
+        if self.feature_cache:
+            denoiser = FeatureCache(denoiser, parse_feature_cache(self.feature_cache, self.steps), self.cache_branch)
         knobs = {} if self.eta is None else {"eta": self.eta}
         if knobs and self.solver != "ddim":
             raise ValueError(f"eta applies to the ddim solver only, not {self.solver!r}")
@@ -68,20 +88,24 @@ class SamplerSpec:
         if self.time_shift is not None:
             parts.append(f"ts{self.time_shift[0]:g}-{self.time_shift[1]:g}"
                          + ("" if self.time_shift_mode == "query" else "dest"))
+        if self.attention_reuse:
+            parts.append("reuse-" + self.attention_reuse.replace(":", "").replace(",", "-"))
+        if self.feature_cache:
+            parts.append(f"cache-{self.feature_cache.replace(':', '').replace(',', '-')}-b{self.cache_branch}")
         return "_".join(parts)
 
 
 def generate(denoiser: Denoiser, params: Any, image_shape: tuple[int, ...], num: int, spec: SamplerSpec = SamplerSpec(),
              *, batch_size: int = 500, seed: int = 0, labels: np.ndarray | None = None,
-             null_label: int | None = None, progress: bool = False) -> np.ndarray:
+             null_label: int | None = None, progress: bool = False, workdir=None) -> np.ndarray:
     """Returns ``[num, *image_shape]`` float32 samples in (about) ``[-1, 1]``.
 
     Batch ``i`` uses noise and solver keys from ``fold_in(PRNGKey(seed), i)``, so results
     depend only on the arguments (and the batch size). ``labels [num]`` condition a
     class-conditional model; ``null_label`` is its unconditional label (for guidance).
-    Every batch is padded to ``batch_size``.
+    Every batch is padded to ``batch_size``. ``workdir`` resolves ``phast:K`` schedules.
     """
-    den, solver, grid = spec.build(denoiser, null_label)
+    den, solver, grid = spec.build(denoiser, null_label, workdir)
     batch_size = min(batch_size, num)
     out = []
     starts = range(0, num, batch_size)

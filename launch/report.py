@@ -21,10 +21,16 @@ def _mean_std(values: list[float]) -> str:
 
 
 def _ts_label(r: dict) -> str:
+    """The sampling transforms of a record: ``off`` or e.g. ``TS 80:300, reuse hurry:5``."""
+    parts = []
     ts = r.get("time_shift")
-    if not ts:
-        return "off"
-    return f"{ts[0]:g}:{ts[1]:g}" + ("" if r.get("time_shift_mode", "query") == "query" else " (dest)")
+    if ts:
+        parts.append(f"TS {ts[0]:g}:{ts[1]:g}" + ("" if r.get("time_shift_mode", "query") == "query" else " (dest)"))
+    if r.get("attention_reuse"):
+        parts.append(f"reuse {r['attention_reuse']}")
+    if r.get("feature_cache"):
+        parts.append(f"cache {r['feature_cache']} b{r.get('cache_branch', 0)}")
+    return ", ".join(parts) or "off"
 
 
 def markdown(records: list[dict], title: str) -> str:
@@ -34,7 +40,7 @@ def markdown(records: list[dict], title: str) -> str:
     for (ckpt, guidance, grid), recs in sorted(_group(records, ("ckpt", "guidance", "grid")).items()):
         steps = sorted({r["steps"] for r in recs})
         lines += [f"## checkpoint {ckpt}, guidance {guidance}, grid {grid}", "",
-                  "| solver | time shift | " + " | ".join(f"{s} steps" for s in steps) + " |",
+                  "| solver | transforms | " + " | ".join(f"{s} steps" for s in steps) + " |",
                   "|---|---|" + "---|" * len(steps)]
         rows = _group(recs, ("solver",))
         for (solver,), srecs in sorted(rows.items()):
@@ -64,7 +70,8 @@ def _group_by_ts(records: list[dict]) -> dict:
 
 def plots(records: list[dict], out_dir: pathlib.Path) -> list[pathlib.Path]:
     """``fd_vs_steps_ckpt<N>[_w<g>][_<grid>].png``: FD-digits vs steps, a colour per solver,
-    solid without and dashed with the time shift (error bars: std over seeds)."""
+    solid without and dashed with sampling transforms (time shift, reuse, caching;
+    error bars: std over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,7 +89,7 @@ def plots(records: list[dict], out_dir: pathlib.Path) -> list[pathlib.Path]:
                 err = [np.std(f, ddof=1) if len(f) > 1 else 0.0 for f in fd]
                 color = colors.setdefault(solver, f"C{len(colors)}")
                 ax.errorbar(steps, mean, yerr=err, color=color, linestyle="-" if ts == "off" else "--",
-                            marker="o", capsize=2, label=f"{solver}" + ("" if ts == "off" else f" + TS {ts}"))
+                            marker="o", capsize=2, label=f"{solver}" + ("" if ts == "off" else f" + {ts}"))
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("sampling steps")

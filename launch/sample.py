@@ -1,7 +1,8 @@
 r"""Samples a trained work directory with any solver and sampling transform.
 
     python -m launch.sample --workdir runs/digits --solver ddim --steps 20 --num 1000 \
-        [--ckpt 2500] [--guidance 2.0] [--time_shift=80,300] [--seed 0]
+        [--ckpt 2500] [--guidance 2.0] [--time_shift=80,300] [--seed 0] \
+        [--attention_reuse hurry:5] [--feature_cache uniform:3 --cache_branch 0]
 
 Writes ``<workdir>/samples/<tag>_ckpt<step>_seed<seed>.npz`` (uint8 ``images [N, H, W, C]``,
 ``labels [N]``, and the settings) and a PNG grid of the first 100 beside it.
@@ -29,6 +30,10 @@ flags.DEFINE_float("guidance", None, "Classifier-free guidance scale (class-cond
 flags.DEFINE_string("time_shift", None, "Time-shift sampler WINDOW,CUTOFF in training steps, e.g. 80,300.")
 flags.DEFINE_enum("time_shift_mode", "query", ["query", "destination"], "Paper form or released-code form.")
 flags.DEFINE_float("eta", None, "DDIM eta.")
+flags.DEFINE_string("attention_reuse", None, "Attention-map reuse: hurry:K, phast:K (from launch.phast), "
+                    "steps:I,J,... or block:K,START.")
+flags.DEFINE_string("feature_cache", None, "Feature caching: uniform:N or nonuniform:N,CENTER.")
+flags.DEFINE_integer("cache_branch", 0, "Skip branch of the feature cache (0 = shallowest, fastest).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("batch_size", 500, "Samples per compiled batch.")
 flags.mark_flags_as_required(["workdir"])
@@ -58,14 +63,16 @@ def main(argv):
     if FLAGS.solver not in SOLVERS:
         raise ValueError(f"unknown solver {FLAGS.solver!r}; available: {', '.join(sorted(SOLVERS))}")
     spec = SamplerSpec(FLAGS.solver, FLAGS.steps, FLAGS.grid, FLAGS.guidance, parse_time_shift(FLAGS.time_shift),
-                       FLAGS.time_shift_mode, FLAGS.eta)
+                       FLAGS.time_shift_mode, FLAGS.eta, FLAGS.attention_reuse, FLAGS.feature_cache,
+                       FLAGS.cache_branch)
     run = load_run(FLAGS.workdir)
     step = run.select(FLAGS.ckpt)[0]
     params = run.params(step)
     labels = class_labels(FLAGS.num, run.num_classes)
     t0 = time.perf_counter()
     images = generate(run.denoiser, params, run.info.image_shape, FLAGS.num, spec, batch_size=FLAGS.batch_size,
-                      seed=FLAGS.seed, labels=labels, null_label=run.num_classes, progress=True)
+                      seed=FLAGS.seed, labels=labels, null_label=run.num_classes, progress=True,
+                      workdir=FLAGS.workdir)
     seconds = time.perf_counter() - t0
     out = pathlib.Path(FLAGS.workdir) / "samples" / f"{spec.tag()}_ckpt{step}_seed{FLAGS.seed}"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,11 @@ Inline spec: ``;``-separated ``key=v1,v2`` entries, the cells are their product:
 A JSON file may hold the same as ``{"grid": {"solver": [...], ...}}`` and/or explicit
 cells ``{"cells": [{"solver": "fpndm", "steps": 10, "time_shift": "5:550"}, ...]}``.
 Keys: solver, steps, grid, guidance (``none`` or a scale), time_shift (``off`` or
-``WINDOW:CUTOFF``), time_shift_mode (query / destination), eta (``none`` or a value), seed.
+``WINDOW:CUTOFF``), time_shift_mode (query / destination), eta (``none`` or a value), seed,
+attention_reuse (``off``, ``hurry:K``, ``phast:K``, ``steps:I/J/..``, ``block:K/START``),
+feature_cache (``off``, ``uniform:N``, ``nonuniform:N/CENTER``), cache_branch. Inside the
+reuse/cache values ``/`` stands for the ``,`` of the command-line form (commas separate
+sweep values); JSON files may use either.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import pathlib
 
 from launch.generate import SamplerSpec
 
-KEYS = ("solver", "steps", "grid", "guidance", "time_shift", "time_shift_mode", "eta", "seed")
+KEYS = ("solver", "steps", "grid", "guidance", "time_shift", "time_shift_mode", "eta", "seed",
+        "attention_reuse", "feature_cache", "cache_branch")
 DEFAULT_SPEC = "solver=ddim;steps=10,20,50"
 
 
@@ -45,6 +50,10 @@ def _time_shift(v) -> tuple[float, float] | None:
     return float(parts[0]), float(parts[1])
 
 
+def _schedule_spec(v) -> str | None:
+    return None if v is None or str(v).lower() in ("off", "none", "") else str(v).replace("/", ",")
+
+
 def make_cell(values: dict) -> Cell:
     unknown = set(values) - set(KEYS)
     if unknown:
@@ -57,6 +66,9 @@ def make_cell(values: dict) -> Cell:
         time_shift=_time_shift(values.get("time_shift")),
         time_shift_mode=str(values.get("time_shift_mode", "query")),
         eta=_none_or_float(values.get("eta")),
+        attention_reuse=_schedule_spec(values.get("attention_reuse")),
+        feature_cache=_schedule_spec(values.get("feature_cache")),
+        cache_branch=int(values.get("cache_branch", 0)),
     )
     return Cell(spec, int(values.get("seed", 0)))
 
@@ -97,4 +109,16 @@ def parse_sweep(spec: str | None) -> list[Cell]:
             raise ValueError(f"unknown solver {c.spec.solver!r} in the sweep; available: {', '.join(sorted(SOLVERS))}")
         if c.spec.grid not in GRIDS:
             raise ValueError(f"unknown grid {c.spec.grid!r} in the sweep; available: {', '.join(GRIDS)}")
+        _check_schedules(c.spec)
     return list(dict.fromkeys(cells))
+
+
+def _check_schedules(spec) -> None:
+    """Parses reuse/cache specs now, so a typo fails before any sampling (phast files are
+    checked when the cell runs)."""
+    from sampling.transforms.schedules import parse_attention_reuse, parse_feature_cache
+
+    if spec.attention_reuse and not spec.attention_reuse.startswith("phast:"):
+        parse_attention_reuse(spec.attention_reuse, spec.steps)
+    if spec.feature_cache:
+        parse_feature_cache(spec.feature_cache, spec.steps)

@@ -14,10 +14,16 @@ from sampling.solvers.base import SolverState
 def _chain(denoise: Callable, params: Any, solver, grid: jax.Array, x_T: jax.Array,
            cond: Mapping[str, jax.Array] | None, key: jax.Array, debug: bool, trajectory: bool = False):
     """``(final state, [N, *x.shape] states after each step or None)``."""
-    model = lambda x, t: denoise(params, x, t, cond)  # noqa: E731
-    state = solver.init(x_T, key)
+    cache = denoise.init_cache(params, x_T, cond, grid.shape[0] - 1) if hasattr(denoise, "init_cache") else None
+    cached = cache is not None
+    state = solver.init(x_T, key).replace(cache=cache)
 
     def body(state, ts):
+        step = state.i
+        if cached:
+            model = lambda x, t, cache: denoise(params, x, t, cond, cache=cache, step=step)  # noqa: E731
+        else:
+            model = lambda x, t, cache: (denoise(params, x, t, cond), cache)  # noqa: E731
         state = solver.step(state, model, ts[0], ts[1])
         return state, (state.x if trajectory else None)
 
@@ -42,7 +48,10 @@ def sample(denoise: Callable, params: Any, solver, grid: jax.Array, x_T: jax.Arr
     Args:
       denoise: ``denoise(params, x_t, t, cond) -> Prediction`` as a pytree (e.g.
         ``diffusion.nn.denoiser.Denoiser``, ``sampling.transforms.guidance.Guided``):
-        its leaves (a guidance scale) are traced, its structure is static.
+        its leaves (a guidance scale, a reuse schedule) are traced, its structure is
+        static. A denoiser with ``init_cache`` (``sampling.transforms.caching``) is
+        called as ``denoise(..., cache=, step=) -> (Prediction, cache)`` and its cache
+        rides in the solver state (docs/design/caching.md).
       params: network parameters (traced).
       solver: a solver dataclass (``sampling.solvers``); its knobs are traced.
       grid: ``[N + 1]`` decreasing times (``sampling.grids.make_grid``); ``N`` is static.

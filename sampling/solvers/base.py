@@ -2,9 +2,11 @@
 
 A solver is a ``flax.struct`` dataclass. Its pytree fields (eta, ...) are traced under
 ``jit``, so sweeping them does not recompile; its static fields (the schedule) are part
-of the compiled program. ``model(x, t) -> Prediction`` has params and conditioning
-bound; ``t`` and ``t_next`` are arrays that broadcast against the batch (``[]`` from
-the grid, ``[B]`` after a per-sample time shift).
+of the compiled program. ``model(x, t, cache) -> (Prediction, cache)`` has params,
+conditioning and the step index bound; solvers call it through :func:`predict`, which
+threads the denoiser's cache (attention maps, features; docs/design/caching.md) held in
+``SolverState.cache``. ``t`` and ``t_next`` are arrays that broadcast against the batch
+(``[]`` from the grid, ``[B]`` after a per-sample time shift).
 """
 
 from __future__ import annotations
@@ -17,18 +19,20 @@ from flax import struct
 
 from diffusion.param import Prediction
 
-Model = Callable[[jax.Array, jax.Array], Prediction]
+Model = Callable[[jax.Array, jax.Array, Any], tuple[Prediction, Any]]
 
 
 @struct.dataclass
 class SolverState:
     """``x: [B, ...]`` the current sample; ``key``: the rng for stochastic steps;
-    ``i``: int32 number of steps taken; ``aux``: solver-specific pytree (history)."""
+    ``i``: int32 number of steps taken; ``aux``: solver-specific pytree (history);
+    ``cache``: the denoiser's cache across steps (None for plain denoisers)."""
 
     x: jax.Array
     key: jax.Array
     i: jax.Array
     aux: Any = None
+    cache: Any = None
 
 
 def initial_state(x: jax.Array, key: jax.Array, aux: Any = None) -> SolverState:
@@ -49,3 +53,15 @@ def fresh_noise(state: SolverState) -> tuple[jax.Array, jax.Array]:
     """``(next key, standard normal noise shaped like state.x)`` for a stochastic step."""
     key, sub = jax.random.split(state.key)
     return key, jax.random.normal(sub, state.x.shape, state.x.dtype)
+
+
+def predict(model: Model, state: SolverState, x: jax.Array, t: jax.Array) -> tuple[Prediction, SolverState]:
+    """One network call at ``(x, t)``; returns the prediction and ``state`` with the
+    denoiser's updated cache."""
+    pred, cache = model(x, t, state.cache)
+    return pred, state.replace(cache=cache)
+
+
+def stateless(fn: Callable[[jax.Array, jax.Array], Prediction]) -> Model:
+    """Adapts a cache-free ``fn(x, t) -> Prediction`` to the solver's model signature."""
+    return lambda x, t, cache: (fn(x, t), cache)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from diffusion.schedules import Schedule, bcast_right
-from sampling.solvers.base import Model, SolverState, advance, fresh_noise, initial_state
+from sampling.solvers.base import Model, SolverState, advance, fresh_noise, initial_state, predict
 
 
 def ddim_update(x0, eps, alpha_s, sigma_s, alpha_t, sigma_t, eta, noise):
@@ -36,7 +36,7 @@ class DDIM:
         return initial_state(x, key)
 
     def step(self, state: SolverState, model: Model, t: jax.Array, t_next: jax.Array) -> SolverState:
-        pred = model(state.x, t)
+        pred, state = predict(model, state, state.x, t)
         alpha_t, sigma_t = self.schedule.alpha_sigma(t)
         alpha_s, sigma_s = self.schedule.alpha_sigma(t_next)
         key, noise = fresh_noise(state)

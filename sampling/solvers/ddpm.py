@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from diffusion.schedules import Schedule, bcast_right
-from sampling.solvers.base import Model, SolverState, advance, fresh_noise, initial_state
+from sampling.solvers.base import Model, SolverState, advance, fresh_noise, initial_state, predict
 
 
 def posterior_mean_std(x0, x_t, alpha_s, sigma_s, alpha_t, sigma_t):
@@ -36,7 +36,7 @@ class DDPM:
         return initial_state(x, key)
 
     def step(self, state: SolverState, model: Model, t: jax.Array, t_next: jax.Array) -> SolverState:
-        pred = model(state.x, t)
+        pred, state = predict(model, state, state.x, t)
         alpha_t, sigma_t = self.schedule.alpha_sigma(t)
         alpha_s, sigma_s = self.schedule.alpha_sigma(t_next)
         mean, std = posterior_mean_std(pred.x0, state.x, alpha_s, sigma_s, alpha_t, sigma_t)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from diffusion.schedules import Schedule, bcast_right
-from sampling.solvers.base import Model, SolverState, advance, initial_state
+from sampling.solvers.base import Model, SolverState, advance, initial_state, predict
 
 
 def half_logsnr(schedule: Schedule, t, like):
@@ -47,7 +47,8 @@ class DPMSolverPP:
 
     def step(self, state: SolverState, model: Model, t: jax.Array, t_next: jax.Array) -> SolverState:
         x = state.x
-        m0 = model(x, t).x0
+        pred, state = predict(model, state, x, t)
+        m0 = pred.x0
         m1, m2 = state.aux["x0"][1], state.aux["x0"][0]
         lam_t, lam_s = half_logsnr(self.schedule, t, x), half_logsnr(self.schedule, t_next, x)
         lam_1, lam_2 = state.aux["lam"][1], state.aux["lam"][0]

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from diffusion.schedules import Schedule, bcast_right
-from sampling.solvers.base import Model, SolverState, advance, initial_state
+from sampling.solvers.base import Model, SolverState, advance, initial_state, predict
 
 
 def transfer(schedule: Schedule, x, eps, t, s):
@@ -45,35 +45,37 @@ class PNDM:
     def init(self, x: jax.Array, key: jax.Array) -> SolverState:
         return initial_state(x, key, aux=jnp.zeros((3, *x.shape), x.dtype))
 
-    def _runge_kutta(self, model: Model, x, t, s):
-        mid = 0.5 * (t + s)
-        e1 = model(x, t).eps
-        e2 = model(transfer(self.schedule, x, e1, t, mid), mid).eps
-        e3 = model(transfer(self.schedule, x, e2, t, mid), mid).eps
-        e4 = model(transfer(self.schedule, x, e3, t, s), s).eps
-        return (e1 + 2.0 * e2 + 2.0 * e3 + e4) / 6.0, e1
+    def _runge_kutta(self, model: Model, state: SolverState, t, s):
+        x, mid = state.x, 0.5 * (t + s)
+        p1, state = predict(model, state, x, t)
+        p2, state = predict(model, state, transfer(self.schedule, x, p1.eps, t, mid), mid)
+        p3, state = predict(model, state, transfer(self.schedule, x, p2.eps, t, mid), mid)
+        p4, state = predict(model, state, transfer(self.schedule, x, p3.eps, t, s), s)
+        return (p1.eps + 2.0 * p2.eps + 2.0 * p3.eps + p4.eps) / 6.0, p1.eps, state.cache
 
-    def _improved_euler(self, model: Model, x, t, s):
-        e1 = model(x, t).eps
-        e2 = model(transfer(self.schedule, x, e1, t, s), s).eps
-        return 0.5 * (e1 + e2), e1
+    def _improved_euler(self, model: Model, state: SolverState, t, s):
+        p1, state = predict(model, state, state.x, t)
+        p2, state = predict(model, state, transfer(self.schedule, state.x, p1.eps, t, s), s)
+        return 0.5 * (p1.eps + p2.eps), p1.eps, state.cache
 
-    def _multistep(self, model: Model, x, t, history):
-        e = model(x, t).eps
+    def _multistep(self, model: Model, state: SolverState, t):
+        pred, state = predict(model, state, state.x, t)
+        e, history = pred.eps, state.aux
         if self.fourth_order:
             combined = (55.0 * e - 59.0 * history[2] + 37.0 * history[1] - 9.0 * history[0]) / 24.0
         else:
             combined = 0.5 * (3.0 * e - history[2])
-        return combined, e
+        return combined, e, state.cache
 
     def step(self, state: SolverState, model: Model, t: jax.Array, t_next: jax.Array) -> SolverState:
         warm = self._runge_kutta if self.fourth_order else self._improved_euler
-        eps, newest = jax.lax.cond(
+        eps, newest, cache = jax.lax.cond(
             state.i < self.warm_steps,
-            lambda: warm(model, state.x, t, t_next),
-            lambda: self._multistep(model, state.x, t, state.aux),
+            lambda: warm(model, state, t, t_next),
+            lambda: self._multistep(model, state, t),
         )
         history = jnp.concatenate([state.aux[1:], newest[None]], axis=0)
+        state = state.replace(cache=cache)
         return advance(state, transfer(self.schedule, state.x, eps, t, t_next), aux=history)
 
 

@@ -1,7 +1,8 @@
 """Sampling-time transforms: a denoiser transform returns a denoiser, a solver transform
-returns a solver (docs/design/sampling.md)."""
+returns a solver (docs/design/sampling.md, docs/design/caching.md)."""
 
+from sampling.transforms.caching import AttentionReuse, FeatureCache
 from sampling.transforms.guidance import Guided
 from sampling.transforms.time_shift import TimeShift
 
-__all__ = ["Guided", "TimeShift"]
+__all__ = ["AttentionReuse", "FeatureCache", "Guided", "TimeShift"]

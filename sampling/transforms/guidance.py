@@ -30,14 +30,26 @@ class Guided:
     scale: jax.Array | float
     null_label: int = struct.field(pytree_node=False, default=10)
 
-    def __call__(self, params, x_t, t, cond: Mapping[str, jax.Array] | None = None, **kwargs) -> Prediction:
-        if not cond or "label" not in cond:
-            raise ValueError("classifier-free guidance needs cond['label'] (a class-conditional model)")
+    def __call__(self, params, x_t, t, cond: Mapping[str, jax.Array] | None = None, **kwargs):
+        """``Prediction``; ``(Prediction, cache)`` when called with ``cache=`` (the
+        cache covers the ``[2B]`` batch: each branch keeps its own maps/features)."""
         b = x_t.shape[0]
         t = jnp.asarray(t)
         both_t = jnp.concatenate([t, t]) if t.ndim else t
-        labels = jnp.concatenate([cond["label"], jnp.full_like(cond["label"], self.null_label)])
-        both = self.denoiser(params, jnp.concatenate([x_t, x_t]), both_t, {**cond, "label": labels}, **kwargs)
+        out = self.denoiser(params, jnp.concatenate([x_t, x_t]), both_t, self._both(cond), **kwargs)
+        both, cache = out if kwargs.get("cache") is not None else (out, None)
         w = jnp.reshape(jnp.asarray(self.scale, x_t.dtype), jnp.shape(self.scale) + (1,) * (x_t.ndim - jnp.ndim(self.scale)))
         mix = lambda y: y[b:] + w * (y[:b] - y[b:])  # noqa: E731
-        return Prediction(x0=mix(both.x0), eps=mix(both.eps))
+        pred = Prediction(x0=mix(both.x0), eps=mix(both.eps))
+        return pred if cache is None else (pred, cache)
+
+    def _both(self, cond):
+        if not cond or "label" not in cond:
+            raise ValueError("classifier-free guidance needs cond['label'] (a class-conditional model)")
+        return {**cond, "label": jnp.concatenate([cond["label"], jnp.full_like(cond["label"], self.null_label)])}
+
+    def init_cache(self, params, x_t, cond=None, num_steps=None, **kwargs):
+        """The inner denoiser's cache for the doubled ``[2B]`` batch (None if it caches nothing)."""
+        if not hasattr(self.denoiser, "init_cache"):
+            return None
+        return self.denoiser.init_cache(params, jnp.concatenate([x_t, x_t]), self._both(cond), num_steps, **kwargs)

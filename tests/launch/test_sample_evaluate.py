@@ -44,10 +44,31 @@ def test_sample_cli_writes_npz_and_grid(workdir):
     assert base.with_suffix(".png").exists()
 
 
+def test_phast_then_sample_with_reuse_and_caching(workdir):
+    phast = [sys.executable, "-m", "launch.phast", "--workdir", str(workdir), "--solver", "ddim", "--steps", "4",
+             "--k", "2", "--num", "8", "--max_evals", "3"]
+    proc = subprocess.run(phast, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads((workdir / "phast" / "ddim_4steps_reuse2.json").read_text())
+    assert found["num_steps"] == 4 and len(found["reuse_steps"]) == 2 and found["evaluations"] == 3
+    assert found["psnr_db"] >= found["hurry_psnr_db"]
+    again = subprocess.run(phast, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "pass --overwrite" in again.stderr  # nothing overwritten silently
+    cmd = [sys.executable, "-m", "launch.sample", "--workdir", str(workdir), "--solver", "ddim", "--steps", "4",
+           "--num", "20", "--attention_reuse", "phast:2", "--feature_cache", "uniform:2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = np.load(workdir / "samples" / "ddim_4steps_reuse-phast2_cache-uniform2-b0_ckpt20_seed0.npz")
+    settings = json.loads(str(data["settings"]))
+    assert settings["attention_reuse"] == "phast:2" and settings["feature_cache"] == "uniform:2"
+
+
 @pytest.mark.parametrize("args,message", [
     (["--solver", "euler"], "unknown solver 'euler'; available: ddim, ddpm"),
     (["--ckpt", "7"], "no checkpoint at step(s) [7]"),
     (["--time_shift=80"], "WINDOW,CUTOFF"),
+    (["--steps", "4", "--attention_reuse", "phast:3"], "no PHAST schedule at"),
+    (["--steps", "4", "--feature_cache", "every:2"], "bad --feature_cache 'every:2'"),
 ])
 def test_sample_cli_bad_input(workdir, args, message):
     proc = subprocess.run([sys.executable, "-m", "launch.sample", "--workdir", str(workdir), "--num", "4", *args],
@@ -72,7 +93,7 @@ def test_evaluate_records_cells_and_resumes(workdir, tmp_path):
     assert (out / "report.json").read_text() == before  # nothing left to do
     write_report(recs, out, "test")
     md = (out / "report.md").read_text()
-    assert "| spndm | 10:300 |" in md and "| ddim | off |" in md
+    assert "| spndm | TS 10:300 |" in md and "| ddim | off |" in md
     assert sorted(p.name for p in out.glob("*.png")) == ["fd_vs_steps_ckpt10.png", "fd_vs_steps_ckpt20.png"]
 
 

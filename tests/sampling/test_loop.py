@@ -11,6 +11,7 @@ from sampling import loop
 from sampling.grids import make_grid
 from sampling.loop import sample
 from sampling.solvers import DDIM, SOLVERS, make_solver
+from sampling.solvers.base import stateless
 from sampling.transforms import Guided, TimeShift
 from tests.sampling.toys import LabelMeans
 
@@ -32,7 +33,7 @@ def test_last_step_returns_the_x0_prediction():
     """Data-prediction solvers end on the model's x0 (PNDM ends on the x0 implied by its
     combined noise estimate, tested in test_solvers)."""
     x0_const = jnp.full((2, 3), 0.25)
-    model = lambda x, t: Prediction(x0=x0_const, eps=jnp.zeros_like(x))  # noqa: E731
+    model = stateless(lambda x, t: Prediction(x0=x0_const, eps=jnp.zeros_like(x)))  # noqa: E731
     for name in ("ddim", "ddpm", "dpmpp2m", "dpmpp3m"):
         solver = make_solver(name, SCHED)
         st = solver.init(jnp.ones((2, 3)), jax.random.PRNGKey(0))

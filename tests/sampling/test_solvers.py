@@ -11,7 +11,7 @@ from diffusion.schedules import CosineLogSNRSchedule, make_schedule
 from sampling.grids import make_grid
 from sampling.loop import sample
 from sampling.solvers import DDIM, DDPM, SOLVERS, make_solver
-from sampling.solvers.base import initial_state
+from sampling.solvers.base import initial_state, stateless
 
 SMOOTH = CosineLogSNRSchedule(-10.0, 10.0)  # smooth in t: no kinks between training steps
 MIX = make_mixture(SMOOTH, [[-1.0, 0.5], [1.0, -0.5], [0.3, 1.2]], [0.3, 0.2, 0.25], [0.5, 0.3, 0.2])
@@ -80,7 +80,7 @@ def test_ddpm_step_equals_ddim_eta_one():
     """DDIM's eta=1 step is the DDPM posterior: identical with the same noise."""
     sched = make_schedule("linear")
     mix = make_mixture(sched, [[0.5, 0.1, -0.3]], [0.3])
-    model = lambda x, t: mix(None, x, t)  # noqa: E731
+    model = stateless(lambda x, t: mix(None, x, t))  # noqa: E731
     st = initial_state(jax.random.normal(jax.random.PRNGKey(2), (8, 3)), jax.random.PRNGKey(3))
     for t, s in [(0.9, 0.7), (0.3, 0.25), (0.05, 0.0)]:
         a = DDPM(sched).step(st, model, jnp.asarray(t), jnp.asarray(s)).x
@@ -96,7 +96,7 @@ def test_per_sample_times(name):
     solver = make_solver(name, sched)
     x = jax.random.normal(jax.random.PRNGKey(4), (2, 2))
     grids = [np.array([1.0, 0.7, 0.5, 0.3, 0.1, 0.0]), np.array([0.9, 0.8, 0.4, 0.2, 0.05, 0.0])]
-    model = lambda x, t: mix(None, x, t)  # noqa: E731
+    model = stateless(lambda x, t: mix(None, x, t))  # noqa: E731
 
     def run(x, grid):
         st = solver.init(x, jax.random.PRNGKey(5))

@@ -10,6 +10,7 @@ from diffusion.schedules import make_schedule
 from sampling.grids import make_grid
 from sampling.loop import sample
 from sampling.solvers import SOLVERS, DDIM, make_solver
+from sampling.solvers.base import stateless
 from sampling.transforms import Guided, TimeShift
 from sampling.transforms.time_shift import closest_time, sample_variance
 from tests.sampling.toys import LabelMeans
@@ -80,7 +81,7 @@ def test_shift_follows_each_samples_variance():
         solver = TimeShift(DDIM(SCHED, 0.0), 400.0, 0.0)
         mix = make_mixture(SCHED, [[0.0] * 1024], [0.5])
         st = solver.init(x, jax.random.PRNGKey(0))
-        model = lambda x, t: mix(None, x, t)  # noqa: E731
+        model = stateless(lambda x, t: mix(None, x, t))  # noqa: E731
         return solver.step(st, model, jnp.asarray(0.6), jnp.asarray(0.5)).aux["shifted"]
 
     # after the step the variances are ~0.7 and ~0.9: inside the window's range of 1 - alpha_bar

@@ -1,0 +1,121 @@
+"""Boolean per-step schedules for :mod:`sampling.transforms.caching`, and their parser.
+
+Attention reuse: ``True`` = reuse the cached maps at that sampler step.
+Feature caching: ``True`` = full step (recompute and cache).
+All schedules are NumPy ``bool [num_steps]`` arrays, validated here so that bad input is
+a clear error before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _check_steps(num_steps: int) -> None:
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+
+
+def reuse_steps(num_steps: int, steps) -> np.ndarray:
+    """Reuse exactly at the given 0-based step indices (step 0 cannot reuse)."""
+    _check_steps(num_steps)
+    steps = sorted({int(s) for s in steps})
+    bad = [s for s in steps if not 1 <= s < num_steps]
+    if bad:
+        raise ValueError(f"reuse steps {bad} out of range: use 1..{num_steps - 1} "
+                         "(step 0 always computes, there is nothing to reuse yet)")
+    out = np.zeros(num_steps, bool)
+    out[steps] = True
+    return out
+
+
+def reuse_block(num_steps: int, k: int, start: int) -> np.ndarray:
+    """A contiguous block of ``k`` reuse steps starting at step ``start``."""
+    return reuse_steps(num_steps, range(start, start + k))
+
+
+def hurry(num_steps: int, k: int) -> np.ndarray:
+    """HURRY (Hunter et al.): the ``k`` reuse steps placed as late as possible — the
+    last ``k`` steps, each reusing the map of step ``num_steps - k - 1``."""
+    if not 0 <= k < num_steps:
+        raise ValueError(f"hurry:K needs 0 <= K < {num_steps} (the number of steps), got {k}")
+    return reuse_block(num_steps, k, num_steps - k)
+
+
+def uniform_full(num_steps: int, interval: int) -> np.ndarray:
+    """DeepCache uniform 1:N: a full step at every step index divisible by ``interval``."""
+    _check_steps(num_steps)
+    if interval < 1:
+        raise ValueError(f"feature cache interval N must be >= 1, got {interval}")
+    return np.arange(num_steps) % interval == 0
+
+
+def nonuniform_full(num_steps: int, interval: int, center: int, power: float = 1.2) -> np.ndarray:
+    """DeepCache non-uniform 1:N: ``ceil(num_steps / interval)`` full steps, packed
+    densely around step ``center`` by a power law.
+
+    Positions are ``center + sign(u) |u|^p`` (truncated) for ``u`` uniform on
+    ``[-center^(1/p), (num_steps - center)^(1/p)]``, endpoints dropped, step 0 added;
+    ``p`` starts at ``power`` and is lowered by 0.02 until the count is right. (The
+    released code writes ``(-center) ** (1 / p)``, a complex number in Python; this is
+    the signed power it means.)
+    """
+    _check_steps(num_steps)
+    if interval < 1:
+        raise ValueError(f"feature cache interval N must be >= 1, got {interval}")
+    if not 0 <= center < num_steps:
+        raise ValueError(f"nonuniform:N,CENTER needs 0 <= CENTER < {num_steps}, got {center}")
+    count = math.ceil(num_steps / interval)
+    p = power
+    while p > 1.0:
+        u = np.linspace(-(center ** (1 / p)), (num_steps - center) ** (1 / p), count + 1)
+        offsets = np.unique(np.trunc(np.sign(u) * np.abs(u) ** p).astype(int))[1:-1]
+        positions = sorted({0, *(int(center + o) for o in offsets if 0 < center + o < num_steps)})
+        if len(positions) == count:
+            out = np.zeros(num_steps, bool)
+            out[positions] = True
+            return out
+        p -= 0.02
+    raise ValueError(f"nonuniform:{interval},{center} cannot place {count} full steps in {num_steps} steps; "
+                     "use a smaller N or a center nearer the middle")
+
+
+def parse_attention_reuse(spec: str, num_steps: int, schedule_dir=None, sampler_tag: str = "") -> np.ndarray:
+    """``hurry:K`` | ``steps:I,J,...`` | ``block:K,START`` | ``phast:K`` (the schedule that
+    ``python -m launch.phast`` found for K reuse steps of sampler ``sampler_tag``, read
+    from ``schedule_dir``)."""
+    kind, _, arg = spec.partition(":")
+    try:
+        if kind == "hurry":
+            return hurry(num_steps, int(arg))
+        if kind == "steps":
+            return reuse_steps(num_steps, [int(s) for s in arg.split(",") if s])
+        if kind == "block":
+            k, start = (int(v) for v in arg.split(","))
+            return reuse_block(num_steps, k, start)
+        if kind == "phast":
+            from sampling.transforms.phast import load_schedule
+
+            return load_schedule(schedule_dir, sampler_tag, num_steps, int(arg))
+    except ValueError as err:
+        if "invalid literal" not in str(err) and "unpack" not in str(err):
+            raise
+    raise ValueError(f"bad --attention_reuse {spec!r}: expected hurry:K, phast:K, steps:I,J,... or block:K,START "
+                     "(K, I, J, START integers)")
+
+
+def parse_feature_cache(spec: str, num_steps: int) -> np.ndarray:
+    """``uniform:N`` | ``nonuniform:N,CENTER``."""
+    kind, _, arg = spec.partition(":")
+    try:
+        if kind == "uniform":
+            return uniform_full(num_steps, int(arg))
+        if kind == "nonuniform":
+            n, center = (int(v) for v in arg.split(","))
+            return nonuniform_full(num_steps, n, center)
+    except ValueError as err:
+        if "invalid literal" not in str(err) and "unpack" not in str(err):
+            raise
+    raise ValueError(f"bad --feature_cache {spec!r}: expected uniform:N or nonuniform:N,CENTER (integers)")

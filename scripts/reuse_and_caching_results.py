@@ -1,0 +1,287 @@
+r"""Attention-map reuse and feature caching on the 16x16 digits model: PSNR / FD-digits
+against a no-reuse DDIM reference, measured latency, and fewer-step DDIM at equal latency.
+Writes docs/results/reuse_and_caching.{md,json} and plots.
+
+    python -m scripts.reuse_and_caching_results --workdir runs/digits16 [--num 256] [--out docs/results]
+
+For a reference DDIM sampler of N steps (20 and 50; fixed noises, seed 0):
+1. cost: XLA FLOPs of one network call in each mode (full, attention reuse, feature
+   retrieve per branch), the attention share, and the bytes the caches take;
+2. a block of K = N/4 reuse steps slid from early to late: PSNR and FD-digits;
+3. HURRY and PHAST (searched on separate calibration noises) at K = N/4, N/2, 3N/4;
+4. feature caching uniform N = 2, 3, 5 and non-uniform, at branches 0 and 1;
+5. the two combined, and combined with the time shift;
+6. DDIM with fewer steps; each method is compared with the fewer-step DDIM whose
+   measured latency is closest (PSNR and FD against the same reference).
+The 50-step run (the second) covers 1-4 and the uniform caches at branch 0 only.
+Latency: warm wall time of ``sample()`` over the whole batch, median of 3 runs with all
+variants and the reference interleaved, reported as a ratio to the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.common import flops_of, machine, time_interleaved, write_keeping_verdict
+from diffusion.metrics.fd_digits import fd_digits
+from diffusion.metrics.psnr import mean_psnr
+from launch.generate import SamplerSpec, class_labels
+from launch.reuse_search import search_for_run
+from launch.run_loader import load_run
+from sampling.loop import sample
+from sampling.transforms import AttentionReuse
+
+TIME_SHIFT = (20.0, 300.0)  # DDIM's calibrated setting on the 8x8 model (docs/results/time_shift.md)
+
+
+class Bench:
+    """Samples the fixed noises with a spec; caches outputs; times against the reference."""
+
+    def __init__(self, run, params, num: int, steps: int):
+        self.run, self.params, self.steps = run, params, steps
+        k_noise, self.key = jax.random.split(jax.random.PRNGKey(0))
+        self.x_T = jax.random.normal(k_noise, (num, *run.info.image_shape))
+        self.labels = class_labels(num, run.num_classes)
+        self.cond = {"label": jnp.asarray(self.labels)}
+        self.reference_spec = SamplerSpec("ddim", steps)
+        self.reference = self.images(self.reference_spec)
+        self.timed = []
+
+    def fn(self, spec: SamplerSpec, reuse=None):
+        den, solver, grid = spec.build(self.run.denoiser, self.run.num_classes, self.run.workdir)
+        if reuse is not None:
+            den = AttentionReuse(den, jnp.asarray(reuse))
+        return lambda: jax.block_until_ready(sample(den, self.params, solver, grid, self.x_T, self.cond, self.key))
+
+    def images(self, spec: SamplerSpec, reuse=None) -> np.ndarray:
+        return np.asarray(self.fn(spec, reuse)())
+
+    def score(self, name: str, spec: SamplerSpec, reuse=None, timed: bool = True) -> dict:
+        """PSNR and FD-digits now; latency later, in one interleaved round (:meth:`time_all`)."""
+        images = self.images(spec, reuse)
+        fd = fd_digits(images, self.labels)
+        out = {"name": name, "spec": spec.tag(), "psnr_db": mean_psnr(images, self.reference),
+               "fd_digits": fd["fd_digits"], "class_accuracy": fd["class_accuracy"]}
+        if timed:
+            self.timed.append((out, self.fn(spec, reuse)))
+        print(f"  {name}: PSNR {out['psnr_db']:.2f} dB, FD {out['fd_digits']:.3f}", flush=True)
+        return out
+
+    def time_all(self, repeats: int = 3) -> float:
+        """Warm latency of every timed entry and the reference, interleaved: fills
+        ``latency_ratio`` / ``speedup``; returns the reference's median seconds."""
+        fns = {"reference": self.fn(self.reference_spec)}
+        fns.update({str(i): fn for i, (_, fn) in enumerate(self.timed)})
+        med = time_interleaved(fns, repeats)
+        for i, (entry, _) in enumerate(self.timed):
+            entry["latency_ratio"] = med[str(i)] / med["reference"]
+            entry["speedup"] = 1.0 / entry["latency_ratio"]
+        self.timed = []
+        return med["reference"]
+
+
+def cost_table(run, params, batch: int = 16) -> dict:
+    """FLOPs per image of one network call in each mode, attention share, cache bytes."""
+    den = run.denoiser
+    x = jnp.zeros((batch, *run.info.image_shape))
+    cond = {"label": jnp.zeros((batch,), jnp.int32)}
+    t = jnp.full((batch,), 0.5)
+
+    def flops(**modes):
+        cache = den.init_cache(params, x, cond, **modes) if modes else None
+        if cache is None:
+            fn = lambda p: den(p, x, t, cond)  # noqa: E731
+            return flops_of(jax.jit(fn).lower(params).compile()) / batch
+        fn = lambda p, c: den(p, x, t, cond, cache=c, **modes)  # noqa: E731
+        return flops_of(jax.jit(fn).lower(params, cache).compile()) / batch
+
+    full = flops()
+    out = {"full_gflops": full / 1e9, "attention_reuse_gflops": flops(attention="reuse") / 1e9}
+    out["attention_reuse_saves"] = 1 - out["attention_reuse_gflops"] * 1e9 / full
+    no_attn = run.denoiser.module.clone(attn_resolutions=())
+    p_no = no_attn.init(jax.random.PRNGKey(0), x[:1], t[:1], label=cond["label"][:1])["params"]
+    from diffusion.nn.denoiser import Denoiser
+
+    d_no = Denoiser(no_attn, den.schedule, den.pred_type)
+    attn_free = flops_of(jax.jit(lambda p: d_no(p, x, t, cond)).lower(p_no).compile()) / batch
+    out["attention_share"] = 1 - attn_free / full
+    out["feature_retrieve_gflops"] = {}
+    for b in range(run.denoiser.module.num_branches):
+        out["feature_retrieve_gflops"][b] = flops(features="retrieve", feature_branch=b) / 1e9
+    maps = den.init_cache(params, x[:1], cond and {"label": cond["label"][:1]}, attention="store")
+    out["attention_cache_bytes_per_image"] = int(sum(leaf.nbytes for leaf in jax.tree.leaves(maps)))
+    out["feature_cache_bytes_per_image"] = {
+        b: int(sum(leaf.nbytes for leaf in jax.tree.leaves(
+            den.init_cache(params, x[:1], {"label": cond["label"][:1]}, features="store", feature_branch=b))))
+        for b in range(run.denoiser.module.num_branches)}
+    return out
+
+
+def fewer_steps(bench: Bench, steps: int) -> list[dict]:
+    """DDIM at fewer steps: the latency-matched baselines."""
+    return [bench.score(f"ddim {m} steps", SamplerSpec("ddim", m))
+            for m in range(max(2, steps // 5), steps, max(1, steps // 10))]
+
+
+def matched(entry: dict, baselines: list[dict]) -> dict:
+    """The fewer-step DDIM whose measured latency is closest to ``entry``'s."""
+    best = min(baselines, key=lambda b: abs(b["latency_ratio"] - entry["latency_ratio"]))
+    return {"baseline": best["name"], "baseline_latency_ratio": best["latency_ratio"],
+            "baseline_psnr_db": best["psnr_db"], "baseline_fd_digits": best["fd_digits"],
+            "psnr_gain_db": entry["psnr_db"] - best["psnr_db"]}
+
+
+def experiments(run, params, num: int, steps: int, phast_evals: int, full: bool) -> dict:
+    """``full=False`` (the 50-step run) skips branch 1, non-uniform caching and the combinations."""
+    print(f"== DDIM {steps} steps", flush=True)
+    bench = Bench(run, params, num, steps)
+    ref_fd = fd_digits(bench.reference, bench.labels)
+    result = {"steps": steps, "reference_fd_digits": ref_fd["fd_digits"],
+              "reference_class_accuracy": ref_fd["class_accuracy"]}
+    k = steps // 4
+    result["sliding_block"] = [
+        {**bench.score(f"block K={k} from step {s}", SamplerSpec("ddim", steps, attention_reuse=f"block:{k},{s}"),
+                       timed=False), "start": s}
+        for s in range(1, steps - k + 1, max(1, (steps - k) // 8))]
+    result["fewer_steps"] = fewer_steps(bench, steps)
+    result["reuse"] = []
+    for kk in (steps // 4, steps // 2, 3 * steps // 4):
+        result["reuse"].append(bench.score(f"HURRY K={kk}", SamplerSpec("ddim", steps, attention_reuse=f"hurry:{kk}")))
+        schedule, _, history = search_for_run(run, params, SamplerSpec("ddim", steps), kk, max_evals=phast_evals,
+                                              log=None)
+        phast = bench.score(f"PHAST K={kk}", SamplerSpec("ddim", steps), reuse=schedule)
+        phast.update(reuse_steps=np.flatnonzero(schedule).tolist(), search_evaluations=len(history))
+        result["reuse"].append(phast)
+    result["feature_cache"] = []
+    caches = ["uniform:2", "uniform:3", "uniform:5"] + ([f"nonuniform:3,{steps // 2}", f"nonuniform:5,{steps // 2}"]
+                                                       if full else [])
+    for branch in (0, 1) if full else (0,):
+        for text in caches:
+            result["feature_cache"].append(bench.score(
+                f"cache {text} branch {branch}", SamplerSpec("ddim", steps, feature_cache=text, cache_branch=branch)))
+    half = f"hurry:{steps // 2}"
+    combos = [("HURRY K=N/2 + cache uniform:2", SamplerSpec("ddim", steps, attention_reuse=half,
+                                                           feature_cache="uniform:2")),
+              ("HURRY K=N/2 + cache uniform:2 + TS", SamplerSpec("ddim", steps, attention_reuse=half,
+                                                                feature_cache="uniform:2", time_shift=TIME_SHIFT)),
+              ("TS only", SamplerSpec("ddim", steps, time_shift=TIME_SHIFT))] if full else []
+    result["combined"] = [bench.score(name, spec) for name, spec in combos]
+    print("  timing ...", flush=True)
+    result["reference_seconds"] = bench.time_all()
+    for group in ("reuse", "feature_cache", "combined"):
+        for e in result[group]:
+            e.update(matched(e, result["fewer_steps"]))
+    return result
+
+
+def plot(results: list[dict], out: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for r in results:
+        blocks = r["sliding_block"]
+        axes[0].plot([b["start"] for b in blocks], [b["psnr_db"] for b in blocks], "o-",
+                     label=f"DDIM {r['steps']}, K={r['steps'] // 4}")
+        ax = axes[1]
+        fs = r["fewer_steps"]
+        ax.plot([f["latency_ratio"] for f in fs], [f["psnr_db"] for f in fs], "k.-",
+                label=f"fewer-step DDIM ({r['steps']})" if r is results[0] else None)
+        for group, marker in (("reuse", "s"), ("feature_cache", "^"), ("combined", "D")):
+            ax.scatter([e["latency_ratio"] for e in r[group]], [e["psnr_db"] for e in r[group]], marker=marker,
+                       label=f"{group} ({r['steps']})")
+    axes[0].set_xlabel("first step of the reuse block")
+    axes[0].set_ylabel("PSNR vs no-reuse reference (dB)")
+    axes[0].legend(fontsize=8)
+    axes[1].set_xlabel("latency / reference latency")
+    axes[1].set_ylabel("PSNR vs reference (dB)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "reuse_and_caching.png", dpi=120)
+    plt.close(fig)
+
+
+def markdown(result: dict) -> str:
+    m, c = result["machine"], result["cost"]
+    lines = [
+        "# Attention-map reuse and feature caching on the 16x16 digits model", "",
+        f"`{result['command']}` — {m['cpu']}, {m['cores']} cores, {m['backend']}, jax {m['jax']}, {m['date']}.",
+        f"Model: `{result['workdir']}` checkpoint {result['ckpt']} (configs/digits16.py). {result['num']} fixed "
+        "noises (seed 0), class-balanced labels; references: DDIM without reuse on the same noises. FD-digits of "
+        f"{result['num']} samples is biased upward against the 1,000-sample figures elsewhere; compare within "
+        "this page. Latency: whole-batch `sample()` wall time, median of 3, all variants interleaved with the reference.", "",
+        "## Cost per network call (XLA cost analysis, per image)", "",
+        f"* full call: {c['full_gflops'] * 1e3:.2f} MFLOP; attention blocks are {100 * c['attention_share']:.1f}% of it",
+        f"* attention-reuse call: {c['attention_reuse_gflops'] * 1e3:.2f} MFLOP "
+        f"(saves {100 * c['attention_reuse_saves']:.1f}%: query/key projections, q k^T, softmax)",
+        "* feature-retrieve call by branch: " + ", ".join(
+            f"b{b}: {v * 1e3:.2f} MFLOP ({v / c['full_gflops']:.2f}x)" for b, v in c["feature_retrieve_gflops"].items()),
+        f"* cache memory per image: attention maps {c['attention_cache_bytes_per_image'] / 2**20:.2f} MiB; "
+        "features " + ", ".join(f"b{b}: {v / 1024:.1f} KiB" for b, v in c["feature_cache_bytes_per_image"].items()),
+        "",
+    ]
+    for r in result["runs"]:
+        n = r["steps"]
+        lines += [f"## DDIM {n} steps (reference FD-digits {r['reference_fd_digits']:.3f}, "
+                  f"class accuracy {r['reference_class_accuracy']:.3f})", "",
+                  f"### A block of K = {n // 4} reuse steps slid from early to late", "",
+                  "| first reuse step | PSNR (dB) | FD-digits |", "|---|---|---|"]
+        lines += [f"| {b['start']} | {b['psnr_db']:.2f} | {b['fd_digits']:.3f} |" for b in r["sliding_block"]]
+        lines += ["", "### Fewer-step DDIM (the equal-latency baselines)", "",
+                  "| sampler | latency ratio | PSNR (dB) | FD-digits |", "|---|---|---|---|"]
+        lines += [f"| {f['name']} | {f['latency_ratio']:.3f} | {f['psnr_db']:.2f} | {f['fd_digits']:.3f} |"
+                  for f in r["fewer_steps"]]
+        for title, key in (("Attention reuse: HURRY and PHAST", "reuse"), ("Feature caching", "feature_cache"),
+                           ("Combined", "combined")):
+            lines += ["", f"### {title}", "",
+                      "| method | speed-up | PSNR (dB) | FD-digits | equal-latency DDIM | its PSNR | its FD | PSNR gain (dB) |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for e in r[key]:
+                extra = f" (steps {e['reuse_steps']})" if "reuse_steps" in e else ""
+                lines.append(f"| {e['name']}{extra} | {e['speedup']:.2f}x | {e['psnr_db']:.2f} | {e['fd_digits']:.3f} | "
+                             f"{e['baseline']} ({e['baseline_latency_ratio']:.2f}) | {e['baseline_psnr_db']:.2f} | "
+                             f"{e['baseline_fd_digits']:.3f} | {e['psnr_gain_db']:+.2f} |")
+        lines.append("")
+    lines += ["![PSNR vs reuse position and vs latency](reuse_and_caching.png)", "", "## Verdict", "", "VERDICT", ""]
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workdir", default="runs/digits16")
+    ap.add_argument("--num", type=int, default=256)
+    ap.add_argument("--steps", default="20,50")
+    ap.add_argument("--phast_evals", type=int, default=40)
+    ap.add_argument("--out", default="docs/results")
+    args = ap.parse_args()
+    run = load_run(args.workdir)
+    ckpt = run.select("latest")[0]
+    params = run.params(ckpt)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    result = {"command": f"python -m scripts.reuse_and_caching_results --workdir {args.workdir} --num {args.num}"
+                         f" --steps {args.steps} --phast_evals {args.phast_evals}",
+              "workdir": args.workdir, "ckpt": ckpt, "num": args.num, "machine": machine(),
+              "cost": cost_table(run, params)}
+    result["runs"] = [experiments(run, params, args.num, int(n), args.phast_evals, full=i == 0)
+                      for i, n in enumerate(args.steps.split(","))]
+    result["wall_s"] = time.time() - t0
+    (out / "reuse_and_caching.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    plot(result["runs"], out)
+    md = out / "reuse_and_caching.md"
+    write_keeping_verdict(md, markdown(result))
+    print(f"wrote {md} in {result['wall_s']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
