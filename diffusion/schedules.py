@@ -9,6 +9,8 @@ elementwise in ``t``. Discrete beta schedules are tables over ``n = 0..T`` place
 
 from __future__ import annotations
 
+import abc
+
 import dataclasses
 import functools
 import math
@@ -37,14 +39,15 @@ def bcast_right(a: Array, x: Array) -> Array:
     return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
 
 
-class Schedule:
-    """Base class: subclasses define ``log_alpha_bar(t)``; the rest follows."""
+class Schedule(abc.ABC):
+    """Base class: subclasses define ``log_alpha_bar(t)`` and its inverse; the rest follows."""
 
     #: Number of training steps of a discrete schedule, ``0`` for continuous ones.
     num_steps: int = 0
 
-    def log_alpha_bar(self, t: Array) -> Array:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def log_alpha_bar(self, t: Array) -> Array:
+        """``log alpha(t)^2``, shape of ``t``."""
 
     def alpha_bar(self, t: Array) -> Array:
         """``alpha(t)^2`` (DDPM's cumulative product of ``1 - beta``), shape of ``t``."""
@@ -65,8 +68,9 @@ class Schedule:
         # log alpha_bar = log sigmoid(logsnr) = -softplus(-logsnr)
         return self.t_from_log_alpha_bar(-jnp.logaddexp(0.0, -logsnr))
 
-    def t_from_log_alpha_bar(self, lab: Array) -> Array:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def t_from_log_alpha_bar(self, lab: Array) -> Array:
+        """The time whose ``log alpha_bar`` is ``lab`` (inverse of :meth:`log_alpha_bar`)."""
 
 
 @functools.lru_cache(maxsize=None)

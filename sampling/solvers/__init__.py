@@ -8,8 +8,7 @@ import functools
 
 from diffusion.schedules import Schedule
 from sampling.solvers.base import SolverState
-from sampling.solvers.ddim import DDIM
-from sampling.solvers.ddpm import DDPM
+from sampling.solvers.ddim import DDIM, DDPM
 from sampling.solvers.dpm_solver import DPMSolverPP
 from sampling.solvers.pndm import PNDM
 

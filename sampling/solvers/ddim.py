@@ -1,5 +1,6 @@
 """DDIM (Song et al. 2021) with a traced ``eta``; ``eta = 0`` is the probability-flow ODE's
-first-order solver, ``eta = 1`` the DDPM posterior."""
+first-order solver, ``eta = 1`` DDPM's ancestral sampler (the Gaussian posterior
+``q(x_s | x_t, x0 = x0_hat)`` with DDPM's ``beta_tilde`` variance)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,9 @@ class DDIM:
         key, noise = fresh_noise(state)
         x = ddim_update(pred.x0, pred.eps, alpha_s, sigma_s, alpha_t, sigma_t, self.eta, noise)
         return advance(state, x, key)
+
+
+def DDPM(schedule: Schedule) -> DDIM:  # noqa: N802 - a solver "class" by name
+    """DDPM ancestral sampling (Ho et al. 2020): DDIM with ``eta = 1``, which is exactly
+    the posterior step (tested against the closed form in tests/sampling/test_solvers.py)."""
+    return DDIM(schedule, 1.0)

@@ -11,7 +11,7 @@ from diffusion.schedules import CosineLogSNRSchedule, make_schedule
 from sampling.grids import make_grid
 from sampling.loop import sample
 from sampling.solvers import DDIM, DDPM, SOLVERS, make_solver
-from sampling.solvers.base import initial_state, stateless
+from sampling.solvers.base import fresh_noise, initial_state, stateless
 
 SMOOTH = CosineLogSNRSchedule(-10.0, 10.0)  # smooth in t: no kinks between training steps
 MIX = make_mixture(SMOOTH, [[-1.0, 0.5], [1.0, -0.5], [0.3, 1.2]], [0.3, 0.2, 0.25], [0.5, 0.3, 0.2])
@@ -76,16 +76,33 @@ def test_samples_have_the_mixture_moments(name):
     np.testing.assert_allclose(x.var(0), var, rtol=0.05)
 
 
-def test_ddpm_step_equals_ddim_eta_one():
-    """DDIM's eta=1 step is the DDPM posterior: identical with the same noise."""
+def _posterior_step(x0, x_t, alpha_s, sigma_s, alpha_t, sigma_t, noise):
+    """DDPM's ancestral step in float64: a draw from ``q(x_s | x_t, x0)``. With
+    ``alpha_ts = alpha_t / alpha_s`` and ``var_ts = sigma_t^2 - alpha_ts^2 sigma_s^2``: mean
+    ``alpha_s var_ts / sigma_t^2 x0 + alpha_ts sigma_s^2 / sigma_t^2 x_t``, variance
+    ``var_ts sigma_s^2 / sigma_t^2``."""
+    alpha_ts = alpha_t / alpha_s
+    var_ts = max(sigma_t**2 - alpha_ts**2 * sigma_s**2, 0.0)
+    mean = alpha_s * var_ts / sigma_t**2 * x0 + alpha_ts * sigma_s**2 / sigma_t**2 * x_t
+    return mean + np.sqrt(var_ts * sigma_s**2 / sigma_t**2) * noise
+
+
+def test_ddpm_step_equals_the_posterior_closed_form():
+    """DDPM (DDIM's eta = 1 step) draws from the Gaussian posterior: identical to the
+    closed form with the same noise."""
     sched = make_schedule("linear")
     mix = make_mixture(sched, [[0.5, 0.1, -0.3]], [0.3])
     model = stateless(lambda x, t: mix(None, x, t))  # noqa: E731
     st = initial_state(jax.random.normal(jax.random.PRNGKey(2), (8, 3)), jax.random.PRNGKey(3))
+    noise = np.asarray(fresh_noise(st)[1], np.float64)
+    x_t = np.asarray(st.x, np.float64)
     for t, s in [(0.9, 0.7), (0.3, 0.25), (0.05, 0.0)]:
         a = DDPM(sched).step(st, model, jnp.asarray(t), jnp.asarray(s)).x
-        b = DDIM(sched, 1.0).step(st, model, jnp.asarray(t), jnp.asarray(s)).x
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+        x0 = np.asarray(mix(None, st.x, jnp.asarray(t)).x0, np.float64)
+        (alpha_t, sigma_t), (alpha_s, sigma_s) = (
+            (float(v) for v in sched.alpha_sigma(jnp.asarray(u))) for u in (t, s))
+        b = _posterior_step(x0, x_t, alpha_s, sigma_s, alpha_t, sigma_t, noise)
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(SOLVERS))
