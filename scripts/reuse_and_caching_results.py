@@ -9,7 +9,7 @@ For each reference DDIM sampler of N steps (fixed noises, seed 0):
    retrieve per branch), the attention share, the wall time of one call per mode, and
    the bytes the caches take;
 2. a block of K = N/4 reuse steps slid from early to late: PSNR and FD-digits;
-3. HURRY at K = N/4 and N/2, PHAST (searched on separate calibration noises) at K = N/4;
+3. HURRY and PHAST (searched on separate calibration noises) at K = N/4 and N/2;
 4. feature caching at branch 0: uniform N = 2, 3, 5 and non-uniform 1:3;
 5. the two combined, and combined with the time shift;
 6. DDIM with fewer steps; each method is compared with the fewer-step DDIM whose
@@ -158,7 +158,7 @@ def matched(entry: dict, baselines: list[dict]) -> dict:
 
 def experiments(run, params, num: int, steps: int, phast_evals: int, full: bool) -> dict:
     """One reference of ``steps`` DDIM steps: 5 block positions, HURRY at K = N/4 and N/2,
-    PHAST at K = N/4 (``full``), caching at branch 0 (uniform 2/3/5, plus non-uniform and
+    PHAST at both K (``full``), caching at branch 0 (uniform 2/3/5, plus non-uniform and
     the combinations when ``full``). Sized to the CPU: a 16x16 call at batch 256 takes ~4 s."""
     print(f"== DDIM {steps} steps", flush=True)
     bench = Bench(run, params, num, steps)
@@ -174,7 +174,7 @@ def experiments(run, params, num: int, steps: int, phast_evals: int, full: bool)
     result["reuse"] = []
     for kk in (steps // 4, steps // 2):
         result["reuse"].append(bench.score(f"HURRY K={kk}", SamplerSpec("ddim", steps, attention_reuse=f"hurry:{kk}")))
-        if not full or kk != steps // 4:
+        if not full:
             continue
         schedule, _, history = search_for_run(run, params, SamplerSpec("ddim", steps), kk, max_evals=phast_evals,
                                               log=None)
