@@ -64,12 +64,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample.steps = 50
     c.sample.grid = "trailing"
     c.sample.num = 100  # images per grid (10 per class when class-conditional)
+    c.sample.guidance = config_dict.placeholder(float)  # CFG scale (w of a w-conditioned student)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.fd_digits = True  # FD-digits at the end (digits datasets only)
     c.eval.solver = "ddim"
     c.eval.steps = 50
     c.eval.grid = "trailing"
+    c.eval.guidance = config_dict.placeholder(float)
     c.eval.num_samples = 1000
     c.eval.batch_size = 500
     return c
@@ -88,6 +90,50 @@ def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.sample.steps = 5
     c.sample.num = 20
     c.eval.steps = 5
+    c.eval.num_samples = 100
+    c.eval.batch_size = 100
+    return c
+
+
+def distill_config(method: str, teacher_workdir: str = "runs/digits_v") -> ml_collections.ConfigDict:
+    """A distillation config (``launch.distill``): ``data``, ``model`` and ``diffusion``
+    come from the teacher's work directory; ``distill`` holds the method's settings
+    (docs/design/distillation.md). Defaults are sized to the 8x8 digits teacher on CPU."""
+    c = base_config()
+    c.distill = ml_collections.ConfigDict()
+    d = c.distill
+    d.method = method
+    d.teacher_workdir = teacher_workdir
+    d.weighting = "snr_trunc"  # progressive / guided loss: snr_trunc (max(SNR, 1) x0-MSE) | v | x0
+    d.start_steps = 128  # progressive / guided: the first teacher's steps (a power of two)
+    d.rounds = 7  # halvings: 128 -> 1 step
+    d.steps_per_round = 300
+    d.w_min, d.w_max = 1.0, 4.0  # guided: w ~ U[w_min, w_max]
+    d.p_guided = 1.0  # guided: probability of the guided (vs the unguided w = 1) target
+    d.num_skip = 50  # consistency: skip-grid intervals (LCM's k = 20 of T = 1000)
+    d.target_decay = 0.95  # consistency: EMA of the target network
+    d.teacher_guidance = 1.0  # consistency: CFG scale of the teacher's step
+    d.loss = "l2"  # consistency: l2 | huber
+    d.sample_steps = 4  # consistency: sampling steps of the student
+    c.train.lr = 2e-4
+    c.train.warmup_steps = 0
+    c.train.ema_decay = 0.0  # progressive distillation uses no EMA (the paper's setting)
+    c.train.ckpt_every = 100
+    c.train.sample_every = 0
+    c.eval.num_samples = 1000
+    return c
+
+
+def shrink_distill_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``:smoke``: 2 rounds of 4 steps (progressive / guided) or 8 steps, small batches."""
+    c.distill.start_steps, c.distill.rounds, c.distill.steps_per_round = 8, 2, 4
+    c.distill.num_skip = 10
+    c.train.num_steps = 8
+    c.train.batch_size = 16
+    c.train.log_every = 2
+    c.train.ckpt_every = 4
+    c.train.sample_every = 0
+    c.sample.num = 20
     c.eval.num_samples = 100
     c.eval.batch_size = 100
     return c

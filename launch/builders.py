@@ -9,6 +9,7 @@ from diffusion.data import DatasetInfo, make_source
 from diffusion.nn.denoiser import Denoiser
 from diffusion.nn.unet import UNet
 from diffusion.schedules import Schedule, make_schedule
+from distill.consistency import ConsistencyFunction
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -32,13 +33,18 @@ def build_unet(model: ml_collections.ConfigDict, info: DatasetInfo) -> UNet:
         scale_shift=model.scale_shift,
         num_classes=info.num_classes if model.class_conditional else None,
         context_dim=model.context_dim,
+        guidance_embed=model.get("guidance_embed", False),
         out_channels=info.image_shape[-1],
         dtype=DTYPES[model.dtype],
     )
 
 
 def build_denoiser(config: ml_collections.ConfigDict, info: DatasetInfo) -> Denoiser:
-    return Denoiser(build_unet(config.model, info), build_schedule(config.diffusion), config.model.pred_type)
+    """The run's denoiser; a consistency-distilled student's is its consistency function."""
+    denoiser = Denoiser(build_unet(config.model, info), build_schedule(config.diffusion), config.model.pred_type)
+    if config.get("distill") is not None and config.distill.method == "consistency":
+        return ConsistencyFunction(denoiser)
+    return denoiser
 
 
 def build_source(config: ml_collections.ConfigDict, split: str = "train"):
@@ -49,3 +55,13 @@ def build_source(config: ml_collections.ConfigDict, split: str = "train"):
 def num_classes(denoiser: Denoiser) -> int | None:
     """The class count of a class-conditional UNet (its null label), else None."""
     return getattr(denoiser.module, "num_classes", None)
+
+
+def example_inputs(module, info: DatasetInfo) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` for ``module.init(key, *args, **kwargs)``: ``x [1, H, W, C]``,
+    ``t [1]``, a label when class-conditional, a guidance scale when w-conditioned."""
+    args = [jnp.zeros((1, *info.image_shape), jnp.float32), jnp.zeros((1,))]
+    if getattr(module, "num_classes", None) is not None:
+        args.append(jnp.zeros((1,), jnp.int32))
+    kwargs = {"guidance": jnp.ones((1,))} if getattr(module, "guidance_embed", False) else {}
+    return tuple(args), kwargs

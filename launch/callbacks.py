@@ -25,7 +25,8 @@ def sample_grid_callback(denoiser: Denoiser, info: DatasetInfo, config: ml_colle
     classes = num_classes(denoiser)
 
     def fn(step: int, state: TrainState):
-        spec = SamplerSpec(config.sample.solver, config.sample.steps, config.sample.grid)
+        spec = SamplerSpec(config.sample.solver, config.sample.steps, config.sample.grid,
+                           guidance=config.sample.get("guidance"))
         images = generate(denoiser, state.ema_params, info.image_shape, config.sample.num, spec,
                           batch_size=config.sample.num, seed=config.seed,
                           labels=class_labels(config.sample.num, classes), null_label=classes)
@@ -44,12 +45,13 @@ def fd_digits_eval(denoiser: Denoiser, params, info: DatasetInfo, config: ml_col
     classes = num_classes(denoiser)
     labels = class_labels(config.eval.num_samples, classes)
     t0 = time.perf_counter()
-    spec = SamplerSpec(config.eval.solver, config.eval.steps, config.eval.grid)
+    spec = SamplerSpec(config.eval.solver, config.eval.steps, config.eval.grid, guidance=config.eval.get("guidance"))
     images = generate(denoiser, params, info.image_shape, config.eval.num_samples, spec,
                       batch_size=config.eval.batch_size, seed=config.seed + 1, labels=labels, null_label=classes)
     sample_s = time.perf_counter() - t0
     result = fd_digits(images, labels)
-    result.update(solver=config.eval.solver, steps=config.eval.steps, sample_seconds=sample_s)
+    result.update(solver=config.eval.solver, steps=config.eval.steps, guidance=config.eval.get("guidance"),
+                  sample_seconds=sample_s)
     return result
 
 

@@ -100,3 +100,37 @@ def run(main) -> None:
         return main(argv)
 
     app.run(quiet_main, flags_parser=parse_flags)
+
+
+def define_run_flags(what: str) -> None:
+    """``--config`` (locked), ``--workdir``, ``--multihost``: the flags of a command that
+    trains into a work directory (``launch.train``, ``launch.distill``)."""
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, f"{what} config: path/to/file.py[:variant].", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Work directory (created, or resumed if it exists).")
+    flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU pods, multi-host GPU).")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run_training(train_fn) -> None:
+    """Runs ``train_fn(config, workdir)`` from the flags of :func:`define_run_flags`:
+    a preemption exits with ``128 + signal`` after its checkpoint, a run of non-finite
+    updates is a clean error."""
+
+    def main(argv):
+        import jax
+
+        if flags.FLAGS.multihost:
+            jax.distributed.initialize()
+        from diffusion.train.loop import NonFiniteError, Preempted
+
+        try:
+            train_fn(flags.FLAGS.config, flags.FLAGS.workdir)
+        except Preempted as e:
+            print(str(e), file=sys.stderr, flush=True)
+            sys.exit(128 + e.signum)
+        except NonFiniteError as e:
+            raise ValueError(str(e)) from e
+
+    run(with_clean_errors(main))

@@ -81,6 +81,15 @@ def run_cells(run, ckpts: list[int], cells: list, out_dir: pathlib.Path, num: in
     return records
 
 
+def default_sweep(config) -> str | None:
+    """A student (``config.distill``) is evaluated where it was distilled for: its eval
+    solver, steps and guidance; a trained model gets ``launch.sweep.DEFAULT_SPEC``."""
+    if config.get("distill") is None:
+        return None
+    spec = f"solver={config.eval.solver};steps={config.eval.steps};grid={config.eval.grid}"
+    return spec + (f";guidance={config.eval.guidance}" if config.eval.get("guidance") is not None else "")
+
+
 def write_report(records: list[dict], out_dir: pathlib.Path, title: str) -> None:
     from launch.report import markdown, plots
 
@@ -94,8 +103,8 @@ def main(argv):
     from launch.run_loader import load_run
     from launch.sweep import parse_sweep
 
-    cells = parse_sweep(FLAGS.sweep)
     run = load_run(FLAGS.workdir)
+    cells = parse_sweep(FLAGS.sweep if FLAGS.sweep is not None else default_sweep(run.config))
     ckpts = run.select(FLAGS.ckpts)
     out_dir = pathlib.Path(FLAGS.workdir) / "eval"
     records = run_cells(run, ckpts, cells, out_dir, FLAGS.num, FLAGS.batch_size, command=" ".join(sys.argv))

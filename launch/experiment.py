@@ -1,16 +1,20 @@
-"""Runs a diffusion training experiment from a config in a work directory.
+"""Runs a training experiment from a config in a work directory: plain diffusion
+training here, distillation in ``launch.distill_experiment``; both through
+:func:`run_experiment`.
 
 Used by ``python -m launch.train`` and by the tests (in-process, sharing compiled code).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
+import optax
 
 from diffusion.train import checkpoint
 from diffusion.train.loop import Callback, LoopSettings, run
@@ -20,15 +24,40 @@ from diffusion.train.setup import abstract_state, init_state, jit_train_step, st
 from diffusion.train.sharding import global_batch, make_mesh
 from diffusion.train.step import make_train_step
 from diffusion.train.writer import MetricWriter
+from diffusion.data import DatasetInfo
 from diffusion.data.pipeline import make_train_iterator
 from launch import callbacks as cbs
-from launch.builders import build_denoiser, build_source, num_classes
+from launch.builders import build_denoiser, build_source, example_inputs, num_classes
 from launch.workdir import prepare_workdir, to_json_dict
 
 
-def make_optimizer_from(train: ml_collections.ConfigDict):
+def make_optimizer_from(train: ml_collections.ConfigDict, round_steps: int = 0):
     return make_optimizer(train.lr, train.warmup_steps, train.num_steps, schedule=train.lr_schedule,
-                          weight_decay=train.weight_decay, grad_clip=train.grad_clip)
+                          weight_decay=train.weight_decay, grad_clip=train.grad_clip, round_steps=round_steps)
+
+
+@dataclasses.dataclass
+class Experiment:
+    """What differs between plain training and a distillation run; the rest is shared.
+
+    Attributes:
+      denoiser: the trained network's denoiser (sample grids and the final FD use it).
+      source, info: the training data and its description.
+      optimizer: the optax optimizer.
+      make: ``(*make_args) -> TrainState``, the fresh state (run under ``jit``).
+      make_args: arrays ``make`` takes as arguments (e.g. teacher params).
+      loss_fn: the method's loss (``diffusion.train.step.LossFn``).
+      after_update: the method's ``state -> state`` after each step, or None.
+    """
+
+    denoiser: Any
+    source: Any
+    info: DatasetInfo
+    optimizer: optax.GradientTransformation
+    make: Callable[..., Any]
+    loss_fn: Callable
+    make_args: tuple = ()
+    after_update: Callable | None = None
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, progress: bool = True,
@@ -45,33 +74,43 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, pro
     source, info = build_source(config)
     denoiser = build_denoiser(config, info)
     classes = num_classes(denoiser)
-    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, devices)
     optimizer = make_optimizer_from(config.train)
-
-    example = jnp.zeros((1, *info.image_shape), jnp.float32)
-    example_cond = {"label": jnp.zeros((1,), jnp.int32)} if classes else {}
     module = denoiser.module
 
     def init_params(key):
-        return module.init(key, example, jnp.zeros((1,)), **example_cond)["params"]
+        args, kwargs = example_inputs(module, info)
+        return module.init(key, *args, **kwargs)["params"]
 
     make = state_factory(init_params, optimizer, jax.random.PRNGKey(config.seed))
-    abstract, shardings = abstract_state(make, mesh)
-    data_iter = make_train_iterator(source, config.train.batch_size, config.seed, random_flip=config.data.random_flip)
+    loss_fn = make_diffusion_loss(denoiser, config.diffusion.weighting, config.diffusion.cond_drop_prob, classes)
+    return run_experiment(config, workdir, Experiment(denoiser, source, info, optimizer, make, loss_fn),
+                          progress=progress, devices=devices)
+
+
+def run_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path, exp: Experiment, *,
+                   progress: bool = True, devices=None) -> dict:
+    """The shared run: mesh, fresh or restored state, the jitted step, callbacks, the
+    loop, and the final FD-digits (digits data). ``workdir`` is already prepared."""
+    config_json = to_json_dict(config)
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+    abstract, shardings = abstract_state(exp.make, mesh, *exp.make_args)
+    data_iter = make_train_iterator(exp.source, config.train.batch_size, config.seed,
+                                    random_flip=config.data.random_flip)
     manager = checkpoint.make_manager(workdir, config.train.keep_last, config.train.keep_every)
     latest = manager.latest_step()
     if latest is None:
-        state = init_state(make, shardings, mesh)
+        state = init_state(exp.make, shardings, mesh, *exp.make_args)
     else:
         print(f"resuming {workdir} from step {latest}", flush=True)
         state = checkpoint.restore(manager, latest, abstract, data_iter)
 
-    loss_fn = make_diffusion_loss(denoiser, config.diffusion.weighting, config.diffusion.cond_drop_prob, classes)
-    step_fn = jit_train_step(make_train_step(loss_fn, optimizer, config.train.ema_decay), shardings, mesh)
-    callbacks = [Callback(cbs.sample_grid_callback(denoiser, info, config, workdir), every=config.train.sample_every)]
+    train_step = make_train_step(exp.loss_fn, exp.optimizer, config.train.ema_decay, after_update=exp.after_update)
+    step_fn = jit_train_step(train_step, shardings, mesh)
+    den, info = exp.denoiser, exp.info
+    callbacks = [Callback(cbs.sample_grid_callback(den, info, config, workdir), every=config.train.sample_every)]
     wants_fd = config.eval.fd_digits and config.data.name == "digits"
     if wants_fd:
-        callbacks.append(Callback(cbs.final_fd_callback(denoiser, info, config, workdir), at_end=True))
+        callbacks.append(Callback(cbs.final_fd_callback(den, info, config, workdir), at_end=True))
     settings = LoopSettings(config.train.num_steps, config.train.log_every, config.train.ckpt_every,
                             config.train.max_consecutive_nonfinite, progress)
     writer = MetricWriter(workdir)

@@ -16,7 +16,7 @@ from diffusion.nn.denoiser import Denoiser
 from sampling.grids import make_grid
 from sampling.loop import sample
 from sampling.solvers import make_solver
-from sampling.transforms import AttentionReuse, FeatureCache, Guided, TimeShift
+from sampling.transforms import AttentionReuse, FeatureCache, Guided, GuidanceInput, TimeShift
 
 
 def class_labels(num: int, num_classes: int | None) -> np.ndarray | None:
@@ -28,7 +28,8 @@ def class_labels(num: int, num_classes: int | None) -> np.ndarray | None:
 class SamplerSpec:
     """What ``launch.sample`` / ``launch.evaluate`` vary: solver, steps and the knobs.
 
-    ``guidance``: classifier-free guidance scale (None: the plain conditional model).
+    ``guidance``: classifier-free guidance scale (None: the plain conditional model); for
+    a w-conditioned student (guided distillation) the scale it is given (None: 1).
     ``time_shift``: ``(window, cutoff)`` in training steps, or None.
     ``eta``: DDIM's eta (ddim only).
     ``attention_reuse``: ``hurry:K`` | ``phast:K`` | ``steps:I,J,..`` | ``block:K,START`` (or None).
@@ -57,6 +58,7 @@ class SamplerSpec:
         from sampling.transforms.schedules import parse_attention_reuse, parse_feature_cache
 
         schedule = denoiser.schedule
+        w_conditioned = getattr(getattr(denoiser, "module", None), "guidance_embed", False)
         if self.attention_reuse:
             reuse_dir = None if workdir is None else pathlib.Path(workdir) / "phast"
             reuse = parse_attention_reuse(self.attention_reuse, self.steps, reuse_dir, self.without_caching().tag())
@@ -70,7 +72,9 @@ class SamplerSpec:
         if self.time_shift is not None:
             window, cutoff = self.time_shift
             solver = TimeShift(solver, float(window), float(cutoff), self.time_shift_mode)
-        if self.guidance is not None:
+        if w_conditioned:
+            denoiser = GuidanceInput(denoiser, 1.0 if self.guidance is None else float(self.guidance))
+        elif self.guidance is not None:
             if null_label is None:
                 raise ValueError("--guidance needs a class-conditional model; this one has no labels")
             denoiser = Guided(denoiser, float(self.guidance), null_label=null_label)

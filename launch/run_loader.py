@@ -8,13 +8,12 @@ import pathlib
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from diffusion.data import DatasetInfo
 from diffusion.nn.denoiser import Denoiser
 from diffusion.train import checkpoint
-from launch.builders import build_denoiser, build_source, num_classes
+from launch.builders import build_denoiser, build_source, example_inputs, num_classes
 
 
 @dataclasses.dataclass
@@ -35,9 +34,8 @@ class LoadedRun:
             raise FileNotFoundError(f"no checkpoint at step {step} in {self.workdir}/checkpoints; "
                                     f"available steps: {self.steps}")
         module = self.denoiser.module
-        cond = {"label": jnp.zeros((1,), jnp.int32)} if self.num_classes else {}
-        shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, *self.info.image_shape)),
-                                                    jnp.zeros((1,)), **cond)["params"])
+        args, kwargs = example_inputs(module, self.info)
+        shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *args, **kwargs)["params"])
         on_one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # sampling runs on one device
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_one_device), shapes)
         manager = checkpoint.make_manager(self.workdir)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 import time
 
 import numpy as np
@@ -21,12 +20,15 @@ from absl import flags
 from launch import cli
 
 flags.DEFINE_string("workdir", None, "A trained work directory.")
-flags.DEFINE_string("solver", "ddim", "Solver: ddpm, ddim, spndm, fpndm, dpmpp2m, dpmpp3m.")
-flags.DEFINE_integer("steps", 50, "Sampling steps.")
-flags.DEFINE_string("grid", "trailing", "Time grid: uniform, trailing, quadratic, logsnr.")
+flags.DEFINE_string("solver", None, "Solver: ddpm, ddim, spndm, fpndm, dpmpp2m, dpmpp3m, consistency "
+                    "(default: the run's config.sample.solver; ddim for trained models).")
+flags.DEFINE_integer("steps", None, "Sampling steps (default: the run's config.sample.steps: 50 for trained "
+                     "models, the distilled step count for students).")
+flags.DEFINE_string("grid", None, "Time grid: uniform, trailing, quadratic, logsnr (default: the run's).")
 flags.DEFINE_integer("num", 1000, "Number of samples.")
 flags.DEFINE_string("ckpt", "latest", "Checkpoint step, or 'latest'.")
-flags.DEFINE_float("guidance", None, "Classifier-free guidance scale (class-conditional models).")
+flags.DEFINE_float("guidance", None, "Classifier-free guidance scale (class-conditional models); the w of a "
+                   "guided-distillation student (default: the run's config.sample.guidance).")
 flags.DEFINE_string("time_shift", None, "Time-shift sampler WINDOW,CUTOFF in training steps, e.g. 80,300.")
 flags.DEFINE_enum("time_shift_mode", "query", ["query", "destination"], "Paper form or released-code form.")
 flags.DEFINE_float("eta", None, "DDIM eta.")
@@ -60,12 +62,15 @@ def main(argv):
     from launch.run_loader import load_run
     from sampling.solvers import SOLVERS
 
-    if FLAGS.solver not in SOLVERS:
-        raise ValueError(f"unknown solver {FLAGS.solver!r}; available: {', '.join(sorted(SOLVERS))}")
-    spec = SamplerSpec(FLAGS.solver, FLAGS.steps, FLAGS.grid, FLAGS.guidance, parse_time_shift(FLAGS.time_shift),
-                       FLAGS.time_shift_mode, FLAGS.eta, FLAGS.attention_reuse, FLAGS.feature_cache,
-                       FLAGS.cache_branch)
     run = load_run(FLAGS.workdir)
+    defaults = run.config.sample
+    solver = FLAGS.solver or defaults.solver
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; available: {', '.join(sorted(SOLVERS))}")
+    guidance = FLAGS.guidance if FLAGS.guidance is not None else defaults.get("guidance")
+    spec = SamplerSpec(solver, FLAGS.steps or defaults.steps, FLAGS.grid or defaults.grid, guidance,
+                       parse_time_shift(FLAGS.time_shift), FLAGS.time_shift_mode, FLAGS.eta, FLAGS.attention_reuse,
+                       FLAGS.feature_cache, FLAGS.cache_branch)
     step = run.select(FLAGS.ckpt)[0]
     params = run.params(step)
     labels = class_labels(FLAGS.num, run.num_classes)

@@ -23,14 +23,30 @@ from diffusion.schedules import Schedule
 GRIDS = ("uniform", "trailing", "quadratic", "logsnr")
 
 
+def lattice_size(schedule: Schedule) -> int:
+    """``T`` of the training lattice the grids snap to (1000 for continuous schedules)."""
+    return schedule.num_steps or 1000
+
+
+def trailing_time(j, n, T: int):
+    """Point ``j`` of the ``n``-step trailing grid on a ``T``-step lattice:
+    ``round(T (n - j) / n) / T`` (round half to even), for int arrays ``j`` (``0..n``)
+    and ``n`` (traced or not). Exact integer arithmetic: the even points of the ``2n``
+    grid are the ``n`` grid, which progressive distillation relies on."""
+    num = jnp.asarray(T) * (jnp.asarray(n) - jnp.asarray(j))
+    q, r = num // n, num % n
+    up = (2 * r > n) | ((2 * r == n) & (q % 2 == 1))
+    return (q + up.astype(q.dtype)).astype(jnp.float32) / T
+
+
 def _network_times(kind: str, n: int, schedule: Schedule) -> np.ndarray:
-    T = schedule.num_steps or 1000  # continuous schedules: the same rule on a 1000-step lattice
+    T = lattice_size(schedule)  # continuous schedules: the same rule on a 1000-step lattice
     if kind == "uniform":
         k = max(T // n, 1)
         steps = (np.arange(0, T, k)[:n] + 1)[::-1]
         return steps / T
     if kind == "trailing":
-        return np.round(np.linspace(T, 0, n + 1)[:-1]) / T
+        return np.asarray(trailing_time(np.arange(n), n, T), np.float64)
     if kind == "quadratic":
         steps = (np.linspace(0, np.sqrt(0.8 * T), n) ** 2).astype(int) + 1
         steps = np.maximum.accumulate(steps - np.arange(n)) + np.arange(n)  # no repeats near t = 0

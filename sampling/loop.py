@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-
-from sampling.solvers.base import SolverState
 
 
 def _chain(denoise: Callable, params: Any, solver, grid: jax.Array, x_T: jax.Array,

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from diffusion.param import Prediction, check_pred_type, to_prediction
+from diffusion.param import check_pred_type, to_prediction
 from diffusion.schedules import Schedule
 
 

@@ -40,3 +40,21 @@ class TimeEmbedding(nn.Module):
         h = sinusoidal_embedding(t, self.base).astype(self.dtype)
         h = nn.Dense(self.dim, dtype=self.dtype, name="dense_0")(h)
         return nn.Dense(self.dim, dtype=self.dtype, name="dense_1")(nn.silu(h))
+
+
+class GuidanceEmbedding(nn.Module):
+    """The guidance scale ``w [B]`` -> ``[B, dim]`` for w-conditioned distilled students:
+    sinusoid of ``w`` (scale 100, so w in [0, 20] spans the frequencies) -> Dense -> SiLU ->
+    Dense, the last **zero-initialised**: a fresh embedding adds nothing, so a student
+    built from a teacher starts equal to it for every ``w``."""
+
+    base: int
+    dim: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, w: jnp.ndarray) -> jnp.ndarray:
+        h = sinusoidal_embedding(w, self.base, scale=100.0).astype(self.dtype)
+        h = nn.Dense(self.dim, dtype=self.dtype, name="dense_0")(h)
+        return nn.Dense(self.dim, kernel_init=nn.initializers.zeros_init(), dtype=self.dtype,
+                        name="dense_1")(nn.silu(h))

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from diffusion.nn.attention import AttentionBlock
 from diffusion.nn.blocks import Downsample, ResBlock, Upsample, conv3, group_norm
-from diffusion.nn.embeddings import TimeEmbedding
+from diffusion.nn.embeddings import GuidanceEmbedding, TimeEmbedding
 
 FEATURE_MODES = ("compute", "store", "retrieve")
 FEATURES = "deep_features"  # the variable collection holding the cached decoder input
@@ -33,6 +33,8 @@ class UNet(nn.Module):
       num_classes: class-conditional when set; label ``num_classes`` is the null
         (unconditional) label used by classifier-free guidance.
       context_dim: when set, attention blocks cross-attend to ``context [B, L, context_dim]``.
+      guidance_embed: conditioned on a guidance scale ``guidance [B]`` (w-conditioned
+        students of guided distillation; the embedding starts at zero).
       out_channels: output channels (defaults to the input's).
       dtype: compute dtype (``bfloat16`` on accelerators); parameters stay float32.
     """
@@ -46,6 +48,7 @@ class UNet(nn.Module):
     scale_shift: bool = True
     num_classes: int | None = None
     context_dim: int | None = None
+    guidance_embed: bool = False
     out_channels: int | None = None
     dtype: jnp.dtype = jnp.float32
 
@@ -56,13 +59,14 @@ class UNet(nn.Module):
         t: jnp.ndarray,
         label: jnp.ndarray | None = None,
         context: jnp.ndarray | None = None,
+        guidance: jnp.ndarray | None = None,
         train: bool = False,
         attention: str = "compute",
         features: str = "compute",
         feature_branch: int = 0,
     ) -> jnp.ndarray:
         """``x: [B, H, W, C]``, ``t: [B]`` or ``[]`` in ``[0, 1]``, ``label: [B]`` int,
-        ``context: [B, L, D]`` -> ``[B, H, W, out_channels or C]`` in float32.
+        ``context: [B, L, D]``, ``guidance: [B]`` -> ``[B, H, W, out_channels or C]`` in float32.
 
         Caching across sampling steps (static arguments; docs/design/caching.md):
         ``attention`` (``"compute" | "store" | "reuse"``) for every self-attention map;
@@ -86,6 +90,12 @@ class UNet(nn.Module):
                 raise ValueError("class-conditional UNet needs cond['label'] of shape [B] "
                                  f"(use {self.num_classes} for unconditional)")
             emb = emb + nn.Embed(self.num_classes + 1, emb_dim, name="label_embed")(label).astype(self.dtype)
+        if self.guidance_embed:
+            if guidance is None:
+                raise ValueError("this UNet is a guidance-conditioned student: pass cond['guidance'] of shape [B] "
+                                 "(the guidance scale w; 1 is the plain conditional model)")
+            w = jnp.broadcast_to(jnp.asarray(guidance, jnp.float32), (b,))
+            emb = emb + GuidanceEmbedding(self.channels, emb_dim, self.dtype, name="guidance_embed")(w)
         use_ctx = self.context_dim is not None
         retrieve = features == "retrieve"
 

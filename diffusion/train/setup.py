@@ -30,19 +30,20 @@ def state_factory(init_params: Callable[[jax.Array], Any], optimizer: optax.Grad
     return make
 
 
-def abstract_state(make: Callable[[], TrainState], mesh: Mesh, min_fsdp_size: int = 2**14
+def abstract_state(make: Callable[..., TrainState], mesh: Mesh, *args, min_fsdp_size: int = 2**14
                    ) -> tuple[TrainState, Any]:
-    """``(abstract state, shardings)``: shapes from ``jax.eval_shape``, shardings from the
-    rules (``sharding.leaf_spec``), and the abstract leaves carrying them (the template
-    for a restore)."""
-    shardings = state_shardings(jax.eval_shape(make), mesh, min_fsdp_size)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            jax.eval_shape(make), shardings)
+    """``(abstract state, shardings)``: shapes from ``jax.eval_shape(make, *args)``,
+    shardings from the rules (``sharding.leaf_spec``), and the abstract leaves carrying
+    them (the template for a restore)."""
+    shapes = jax.eval_shape(make, *args)
+    shardings = state_shardings(shapes, mesh, min_fsdp_size)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
     return abstract, shardings
 
 
-def init_state(make: Callable[[], TrainState], shardings: Any, mesh: Mesh) -> TrainState:
-    """Creates the state under ``jit`` directly in its shardings.
+def init_state(make: Callable[..., TrainState], shardings: Any, mesh: Mesh, *args) -> TrainState:
+    """Creates the state under ``jit`` directly in its shardings; ``args`` (e.g. teacher
+    params) are passed to ``make`` as arguments, not baked in as constants.
 
     On CPU the one-off init program is compiled without LLVM optimisation: XLA's CPU
     backend spends ~10 s optimising the threefry RNG of every initializer, twice the
@@ -50,7 +51,7 @@ def init_state(make: Callable[[], TrainState], shardings: Any, mesh: Mesh) -> Tr
     """
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
     with mesh:
-        return jax.jit(make, out_shardings=shardings).lower().compile(compiler_options=options)()
+        return jax.jit(make, out_shardings=shardings).lower(*args).compile(compiler_options=options)(*args)
 
 
 def jit_train_step(train_step: Callable, shardings: Any, mesh: Mesh) -> Callable:

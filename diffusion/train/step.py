@@ -26,13 +26,15 @@ def ema_decay_at(step: jax.Array, decay: float, warmup: bool = True) -> jax.Arra
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, ema_decay: float,
-                    ema_warmup: bool = True) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+                    ema_warmup: bool = True, after_update: Callable[[TrainState], TrainState] | None = None,
+                    ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Returns ``train_step(state, batch) -> (state, metrics)`` (not yet jitted).
 
     A step whose loss or gradients are not finite leaves params, EMA and optimizer state
     untouched, increments ``skipped`` / ``consecutive_skipped`` and still advances
     ``step`` (its batch is consumed). Metrics: ``loss``, ``grad_norm``, ``finite``,
-    ``lr``-free aux values from the loss.
+    ``lr``-free aux values from the loss. ``after_update(state) -> state`` runs last, on
+    the advanced state (a method's extra state: a distillation round, an EMA target).
     """
 
     def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
@@ -57,6 +59,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, em
             skipped=state.skipped + skip,
             consecutive_skipped=(state.consecutive_skipped + skip) * skip,
         )
+        if after_update is not None:
+            new_state = after_update(new_state)
         metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, **aux}
         return new_state, metrics
 

@@ -8,6 +8,7 @@ import functools
 
 from diffusion.schedules import Schedule
 from sampling.solvers.base import SolverState
+from sampling.solvers.consistency import Consistency
 from sampling.solvers.ddim import DDIM, DDPM
 from sampling.solvers.dpm_solver import DPMSolverPP
 from sampling.solvers.pndm import PNDM
@@ -15,6 +16,7 @@ from sampling.solvers.pndm import PNDM
 SOLVERS = {
     "ddpm": DDPM,
     "ddim": DDIM,
+    "consistency": Consistency,
     "spndm": functools.partial(PNDM, fourth_order=False),
     "fpndm": functools.partial(PNDM, fourth_order=True),
     "dpmpp2m": functools.partial(DPMSolverPP, order=2),
@@ -38,4 +40,4 @@ def network_calls(name: str, steps: int) -> int:
     return steps + extra * min(warm, steps)
 
 
-__all__ = ["DDIM", "DDPM", "DPMSolverPP", "PNDM", "SOLVERS", "SolverState", "make_solver", "network_calls"]
+__all__ = ["Consistency", "DDIM", "DDPM", "DPMSolverPP", "PNDM", "SOLVERS", "SolverState", "make_solver", "network_calls"]

@@ -46,10 +46,32 @@ class Guided:
     def _both(self, cond):
         if not cond or "label" not in cond:
             raise ValueError("classifier-free guidance needs cond['label'] (a class-conditional model)")
-        return {**cond, "label": jnp.concatenate([cond["label"], jnp.full_like(cond["label"], self.null_label)])}
+        both = {k: jnp.concatenate([v, v]) for k, v in cond.items()}  # every [B, ...] input, e.g. a guidance scale
+        return {**both, "label": jnp.concatenate([cond["label"], jnp.full_like(cond["label"], self.null_label)])}
 
     def init_cache(self, params, x_t, cond=None, num_steps=None, **kwargs):
         """The inner denoiser's cache for the doubled ``[2B]`` batch (None if it caches nothing)."""
         if not hasattr(self.denoiser, "init_cache"):
             return None
         return self.denoiser.init_cache(params, jnp.concatenate([x_t, x_t]), self._both(cond), num_steps, **kwargs)
+
+
+@struct.dataclass
+class GuidanceInput:
+    """Guidance for a **w-conditioned** network (a guided-distillation student): one call
+    with ``cond["guidance"] = scale`` broadcast to ``[B]``, no unconditional branch.
+    ``scale`` is traced, like :class:`Guided`'s."""
+
+    denoiser: Any
+    scale: jax.Array | float
+
+    def __call__(self, params, x_t, t, cond: Mapping[str, jax.Array] | None = None, **kwargs):
+        return self.denoiser(params, x_t, t, self._with_scale(cond, x_t), **kwargs)
+
+    def _with_scale(self, cond, x_t):
+        return {**(cond or {}), "guidance": jnp.broadcast_to(jnp.asarray(self.scale, jnp.float32), x_t.shape[:1])}
+
+    def init_cache(self, params, x_t, cond=None, num_steps=None, **kwargs):
+        if not hasattr(self.denoiser, "init_cache"):
+            return None
+        return self.denoiser.init_cache(params, x_t, self._with_scale(cond, x_t), num_steps, **kwargs)

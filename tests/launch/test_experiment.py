@@ -8,7 +8,6 @@ import pytest
 
 from configs import cifar10, digits
 from diffusion.train import checkpoint
-from diffusion.train.setup import abstract_state
 from diffusion.train.writer import read_metrics
 from launch.experiment import train
 from launch.workdir import WorkdirMismatchError

@@ -63,7 +63,7 @@ def test_dpm_solver_beats_ddim_at_equal_calls(reference):
     assert err["ddim"] > 4 * max(err["dpmpp2m"], err["dpmpp3m"])
 
 
-@pytest.mark.parametrize("name", sorted(SOLVERS))
+@pytest.mark.parametrize("name", sorted(set(SOLVERS) - {"consistency"}))  # its own test: needs a consistency fn
 def test_samples_have_the_mixture_moments(name):
     sched = make_schedule("linear")
     mix = make_mixture(sched, [[-1.0, 0.5], [1.0, -0.5]], [0.3, 0.2], [0.6, 0.4])

@@ -75,7 +75,6 @@ def test_zero_window_or_high_cutoff_is_the_plain_solver(mode, name):
 
 def test_shift_follows_each_samples_variance():
     """A sample whose variance is too high for the next time is given a noisier time."""
-    shifted = {}
 
     def run(x):
         solver = TimeShift(DDIM(SCHED, 0.0), 400.0, 0.0)

@@ -1,0 +1,127 @@
+"""Consistency distillation, LCM-style (Song et al. 2023; Luo et al. 2023).
+
+The student is the consistency function ``f(x, t) = c_skip(t) x + c_out(t) x0_net(x, t)``
+with LCM's boundary coefficients on the time index ``tau = T t``:
+``c_skip = s_d^2 / ((10 tau)^2 + s_d^2)``, ``c_out = 10 tau / sqrt((10 tau)^2 + s_d^2)``,
+``s_d = 0.5``, so ``f(x, 0) = x`` exactly. Training pairs adjacent times of a skip grid
+``t_{n+1} > t_n`` (``num_skip`` intervals over the lattice; LCM: k = 20 of T = 1000): the
+frozen teacher takes one DDIM step ``t_{n+1} -> t_n`` (optionally under CFG) and the
+student at ``t_{n+1}`` matches an EMA target network at ``t_n``. Sampled with the
+``consistency`` solver (multistep consistency sampling).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from diffusion.param import Prediction
+from diffusion.schedules import bcast_right
+from distill.method import Method, ddim_step
+from sampling.grids import lattice_size, trailing_time
+from sampling.transforms.guidance import Guided
+
+
+def boundary_coefficients(t: jax.Array, T: int, sigma_data: float = 0.5, scaling: float = 10.0):
+    """``(c_skip, c_out)`` of shape ``t``; ``(1, 0)`` at ``t = 0``."""
+    tau = scaling * T * jnp.asarray(t, jnp.float32)
+    c_skip = sigma_data**2 / (tau**2 + sigma_data**2)
+    c_out = tau / jnp.sqrt(tau**2 + sigma_data**2)
+    return c_skip, c_out
+
+
+@struct.dataclass
+class ConsistencyFunction:
+    """A denoiser whose ``x0`` is the consistency function ``f(x_t, t)`` of the wrapped one
+    (and ``eps`` the noise consistent with it). Same call contract as ``Denoiser``."""
+
+    denoiser: Any
+
+    @property
+    def module(self):
+        return self.denoiser.module
+
+    @property
+    def schedule(self):
+        return self.denoiser.schedule
+
+    @property
+    def pred_type(self):
+        return self.denoiser.pred_type
+
+    def __call__(self, params, x_t, t, cond=None, **kwargs):
+        out = self.denoiser(params, x_t, t, cond, **kwargs)
+        pred, cache = out if kwargs.get("cache") is not None else (out, None)
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x_t.shape[:1]) if jnp.ndim(t) == 0 else t
+        c_skip, c_out = boundary_coefficients(t, lattice_size(self.schedule))
+        x0 = bcast_right(c_skip, x_t) * x_t + bcast_right(c_out, x_t) * pred.x0
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        eps = (x_t - bcast_right(alpha, x_t) * x0) / bcast_right(jnp.maximum(sigma, 1e-4), x_t)
+        pred = Prediction(x0=x0, eps=eps)
+        return pred if cache is None else (pred, cache)
+
+    def init_cache(self, *args, **kwargs):
+        return self.denoiser.init_cache(*args, **kwargs)
+
+
+@struct.dataclass
+class ConsistencyState:
+    """``TrainState.extra``: the frozen teacher's params and the EMA target's."""
+
+    teacher: Any
+    target: Any
+
+
+def consistency_distillation(teacher: Any, student: ConsistencyFunction, *, num_skip: int = 50,
+                             target_decay: float = 0.95, teacher_guidance: float = 1.0, loss: str = "l2",
+                             huber_c: float = 1e-3, num_classes: int | None = None) -> Method:
+    """Consistency distillation of ``teacher`` (a denoiser) into ``student``.
+
+    Args:
+      teacher: the teacher's denoiser (its params go in ``extra.teacher``).
+      student: the consistency function of the same network (starts at the teacher's params).
+      num_skip: intervals of the skip grid (adjacent pairs ``t_{n+1} > t_n``, ``t_0 = 0``).
+      target_decay: EMA decay of the target network (LCM: 0.95).
+      teacher_guidance: CFG scale of the teacher's step (1: the plain conditional teacher).
+      loss: ``"l2"`` (mean squared error) or ``"huber"`` (``sqrt(mse + c^2) - c`` per image).
+      num_classes: class count (labels in the batch) or None.
+    """
+    if loss not in ("l2", "huber"):
+        raise ValueError(f"unknown consistency loss {loss!r}; expected 'l2' or 'huber'")
+    schedule, T = student.schedule, lattice_size(student.schedule)
+    if not 1 <= num_skip <= T:
+        raise ValueError(f"distill.num_skip must be in [1, {T}], got {num_skip}")
+    guided = teacher_guidance != 1.0
+    if guided and num_classes is None:
+        raise ValueError("distill.teacher_guidance != 1 needs a class-conditional teacher")
+
+    def loss_fn(params, batch, rng, state):
+        x0 = batch["image"]
+        k_n, k_eps = jax.random.split(rng)
+        b = x0.shape[0]
+        n = jax.random.randint(k_n, (b,), 0, num_skip)  # t_{n+1} = grid point num_skip - n - 1
+        t_hi = trailing_time(num_skip - n - 1, num_skip, T)
+        t_lo = trailing_time(num_skip - n, num_skip, T)
+        eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+        alpha, sigma = schedule.alpha_sigma(t_hi)
+        z = bcast_right(alpha, x0) * x0 + bcast_right(sigma, x0) * eps
+        cond = {"label": batch["label"]} if num_classes is not None else {}
+        den = Guided(teacher, teacher_guidance, null_label=num_classes) if guided else teacher
+        z_lo = ddim_step(den(state.extra.teacher, z, t_hi, cond), *schedule.alpha_sigma(t_lo))
+        target = jax.lax.stop_gradient(student(state.extra.target, z_lo, t_lo, cond).x0)
+        diff = jnp.mean(jnp.square(student(params, z, t_hi, cond).x0 - target), axis=tuple(range(1, x0.ndim)))
+        per_image = diff if loss == "l2" else jnp.sqrt(diff + huber_c**2) - huber_c
+        return jnp.mean(per_image), {}
+
+    def init_extra(student_params, teacher_params):
+        return ConsistencyState(teacher=teacher_params, target=jax.tree.map(jnp.copy, student_params))
+
+    def after_update(state):
+        target = jax.tree.map(lambda e, p: target_decay * e + (1.0 - target_decay) * p,
+                              state.extra.target, state.params)
+        return state.replace(extra=state.extra.replace(target=target))
+
+    return Method(loss_fn, init_extra, after_update)

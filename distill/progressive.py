@@ -1,0 +1,158 @@
+"""Progressive distillation (Salimans & Ho 2022) and its CFG-aware, w-conditioned
+variant (guided distillation as in SnapFusion / Meng et al.).
+
+Round ``r`` trains an ``N = start_steps / 2^(r+1)``-step student: for a student step
+``t -> s`` on the trailing grid of ``N`` steps, two deterministic DDIM steps of the
+round's teacher (``t -> t' -> s`` on the ``2N`` grid) land on ``z''``; the target is
+the ``x0`` that makes **one** DDIM step from ``z_t`` land there:
+``x~ = (z'' - (sigma_s / sigma_t) z_t) / (alpha_s - (sigma_s / sigma_t) alpha_t)``.
+At each round boundary the teacher becomes the student (its EMA params; with
+``train.ema_decay = 0``, as in the paper, the params themselves).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from diffusion.losses import denoising_loss
+from diffusion.nn.denoiser import Denoiser
+from diffusion.schedules import bcast_right
+from distill.method import Method, ddim_step
+from sampling.grids import lattice_size, trailing_time
+from sampling.transforms.guidance import Guided
+
+
+@struct.dataclass
+class RoundState:
+    """``TrainState.extra`` of progressive and guided distillation.
+
+    Attributes:
+      teacher: the round's teacher params (same structure as the student's).
+      round: int32 round index (0-based).
+      student_steps: int32 sampling steps the student is being distilled for.
+    """
+
+    teacher: Any
+    round: jax.Array
+    student_steps: jax.Array
+
+
+def students_steps(start_steps: int, rounds: int) -> list[int]:
+    """The student step count of every round: ``start_steps / 2, / 4, ...``."""
+    if start_steps < 2 or start_steps & (start_steps - 1):
+        raise ValueError(f"distill.start_steps must be a power of two >= 2, got {start_steps}")
+    if not 1 <= rounds or start_steps >> rounds < 1:
+        raise ValueError(f"{rounds} halving rounds from {start_steps} steps go below 1 step; "
+                         f"use at most {start_steps.bit_length() - 1} rounds")
+    return [start_steps >> (r + 1) for r in range(rounds)]
+
+
+def distillation_target(x_t, t, z_s, s, schedule) -> jax.Array:
+    """The ``x0`` whose deterministic DDIM step from ``(x_t, t)`` lands on ``(z_s, s)``."""
+    alpha_t, sigma_t = schedule.alpha_sigma(t)
+    alpha_s, sigma_s = schedule.alpha_sigma(s)
+    ratio = sigma_s / sigma_t
+    return (z_s - bcast_right(ratio, x_t) * x_t) / bcast_right(alpha_s - ratio * alpha_t, x_t)
+
+
+def _round_times(key, batch: int, student_steps, T: int):
+    """Student step ``t -> s`` and the teacher's midpoint ``t'``, each ``[B]``."""
+    j = jax.random.randint(key, (batch,), 0, student_steps)
+    two_n = 2 * student_steps
+    return tuple(trailing_time(2 * j + k, two_n, T) for k in range(3))
+
+
+def _make_method(student: Denoiser, start_steps: int, steps_per_round: int, rounds: int, weighting: str,
+                 teacher_fn, student_cond_fn) -> Method:
+    """Shared by both variants: ``teacher_fn(teacher_params, x, t, batch, w_keys, state) -> Prediction``
+    and ``student_cond_fn(batch, draws) -> cond``."""
+    students_steps(start_steps, rounds)  # validates
+    schedule, T = student.schedule, lattice_size(student.schedule)
+
+    def loss_fn(params, batch, rng, state):
+        x0 = batch["image"]
+        k_t, k_eps, k_draw = jax.random.split(rng, 3)
+        extra = state.extra
+        t, t_mid, s = _round_times(k_t, x0.shape[0], extra.student_steps, T)
+        eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+        alpha, sigma = schedule.alpha_sigma(t)
+        z = bcast_right(alpha, x0) * x0 + bcast_right(sigma, x0) * eps
+        draws = student_cond_fn(batch, k_draw)
+        teacher = lambda x, tt: teacher_fn(extra.teacher, x, tt, draws, extra)  # noqa: E731
+        z_mid = ddim_step(teacher(z, t), *schedule.alpha_sigma(t_mid))
+        z_s = ddim_step(teacher(z_mid, t_mid), *schedule.alpha_sigma(s))
+        target = jax.lax.stop_gradient(distillation_target(z, t, z_s, s, schedule))
+        pred = student(params, z, t, draws["student"])
+        eps_target = (z - bcast_right(alpha, x0) * target) / bcast_right(sigma, x0)
+        loss, _ = denoising_loss(pred, target, eps_target, t, schedule, weighting)
+        return loss, {"round": extra.round.astype(jnp.float32), "student_steps": extra.student_steps.astype(jnp.float32)}
+
+    def init_extra(student_params, teacher_params):
+        del teacher_params  # the student starts as the teacher (guided: plus its zero w embedding)
+        return RoundState(teacher=jax.tree.map(jnp.copy, student_params), round=jnp.zeros((), jnp.int32),
+                          student_steps=jnp.asarray(start_steps // 2, jnp.int32))
+
+    def after_update(state):
+        extra = state.extra
+        new_round = (state.step % steps_per_round == 0) & (state.step < steps_per_round * rounds)
+        teacher = jax.tree.map(lambda e, old: jnp.where(new_round, e, old), state.ema_params, extra.teacher)
+        r = extra.round + new_round.astype(jnp.int32)
+        return state.replace(extra=RoundState(teacher=teacher, round=r,
+                                              student_steps=jnp.asarray(start_steps // 2, jnp.int32) >> r))
+
+    return Method(loss_fn, init_extra, after_update)
+
+
+def progressive_distillation(student: Denoiser, *, start_steps: int, steps_per_round: int, rounds: int,
+                             weighting: str = "snr_trunc", num_classes: int | None = None) -> Method:
+    """Halves the sampling steps ``rounds`` times from ``start_steps`` (a power of two).
+
+    ``student`` is the teacher's network (the student starts as the teacher, whose
+    params the caller puts in both ``params`` and ``extra.teacher``). Batches are
+    ``{"image": [B, H, W, C], "label": [B]}`` (labels only when ``num_classes``).
+    """
+
+    def student_cond(batch, key):
+        return {"student": {"label": batch["label"]} if num_classes is not None else {}}
+
+    def teacher_fn(params, x, t, draws, extra):
+        return student(params, x, t, draws["student"])
+
+    return _make_method(student, start_steps, steps_per_round, rounds, weighting, teacher_fn, student_cond)
+
+
+def guided_distillation(student: Denoiser, *, start_steps: int, steps_per_round: int, rounds: int,
+                        num_classes: int, w_range: tuple[float, float] = (1.0, 4.0), p_guided: float = 1.0,
+                        weighting: str = "snr_trunc") -> Method:
+    """Progressive halving of a **w-conditioned** student of a guided teacher.
+
+    ``student`` wraps a UNet with ``guidance_embed=True``; its initial params are the
+    teacher's plus a zero-initialised w embedding, so round 0's teacher (those params,
+    under classifier-free guidance, a ``[2B]`` call) ignores the embedded w. Each
+    sample draws ``w ~ U[w_range]``; with probability ``p_guided`` its target is the
+    teacher at ``w``, otherwise the unguided (conditional, ``w = 1``) target. The
+    student always receives the drawn ``w``. From round 1 on, the teacher is the
+    previous student, called with the target's ``w`` and no CFG.
+    """
+    lo, hi = w_range
+    if not 0.0 <= p_guided <= 1.0 or lo > hi:
+        raise ValueError(f"need 0 <= distill.p_guided <= 1 and w_min <= w_max, got p={p_guided}, w_range={w_range}")
+
+    def student_cond(batch, key):
+        k_w, k_p = jax.random.split(key)
+        b = batch["label"].shape[0]
+        w = jax.random.uniform(k_w, (b,), minval=lo, maxval=hi)
+        w_target = jnp.where(jax.random.uniform(k_p, (b,)) < p_guided, w, 1.0)
+        return {"student": {"label": batch["label"], "guidance": w},
+                "teacher": {"label": batch["label"], "guidance": w_target}, "w_target": w_target}
+
+    def teacher_fn(params, x, t, draws, extra):
+        cfg = lambda: Guided(student, draws["w_target"], null_label=num_classes)(params, x, t, draws["teacher"])  # noqa: E731
+        direct = lambda: student(params, x, t, draws["teacher"])  # noqa: E731
+        return jax.lax.cond(extra.round == 0, cfg, direct)
+
+    return _make_method(student, start_steps, steps_per_round, rounds, weighting, teacher_fn, student_cond)

@@ -1,0 +1,29 @@
+"""Multistep consistency sampling (Song et al. 2023, Alg. 1; LCM's scheduler): at each
+step take the model's ``x0 = f(x_t, t)`` and re-noise it to the next time with **fresh**
+noise, ``x_s = alpha_s x0 + sigma_s z``; the last step (``s = 0``) returns ``x0``."""
+
+from __future__ import annotations
+
+import jax
+from flax import struct
+
+from diffusion.schedules import Schedule, bcast_right
+from sampling.solvers.base import Model, SolverState, advance, fresh_noise, initial_state, predict
+
+
+@struct.dataclass
+class Consistency:
+    """Stochastic; for consistency-distilled students (any denoiser runs, but only a
+    consistency function makes it a good sampler)."""
+
+    schedule: Schedule = struct.field(pytree_node=False)
+
+    def init(self, x: jax.Array, key: jax.Array) -> SolverState:
+        return initial_state(x, key)
+
+    def step(self, state: SolverState, model: Model, t: jax.Array, t_next: jax.Array) -> SolverState:
+        pred, state = predict(model, state, state.x, t)
+        alpha_s, sigma_s = self.schedule.alpha_sigma(t_next)
+        key, noise = fresh_noise(state)
+        x = bcast_right(alpha_s, pred.x0) * pred.x0 + bcast_right(sigma_s, noise) * noise
+        return advance(state, x, key)

@@ -1,0 +1,179 @@
+"""launch.distill end to end on a smoke-trained v-prediction teacher: the three methods,
+exact resume after a preemption, teacher errors, and students through launch.sample /
+launch.evaluate."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import digits_consistency, digits_guided, digits_progressive, digits_v
+from diffusion.train import loop
+from diffusion.train.writer import read_metrics
+from launch.distill_experiment import TeacherError, distill
+from launch.experiment import train
+from launch.run_loader import load_run
+from tests.conftest import ROOT
+from tests.launch.test_cli import _env
+from tests.launch.test_experiment import latest_params
+
+pytestmark = pytest.mark.slow
+CONFIGS = {"progressive": digits_progressive, "guided": digits_guided, "consistency": digits_consistency}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("teacher") / "run"
+    c = digits_v.get_config("smoke")
+    c.train.sample_every = 0
+    c.eval.fd_digits = False
+    train(c, wd, progress=False, devices=jax.devices()[:1])
+    return wd
+
+
+@pytest.fixture(scope="module")
+def students(teacher, tmp_path_factory):
+    """Each method's smoke student, distilled once for the module."""
+    root = tmp_path_factory.mktemp("students")
+    for name, module in CONFIGS.items():
+        distill(smoke(module, teacher), root / name, progress=False, devices=jax.devices()[:1])
+    return root
+
+
+def smoke(module, teacher, fd=False):
+    c = module.get_config("smoke")
+    c.distill.teacher_workdir = str(teacher)
+    c.eval.fd_digits = fd
+    return c
+
+
+def test_students_are_ordinary_work_directories(students):
+    for name in CONFIGS:
+        run = load_run(students / name)
+        saved = json.loads((students / name / "config.json").read_text())
+        assert saved["model"]["pred_type"] == "v" and saved["model"]["dropout"] == 0.0
+        assert saved["model"]["guidance_embed"] == (name == "guided")
+        losses = [r["loss"] for r in read_metrics(students / name) if "loss" in r]
+        assert len(losses) == 4 and all(np.isfinite(losses))
+        if name == "consistency":
+            assert (saved["eval"]["solver"], saved["eval"]["steps"]) == ("consistency", 4)
+            assert type(run.denoiser).__name__ == "ConsistencyFunction"
+        else:  # 8 -> 4 -> 2 steps, one kept checkpoint per round
+            assert (saved["eval"]["solver"], saved["eval"]["steps"], saved["train"]["num_steps"]) == ("ddim", 2, 8)
+            assert run.steps == [4, 8]
+            metrics = [r for r in read_metrics(students / name) if "round" in r]
+            assert [(r["step"], r["round"], r["student_steps"]) for r in metrics] == [
+                (2, 0, 4), (4, 0, 4), (6, 1, 2), (8, 1, 2)]
+
+
+def test_round_boundary_hands_the_student_to_the_teacher(students):
+    step, state = latest_params(students / "progressive")
+    assert step == 8 and int(state["extra"]["round"]) == 1 and int(state["extra"]["student_steps"]) == 2
+    raw = latest_params_at(students / "progressive", 4)
+    # the checkpoint at the end of round 0 already holds round 1's teacher: the round-0 student
+    for a, b in zip(jax.tree.leaves(raw["extra"]["teacher"]), jax.tree.leaves(raw["ema_params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def latest_params_at(workdir, step):
+    from diffusion.train import checkpoint
+
+    mngr = checkpoint.make_manager(workdir)
+    raw = mngr.restore(step, args=checkpoint.ocp.args.Composite(state=checkpoint.ocp.args.StandardRestore()))
+    mngr.close()
+    return raw["state"]
+
+
+class PreemptAfter:
+    """Stands in for the loop's signal flag: reports SIGTERM once ``n`` steps have run."""
+
+    def __init__(self, n):
+        self.n, self.reads = n, 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @property
+    def signum(self):
+        self.reads += 1
+        return signal.SIGTERM if self.reads >= self.n else None
+
+
+def test_preempted_distillation_resumes_exactly(teacher, students, tmp_path, monkeypatch):
+    """Progressive: preempted at step 3 (mid round 0), re-run -> identical params,
+    teacher, round and EMA to the uninterrupted run (including the round boundary)."""
+    wd = tmp_path / "resumed"
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_SignalFlag", lambda: PreemptAfter(3))
+        with pytest.raises(loop.Preempted):
+            distill(smoke(digits_progressive, teacher), wd, progress=False, devices=jax.devices()[:1])
+    assert latest_params(wd)[0] == 3
+    distill(smoke(digits_progressive, teacher), wd, progress=False, devices=jax.devices()[:1])
+    (sa, a), (sb, b) = latest_params(students / "progressive"), latest_params(wd)
+    assert sa == sb == 8
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_teacher_errors_are_clear_and_write_nothing(teacher, tmp_path):
+    wd = tmp_path / "student"
+    with pytest.raises(TeacherError, match="has no config.json"):
+        distill(smoke(digits_progressive, tmp_path / "nowhere"), wd, progress=False)
+    eps_teacher = tmp_path / "eps"
+    shutil.copytree(teacher, eps_teacher)
+    config = json.loads((eps_teacher / "config.json").read_text())
+    config["model"]["pred_type"] = "eps"
+    (eps_teacher / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TeacherError, match="needs a v- or x0-prediction teacher"):
+        distill(smoke(digits_progressive, eps_teacher), wd, progress=False)
+    config["model"]["pred_type"], config["diffusion"]["cond_drop_prob"] = "v", 0.0
+    (eps_teacher / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TeacherError, match="label dropout"):
+        distill(smoke(digits_guided, eps_teacher), wd, progress=False)
+    assert not wd.exists()
+
+
+def test_students_sample_and_evaluate_through_the_clis(students):
+    for name, extra in (("progressive", []), ("guided", ["--guidance", "3.0"]), ("consistency", [])):
+        wd = students / name
+        cmd = [sys.executable, "-m", "launch.sample", "--workdir", str(wd), "--num", "20", *extra]
+        proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        tag = {"progressive": "ddim_2steps", "guided": "ddim_2steps_w3", "consistency": "consistency_4steps"}[name]
+        data = np.load(wd / "samples" / f"{tag}_ckpt8_seed0.npz")
+        assert data["images"].shape == (20, 8, 8, 1)
+    cmd = [sys.executable, "-m", "launch.evaluate", "--workdir", str(students / "guided"), "--num", "50",
+           "--ckpts", "all"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads((students / "guided" / "eval" / "report.json").read_text())["records"]
+    assert [(r["ckpt"], r["steps"], r["guidance"]) for r in records] == [(4, 2, 2.0), (8, 2, 2.0)]
+
+
+def test_guided_student_at_w_equals_its_teacher_before_training(teacher):
+    """The zero-initialised w embedding: a fresh guided student is the teacher for every w."""
+    from launch.builders import build_denoiser, example_inputs
+    from launch.distill_experiment import _start_from, student_config
+    from launch.run_loader import load_run as load
+
+    t_run = load(teacher)
+    cfg = student_config(smoke(digits_guided, teacher), t_run)
+    student = build_denoiser(cfg, t_run.info)
+    args, kwargs = example_inputs(student.module, t_run.info)
+    fresh = student.module.init(jax.random.PRNGKey(1), *args, **kwargs)["params"]
+    t_params = t_run.params(t_run.steps[-1])
+    params = _start_from(fresh, t_params)
+    x = jax.random.normal(jax.random.PRNGKey(2), (4, 8, 8, 1))
+    t, label = jax.numpy.full((4,), 0.6), jax.numpy.arange(4)
+    want = t_run.denoiser(t_params, x, t, {"label": label}).x0
+    for w in (1.0, 2.5, 7.0):
+        got = student(params, x, t, {"label": label, "guidance": jax.numpy.full((4,), w)}).x0
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)

@@ -1,0 +1,51 @@
+"""Multistep consistency sampling with the exact consistency function of Gaussian data.
+
+For ``x0 ~ N(mu, s^2 I)`` the probability-flow ODE maps ``x_t`` to
+``x0 = mu + s / sqrt(alpha^2 s^2 + sigma^2) (x_t - alpha mu)``: that map *is* the
+consistency function, so 1, 2 and 4 steps must all give the data distribution.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion.param import Prediction
+from diffusion.schedules import bcast_right, make_schedule
+from sampling.grids import make_grid
+from sampling.loop import sample
+from sampling.solvers import make_solver
+
+SCHED = make_schedule("linear")
+MU, S = jnp.asarray([0.7, -0.4]), 0.3
+
+
+def flow_map(params, x_t, t, cond=None, **_):
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x_t.shape[:1])
+    alpha, sigma = (bcast_right(v, x_t) for v in SCHED.alpha_sigma(t))
+    x0 = MU + S / jnp.sqrt(alpha**2 * S**2 + sigma**2) * (x_t - alpha * MU)
+    return Prediction(x0=x0, eps=(x_t - alpha * x0) / jnp.maximum(sigma, 1e-6))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_exact_consistency_function_samples_the_data_at_any_step_count(steps):
+    # x_T from the exact marginal at t = 1 (alpha(1) = 0.006 is not quite 0)
+    a1, s1 = (float(v) for v in SCHED.alpha_sigma(jnp.asarray(1.0)))
+    x_T = a1 * MU + np.sqrt(a1**2 * S**2 + s1**2) * jax.random.normal(jax.random.PRNGKey(0), (20000, 2))
+    x = np.asarray(sample(jax.tree_util.Partial(flow_map), None, make_solver("consistency", SCHED), make_grid("trailing", steps, SCHED),
+                          x_T, None, jax.random.PRNGKey(1)))
+    np.testing.assert_allclose(x.mean(0), np.asarray(MU), atol=0.01)
+    np.testing.assert_allclose(x.std(0), [S, S], rtol=0.02)
+
+
+def test_each_step_renoises_with_fresh_noise():
+    """Two steps: the second input is alpha_s x0_1 + sigma_s z, with z independent of x_T."""
+    x_T = jax.random.normal(jax.random.PRNGKey(2), (20000, 2))
+    grid = make_grid("trailing", 2, SCHED)
+    solver = make_solver("consistency", SCHED)
+    st = solver.init(x_T, jax.random.PRNGKey(3))
+    st = solver.step(st, lambda x, t, c: (flow_map(None, x, t), c), grid[0], grid[1])
+    alpha_s, sigma_s = (float(v) for v in SCHED.alpha_sigma(grid[1]))
+    z = (np.asarray(st.x) - alpha_s * np.asarray(flow_map(None, x_T, grid[0]).x0)) / sigma_s
+    assert abs(np.corrcoef(z[:, 0], np.asarray(x_T)[:, 0])[0, 1]) < 0.03
+    np.testing.assert_allclose(z.std(0), [1.0, 1.0], rtol=0.03)
