@@ -64,7 +64,7 @@ def test_phast_then_sample_with_reuse_and_caching(workdir):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--solver", "euler"], "unknown solver 'euler'; available: ddim, ddpm"),
+    (["--solver", "euler"], "unknown solver 'euler'; available: consistency, ddim, ddpm"),
     (["--ckpt", "7"], "no checkpoint at step(s) [7]"),
     (["--time_shift=80"], "WINDOW,CUTOFF"),
     (["--steps", "4", "--attention_reuse", "phast:3"], "no PHAST schedule at"),
