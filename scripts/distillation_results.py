@@ -87,9 +87,8 @@ def main():
     print(f"wrote {out / 'distillation.md'}")
 
 
-def _row(label: str, r: dict, ref: float | None = None) -> str:
-    rel = f" | {r['fd_digits'] / ref:.2f}x" if ref else " |"
-    return f"| {label} | {r['steps']} | {r['fd_digits']:.3f} | {r['class_accuracy']:.3f}{rel}"
+def _row(label: str, r: dict, ref: float) -> str:
+    return f"| {label} | {r['steps']} | {r['fd_digits']:.3f} | {r['class_accuracy']:.3f} | {r['fd_digits'] / ref:.2f}x |"
 
 
 def markdown(res: dict) -> str:
@@ -114,7 +113,7 @@ def markdown(res: dict) -> str:
     lines += ["", "## Guided student: FD vs class accuracy over w and p (4 steps)", "",
               "| student | w | FD-digits | class accuracy |", "|---|---|---|---|"]
     lines += [f"| 128 -> 4 rounds, p = 1 | {r['guidance']:g} | {r['fd_digits']:.3f} | {r['class_accuracy']:.3f} |"
-              for r in res["guided_w"]]
+              for r in sorted(res["guided_w"], key=lambda r: r["guidance"])]
     for p, rs in res["guided_p"].items():
         lines += [f"| one 8 -> 4 round, p = {p} | {r['guidance']:g} | {r['fd_digits']:.3f} | "
                   f"{r['class_accuracy']:.3f} |" for r in rs]
