@@ -141,21 +141,32 @@ def test_teacher_errors_are_clear_and_write_nothing(teacher, tmp_path):
     assert not wd.exists()
 
 
-def test_students_sample_and_evaluate_through_the_clis(students):
-    for name, extra in (("progressive", []), ("guided", ["--guidance", "3.0"]), ("consistency", [])):
-        wd = students / name
-        cmd = [sys.executable, "-m", "launch.sample", "--workdir", str(wd), "--num", "20", *extra]
-        proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        tag = {"progressive": "ddim_2steps", "guided": "ddim_2steps_w3", "consistency": "consistency_4steps"}[name]
-        data = np.load(wd / "samples" / f"{tag}_ckpt8_seed0.npz")
-        assert data["images"].shape == (20, 8, 8, 1)
-    cmd = [sys.executable, "-m", "launch.evaluate", "--workdir", str(students / "guided"), "--num", "50",
-           "--ckpts", "all"]
+def test_students_sample_and_evaluate_on_their_own_grid(students):
+    """The consistency student through the launch.sample CLI (its own solver and wrapper);
+    the others through the same generate() path; the guided one through launch.evaluate's
+    default sweep (its distilled steps and w), for every kept round checkpoint."""
+    from launch.evaluate import default_sweep, run_cells
+    from launch.generate import SamplerSpec, class_labels, generate
+    from launch.sweep import parse_sweep
+
+    wd = students / "consistency"
+    cmd = [sys.executable, "-m", "launch.sample", "--workdir", str(wd), "--num", "20"]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = json.loads((students / "guided" / "eval" / "report.json").read_text())["records"]
+    assert np.load(wd / "samples" / "consistency_4steps_ckpt8_seed0.npz")["images"].shape == (20, 8, 8, 1)
+    for name in ("progressive", "guided"):
+        run = load_run(students / name)
+        d = run.config.sample
+        spec = SamplerSpec(d.solver, d.steps, d.grid, guidance=3.0 if name == "guided" else None)
+        images = generate(run.denoiser, run.params(8), run.info.image_shape, 20, spec,
+                          labels=class_labels(20, run.num_classes), null_label=run.num_classes)
+        assert images.shape == (20, 8, 8, 1) and np.all(np.isfinite(images))
+    run = load_run(students / "guided")
+    assert default_sweep(run.config) == "solver=ddim;steps=2;grid=trailing;guidance=2.0"
+    records = run_cells(run, run.steps, parse_sweep(default_sweep(run.config)), students / "guided" / "eval", 50,
+                        progress=False)
     assert [(r["ckpt"], r["steps"], r["guidance"]) for r in records] == [(4, 2, 2.0), (8, 2, 2.0)]
+    assert all(np.isfinite(r["fd_digits"]) for r in records)
 
 
 def test_guided_student_at_w_equals_its_teacher_before_training(teacher):
