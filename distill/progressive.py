@@ -99,7 +99,7 @@ def _make_method(student: Denoiser, start_steps: int, steps_per_round: int, roun
     def after_update(state):
         extra = state.extra
         new_round = (state.step % steps_per_round == 0) & (state.step < steps_per_round * rounds)
-        teacher = jax.tree.map(lambda e, old: jnp.where(new_round, e, old), state.ema_params, extra.teacher)
+        teacher = jax.lax.cond(new_round, lambda: state.ema_params, lambda: extra.teacher)  # no per-step select
         r = extra.round + new_round.astype(jnp.int32)
         return state.replace(extra=RoundState(teacher=teacher, round=r,
                                               student_steps=jnp.asarray(start_steps // 2, jnp.int32) >> r))
