@@ -27,7 +27,8 @@ import numpy as np
 from benchmarks.common import emit, flops_of, machine, time_interleaved
 from sampling import loop
 from sampling.grids import make_grid
-from sampling.solvers import DDIM, make_solver
+from sampling import registry
+from sampling.solvers import DDIM
 from sampling.solvers.ddim import ddim_update
 
 
@@ -41,14 +42,13 @@ def load_model(args):
         den, shape, classes = run.denoiser, run.info.image_shape, run.num_classes
     else:
         from configs import digits
-        from launch.builders import build_denoiser, build_source
+        from launch.builders import build_denoiser, build_source, init_params, model_caps
 
         config = digits.get_config()
         _, info = build_source(config)
         den, shape = build_denoiser(config, info), info.image_shape
-        classes = den.module.num_classes
-        cond = {"label": jnp.zeros((1,), jnp.int32)} if classes else {}
-        params = den.module.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)), jnp.zeros((1,)), **cond)["params"]
+        classes = model_caps(config, info).null_label
+        params = init_params(config, info, jax.random.PRNGKey(0))
     labels = jnp.arange(args.batch) % classes if classes else None
     return den, params, shape, labels
 
@@ -60,7 +60,7 @@ def compile_times(den, params, shape, labels, batch, rounds: int = 3) -> dict:
     cond = {"label": labels} if labels is not None else None
     out = {}
     for name in ("ddim", "dpmpp2m", "fpndm"):
-        solver = make_solver(name, den.schedule)
+        solver = registry.solver(name).make(den.schedule)
         times = {n: [] for n in (10, 100, 1000)}
         for _ in range(rounds):
             for n in times:
@@ -88,7 +88,7 @@ def throughput(den, params, shape, labels, batch, steps=50) -> dict:
     def run_scan():
         jax.block_until_ready(compiled_scan(den, params, solver, grid, x_T, cond, key)[0].x)
 
-    model = jax.jit(lambda p, x, t: den(p, x, t, cond))
+    model = jax.jit(lambda p, x, t: den(p, x, t, cond)[0])
     model_c = model.lower(params, x_T, grid[0]).compile()
     model_flops = flops_of(model_c)
 

@@ -23,7 +23,7 @@ from diffusion.train.objective import make_diffusion_loss
 from diffusion.train.setup import abstract_state, init_state, jit_train_step, state_factory
 from diffusion.train.sharding import global_batch, make_mesh
 from diffusion.train.step import make_train_step
-from launch.builders import build_denoiser, build_source, num_classes
+from launch.builders import build_denoiser, build_source, init_params, model_caps
 from launch.experiment import make_optimizer_from
 
 config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config.")
@@ -52,13 +52,10 @@ def main(_):
     devices = jax.devices()[:1]
     source, info = build_source(config)
     denoiser = build_denoiser(config, info)
-    classes = num_classes(denoiser)
+    classes = model_caps(config, info).null_label
     mesh = make_mesh(1, 1, devices)
     optimizer = make_optimizer_from(config.train)
-    cond = {"label": jnp.zeros((1,), jnp.int32)} if classes else {}
-    module = denoiser.module
-    make = state_factory(lambda k: module.init(k, jnp.zeros((1, *info.image_shape)), jnp.zeros((1,)), **cond)["params"],
-                         optimizer, jax.random.PRNGKey(0))
+    make = state_factory(lambda k: init_params(config, info, k), optimizer, jax.random.PRNGKey(0))
     _, shardings = abstract_state(make, mesh)
     state = init_state(make, shardings, mesh)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))

@@ -36,7 +36,7 @@ def kairos(batch: int, steps: int) -> dict:
     grid = make_grid("trailing", steps, sched)
     key = jax.random.PRNGKey(2)
     compiled = loop._chain_jit.lower(den, params, DDIM(sched, 0.0), grid, x_T, None, key, False).compile()
-    model = jax.jit(lambda p, x, t: den(p, x, t)).lower(params, x_T, grid[0]).compile()
+    model = jax.jit(lambda p, x, t: den(p, x, t)[0]).lower(params, x_T, grid[0]).compile()
 
     def run_sampler():
         jax.block_until_ready(compiled(den, params, DDIM(sched, 0.0), grid, x_T, None, key)[0].x)

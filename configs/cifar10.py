@@ -58,7 +58,7 @@ def get_config(arg: str | None = None):
         c.train.log_every = 2
         c.train.ckpt_every = 3
         c.train.sample_every = 6
-        c.sample.steps = 3
+        c.sample.sampler = "solver=ddim;steps=3;grid=trailing"
         c.sample.num = 8
     elif arg:
         raise ValueError(f"unknown variant {arg!r} of configs/cifar10.py; use '' or 'smoke'")

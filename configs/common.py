@@ -1,13 +1,20 @@
 """Shared config defaults; each experiment file overrides what it needs.
 
 Sections: ``data``, ``model``, ``diffusion``, ``train``, ``mesh``, ``sample`` (grids
-drawn during training) and ``eval`` (the FD-digits figure at the end).
+drawn during training) and ``eval`` (the FD-digits figure at the end). ``sample.sampler``
+and ``eval.sampler`` are sampler specs (``sampling/spec.py``): any solver, grid and
+sampling transform, e.g. ``solver=ddim;steps=20;guidance=2;time_shift=80:300``.
 """
 
 from __future__ import annotations
 
+import json
+
 import ml_collections
 from ml_collections import config_dict
+
+
+DEFAULT_SAMPLER = "solver=ddim;steps=50;grid=trailing"
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -29,7 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dropout = 0.1
     c.model.scale_shift = True  # FiLM in residual blocks (ADM); False: DDPM's additive time embedding
     c.model.class_conditional = True
-    c.model.context_dim = config_dict.placeholder(int)  # cross-attention width (text), off by default
+    c.model.guidance_embed = False  # conditioned on the guidance scale w (guided-distillation students)
     c.model.pred_type = "eps"  # eps | x0 | v
     c.model.dtype = "float32"  # float32 | bfloat16 (compute dtype; params stay float32)
 
@@ -60,18 +67,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.fsdp = 1
 
     c.sample = ml_collections.ConfigDict()
-    c.sample.solver = "ddim"
-    c.sample.steps = 50
-    c.sample.grid = "trailing"
+    c.sample.sampler = DEFAULT_SAMPLER  # also launch.sample's default for the run
     c.sample.num = 100  # images per grid (10 per class when class-conditional)
-    c.sample.guidance = config_dict.placeholder(float)  # CFG scale (w of a w-conditioned student)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.fd_digits = True  # FD-digits at the end (digits datasets only)
-    c.eval.solver = "ddim"
-    c.eval.steps = 50
-    c.eval.grid = "trailing"
-    c.eval.guidance = config_dict.placeholder(float)
+    c.eval.sampler = DEFAULT_SAMPLER
     c.eval.num_samples = 1000
     c.eval.batch_size = 500
     return c
@@ -87,9 +88,8 @@ def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.train.log_every = 5
     c.train.ckpt_every = 10
     c.train.sample_every = 10
-    c.sample.steps = 5
+    c.sample.sampler = c.eval.sampler = "solver=ddim;steps=5;grid=trailing"
     c.sample.num = 20
-    c.eval.steps = 5
     c.eval.num_samples = 100
     c.eval.batch_size = 100
     return c
@@ -150,3 +150,27 @@ RESUMABLE_KEYS = (
     "sample",
     "eval",
 )
+
+
+def upgrade_config(saved: dict) -> dict:
+    """A ``config.json`` written by an earlier Kairos, in today's form (nothing is lost):
+
+    * ``model.context_dim`` (never usable: nothing supplied a context) is dropped when
+      unset; a set one is an error;
+    * ``model.guidance_embed`` is added (False) where it is missing;
+    * ``sample`` / ``eval`` ``solver, steps, grid, guidance`` become one ``sampler`` spec.
+    """
+    saved = json.loads(json.dumps(saved))  # a deep copy
+    model = saved.get("model", {})
+    if model.get("context_dim") is not None:
+        raise ValueError(f"this work directory's config sets model.context_dim={model['context_dim']}: "
+                         "cross-attention to a context was never supplied one and has been removed")
+    model.pop("context_dim", None)
+    model.setdefault("guidance_embed", False)
+    for name in ("sample", "eval"):
+        section = saved.get(name, {})
+        if "sampler" not in section and "solver" in section:
+            spec = f"solver={section.pop('solver')};steps={section.pop('steps')};grid={section.pop('grid', 'trailing')}"
+            guidance = section.pop("guidance", None)
+            section["sampler"] = spec + ("" if guidance is None else f";guidance={guidance}")
+    return saved

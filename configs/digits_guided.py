@@ -11,7 +11,8 @@ from configs.common import distill_config, shrink_distill_for_smoke
 
 def get_config(arg: str | None = None):
     c = distill_config("guided")
-    c.eval.guidance = c.sample.guidance = 2.0  # the w the student is sampled and evaluated at
+    # the w the student is sampled and evaluated at (solver and steps come from the distillation)
+    c.eval.sampler = c.sample.sampler = "solver=ddim;steps=2;grid=trailing;guidance=2"
     if arg == "smoke":
         shrink_distill_for_smoke(c)
     elif arg:

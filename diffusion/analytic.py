@@ -14,13 +14,14 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from diffusion.contract import Stateless
 from diffusion.param import Prediction
 from diffusion.schedules import Schedule, bcast_right
 
 
 @struct.dataclass
-class GaussianMixtureDenoiser:
-    """``denoise(params, x_t, t, cond=None) -> Prediction`` for a Gaussian mixture.
+class GaussianMixtureDenoiser(Stateless):
+    """The exact denoiser of a Gaussian mixture (``diffusion.contract``; caches nothing).
 
     Attributes:
       means: ``[K, D]`` component means (``D`` = the product of the data's trailing shape).
@@ -34,8 +35,9 @@ class GaussianMixtureDenoiser:
     weights: jax.Array
     schedule: Schedule = struct.field(pytree_node=False)
 
-    def __call__(self, params, x_t: jax.Array, t: jax.Array, cond=None, **_) -> Prediction:
-        """``x_t: [B, ...]`` with ``prod(...) = D``; ``t``: ``[]`` or ``[B]``."""
+    def __call__(self, params, x_t: jax.Array, t: jax.Array, cond=None, **_) -> tuple[Prediction, dict]:
+        """``x_t: [B, ...]`` with ``prod(...) = D``; ``t``: ``[]`` or ``[B]`` -> ``(Prediction, {})``
+        (``params``, ``cond`` and the cache arguments are ignored)."""
         b = x_t.shape[0]
         x = x_t.reshape(b, -1)
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (b,))
@@ -51,7 +53,7 @@ class GaussianMixtureDenoiser:
         x0_k = self.means[None] + gain[:, :, None] * diff  # [B, K, D]
         x0 = jnp.einsum("bk,bkd->bd", resp, x0_k).reshape(x_t.shape)
         eps = (x_t - bcast_right(alpha, x_t) * x0) / bcast_right(jnp.maximum(sigma, 1e-6), x_t)
-        return Prediction(x0=x0, eps=eps)
+        return Prediction(x0=x0, eps=eps), {}
 
     def sample_data(self, key: jax.Array, n: int) -> jax.Array:
         """``[n, D]`` draws from the mixture."""
@@ -120,7 +122,7 @@ def probability_flow_reference(mixture: GaussianMixtureDenoiser, x_start, t_star
         a, s = alpha_sigma(lam)
         return np.exp(lam) * posterior_mean(s * y.reshape(shape), a, s).ravel()
 
-    a0, s0 = alpha_sigma(lam0)
+    s0 = alpha_sigma(lam0)[1]
     sol = solve_ivp(rhs, (lam0, lam1), (x_start / s0).ravel(), method="DOP853", rtol=rtol, atol=rtol)
     if not sol.success:
         raise RuntimeError(f"reference ODE solve failed: {sol.message}")

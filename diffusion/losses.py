@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from diffusion.param import Prediction, v_from
-from diffusion.schedules import Schedule, bcast_right
+from diffusion.schedules import Schedule
 
 WEIGHTINGS = ("eps", "v", "x0", "snr_trunc")
 
@@ -51,7 +51,7 @@ def denoising_loss(
     if weighting == "eps":
         per_t = per_time_mse(pred.eps - eps, t.shape)
     elif weighting == "v":
-        target = bcast_right(alpha, eps) * eps - bcast_right(sigma, x0) * x0
+        target = v_from(Prediction(x0=x0, eps=eps), alpha, sigma)
         per_t = per_time_mse(v_from(pred, alpha, sigma) - target, t.shape)
     elif weighting in ("x0", "snr_trunc"):
         per_t = per_time_mse(pred.x0 - x0, t.shape)

@@ -10,7 +10,6 @@ elementwise in ``t``. Discrete beta schedules are tables over ``n = 0..T`` place
 from __future__ import annotations
 
 import abc
-
 import dataclasses
 import functools
 import math
@@ -44,6 +43,12 @@ class Schedule(abc.ABC):
 
     #: Number of training steps of a discrete schedule, ``0`` for continuous ones.
     num_steps: int = 0
+
+    @property
+    def T(self) -> int:  # noqa: N802 - the papers' name
+        """The training lattice ``n = 0..T``: a discrete schedule's ``num_steps``; continuous
+        schedules use a 1000-step lattice (time grids, TS-DPM windows, LCM's time index)."""
+        return self.num_steps or 1000
 
     @abc.abstractmethod
     def log_alpha_bar(self, t: Array) -> Array:

@@ -18,18 +18,23 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from diffusion.param import Prediction
+from diffusion.contract import COMPUTE, Modes
+from diffusion.param import Prediction, ddim_renoise, forward_noise
 from diffusion.schedules import bcast_right
-from distill.method import Method, ddim_step
-from sampling.grids import lattice_size, trailing_time
+from distill.method import Method
+from sampling.grids import trailing_time
 from sampling.transforms.guidance import Guided
 
+SIGMA_DATA = 0.5  # LCM's boundary-condition constants
+TIME_SCALING = 10.0
+HUBER_C = 1e-3  # the pseudo-Huber loss's c
 
-def boundary_coefficients(t: jax.Array, T: int, sigma_data: float = 0.5, scaling: float = 10.0):
+
+def boundary_coefficients(t: jax.Array, T: int):
     """``(c_skip, c_out)`` of shape ``t``; ``(1, 0)`` at ``t = 0``."""
-    tau = scaling * T * jnp.asarray(t, jnp.float32)
-    c_skip = sigma_data**2 / (tau**2 + sigma_data**2)
-    c_out = tau / jnp.sqrt(tau**2 + sigma_data**2)
+    tau = TIME_SCALING * T * jnp.asarray(t, jnp.float32)
+    c_skip = SIGMA_DATA**2 / (tau**2 + SIGMA_DATA**2)
+    c_out = tau / jnp.sqrt(tau**2 + SIGMA_DATA**2)
     return c_skip, c_out
 
 
@@ -41,30 +46,21 @@ class ConsistencyFunction:
     denoiser: Any
 
     @property
-    def module(self):
-        return self.denoiser.module
-
-    @property
     def schedule(self):
         return self.denoiser.schedule
 
-    @property
-    def pred_type(self):
-        return self.denoiser.pred_type
-
-    def __call__(self, params, x_t, t, cond=None, **kwargs):
-        out = self.denoiser(params, x_t, t, cond, **kwargs)
-        pred, cache = out if kwargs.get("cache") is not None else (out, None)
+    def __call__(self, params, x_t, t, cond=None, *, cache=None, step=None, modes: Modes = COMPUTE, rng=None,
+                 train: bool = False) -> tuple[Prediction, Any]:
+        pred, cache = self.denoiser(params, x_t, t, cond, cache=cache, step=step, modes=modes, rng=rng, train=train)
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x_t.shape[:1]) if jnp.ndim(t) == 0 else t
-        c_skip, c_out = boundary_coefficients(t, lattice_size(self.schedule))
+        c_skip, c_out = boundary_coefficients(t, self.schedule.T)
         x0 = bcast_right(c_skip, x_t) * x_t + bcast_right(c_out, x_t) * pred.x0
         alpha, sigma = self.schedule.alpha_sigma(t)
         eps = (x_t - bcast_right(alpha, x_t) * x0) / bcast_right(jnp.maximum(sigma, 1e-4), x_t)
-        pred = Prediction(x0=x0, eps=eps)
-        return pred if cache is None else (pred, cache)
+        return Prediction(x0=x0, eps=eps), cache
 
-    def init_cache(self, *args, **kwargs):
-        return self.denoiser.init_cache(*args, **kwargs)
+    def init_cache(self, params, x_t, cond=None, num_steps=None, modes: Modes = COMPUTE):
+        return self.denoiser.init_cache(params, x_t, cond, num_steps, modes)
 
 
 @struct.dataclass
@@ -77,7 +73,7 @@ class ConsistencyState:
 
 def consistency_distillation(teacher: Any, student: ConsistencyFunction, *, num_skip: int = 50,
                              target_decay: float = 0.95, teacher_guidance: float = 1.0, loss: str = "l2",
-                             huber_c: float = 1e-3, num_classes: int | None = None) -> Method:
+                             num_classes: int | None = None) -> Method:
     """Consistency distillation of ``teacher`` (a denoiser) into ``student``.
 
     Args:
@@ -86,12 +82,13 @@ def consistency_distillation(teacher: Any, student: ConsistencyFunction, *, num_
       num_skip: intervals of the skip grid (adjacent pairs ``t_{n+1} > t_n``, ``t_0 = 0``).
       target_decay: EMA decay of the target network (LCM: 0.95).
       teacher_guidance: CFG scale of the teacher's step (1: the plain conditional teacher).
-      loss: ``"l2"`` (mean squared error) or ``"huber"`` (``sqrt(mse + c^2) - c`` per image).
+      loss: ``"l2"`` (mean squared error) or ``"huber"`` (``sqrt(mse + c^2) - c`` per image,
+        ``c = HUBER_C``).
       num_classes: class count (labels in the batch) or None.
     """
     if loss not in ("l2", "huber"):
         raise ValueError(f"unknown consistency loss {loss!r}; expected 'l2' or 'huber'")
-    schedule, T = student.schedule, lattice_size(student.schedule)
+    schedule, T = student.schedule, student.schedule.T
     if not 1 <= num_skip <= T:
         raise ValueError(f"distill.num_skip must be in [1, {T}], got {num_skip}")
     guided = teacher_guidance != 1.0
@@ -106,14 +103,13 @@ def consistency_distillation(teacher: Any, student: ConsistencyFunction, *, num_
         t_hi = trailing_time(num_skip - n - 1, num_skip, T)
         t_lo = trailing_time(num_skip - n, num_skip, T)
         eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
-        alpha, sigma = schedule.alpha_sigma(t_hi)
-        z = bcast_right(alpha, x0) * x0 + bcast_right(sigma, x0) * eps
+        z = forward_noise(schedule, x0, eps, t_hi)
         cond = {"label": batch["label"]} if num_classes is not None else {}
         den = Guided(teacher, teacher_guidance, null_label=num_classes) if guided else teacher
-        z_lo = ddim_step(den(state.extra.teacher, z, t_hi, cond), *schedule.alpha_sigma(t_lo))
-        target = jax.lax.stop_gradient(student(state.extra.target, z_lo, t_lo, cond).x0)
-        diff = jnp.mean(jnp.square(student(params, z, t_hi, cond).x0 - target), axis=tuple(range(1, x0.ndim)))
-        per_image = diff if loss == "l2" else jnp.sqrt(diff + huber_c**2) - huber_c
+        z_lo = ddim_renoise(den(state.extra.teacher, z, t_hi, cond)[0], *schedule.alpha_sigma(t_lo))
+        target = jax.lax.stop_gradient(student(state.extra.target, z_lo, t_lo, cond)[0].x0)
+        diff = jnp.mean(jnp.square(student(params, z, t_hi, cond)[0].x0 - target), axis=tuple(range(1, x0.ndim)))
+        per_image = diff if loss == "l2" else jnp.sqrt(diff + HUBER_C**2) - HUBER_C
         return jnp.mean(per_image), {}
 
     def init_extra(student_params, teacher_params):

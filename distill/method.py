@@ -5,10 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import jax
-
-from diffusion.param import Prediction
-from diffusion.schedules import bcast_right
 from diffusion.train.state import TrainState
 from diffusion.train.step import LossFn
 
@@ -27,9 +23,3 @@ class Method:
     loss_fn: LossFn
     init_extra: Callable[[Any, Any], Any]
     after_update: Callable[[TrainState], TrainState] | None = None
-
-
-def ddim_step(pred: Prediction, alpha_s: jax.Array, sigma_s: jax.Array) -> jax.Array:
-    """The deterministic DDIM step to time ``s``: ``alpha_s x0 + sigma_s eps`` (``[B, ...]``;
-    ``alpha_s, sigma_s`` have the time shape)."""
-    return bcast_right(alpha_s, pred.x0) * pred.x0 + bcast_right(sigma_s, pred.eps) * pred.eps

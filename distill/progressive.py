@@ -20,9 +20,10 @@ from flax import struct
 
 from diffusion.losses import denoising_loss
 from diffusion.nn.denoiser import Denoiser
+from diffusion.param import ddim_renoise, forward_noise
 from diffusion.schedules import bcast_right
-from distill.method import Method, ddim_step
-from sampling.grids import lattice_size, trailing_time
+from distill.method import Method
+from sampling.grids import trailing_time
 from sampling.transforms.guidance import Guided
 
 
@@ -71,7 +72,7 @@ def _make_method(student: Denoiser, start_steps: int, steps_per_round: int, roun
     """Shared by both variants: ``teacher_fn(teacher_params, x, t, batch, w_keys, state) -> Prediction``
     and ``student_cond_fn(batch, draws) -> cond``."""
     students_steps(start_steps, rounds)  # validates
-    schedule, T = student.schedule, lattice_size(student.schedule)
+    schedule, T = student.schedule, student.schedule.T
 
     def loss_fn(params, batch, rng, state):
         x0 = batch["image"]
@@ -79,14 +80,14 @@ def _make_method(student: Denoiser, start_steps: int, steps_per_round: int, roun
         extra = state.extra
         t, t_mid, s = _round_times(k_t, x0.shape[0], extra.student_steps, T)
         eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
-        alpha, sigma = schedule.alpha_sigma(t)
-        z = bcast_right(alpha, x0) * x0 + bcast_right(sigma, x0) * eps
+        z = forward_noise(schedule, x0, eps, t)
         draws = student_cond_fn(batch, k_draw)
         teacher = lambda x, tt: teacher_fn(extra.teacher, x, tt, draws, extra)  # noqa: E731
-        z_mid = ddim_step(teacher(z, t), *schedule.alpha_sigma(t_mid))
-        z_s = ddim_step(teacher(z_mid, t_mid), *schedule.alpha_sigma(s))
+        z_mid = ddim_renoise(teacher(z, t), *schedule.alpha_sigma(t_mid))
+        z_s = ddim_renoise(teacher(z_mid, t_mid), *schedule.alpha_sigma(s))
         target = jax.lax.stop_gradient(distillation_target(z, t, z_s, s, schedule))
-        pred = student(params, z, t, draws["student"])
+        pred, _ = student(params, z, t, draws["student"])
+        alpha, sigma = schedule.alpha_sigma(t)
         eps_target = (z - bcast_right(alpha, x0) * target) / bcast_right(sigma, x0)
         loss, _ = denoising_loss(pred, target, eps_target, t, schedule, weighting)
         return loss, {"round": extra.round.astype(jnp.float32), "student_steps": extra.student_steps.astype(jnp.float32)}
@@ -120,7 +121,7 @@ def progressive_distillation(student: Denoiser, *, start_steps: int, steps_per_r
         return {"student": {"label": batch["label"]} if num_classes is not None else {}}
 
     def teacher_fn(params, x, t, draws, extra):
-        return student(params, x, t, draws["student"])
+        return student(params, x, t, draws["student"])[0]
 
     return _make_method(student, start_steps, steps_per_round, rounds, weighting, teacher_fn, student_cond)
 
@@ -151,8 +152,8 @@ def guided_distillation(student: Denoiser, *, start_steps: int, steps_per_round:
                 "teacher": {"label": batch["label"], "guidance": w_target}, "w_target": w_target}
 
     def teacher_fn(params, x, t, draws, extra):
-        cfg = lambda: Guided(student, draws["w_target"], null_label=num_classes)(params, x, t, draws["teacher"])  # noqa: E731
-        direct = lambda: student(params, x, t, draws["teacher"])  # noqa: E731
+        cfg = lambda: Guided(student, draws["w_target"], null_label=num_classes)(params, x, t, draws["teacher"])[0]  # noqa: E731
+        direct = lambda: student(params, x, t, draws["teacher"])[0]  # noqa: E731
         return jax.lax.cond(extra.round == 0, cfg, direct)
 
     return _make_method(student, start_steps, steps_per_round, rounds, weighting, teacher_fn, student_cond)

@@ -1,7 +1,12 @@
-"""Builds the pieces of an experiment from its config sections (plain arguments inward)."""
+"""Builds the pieces of an experiment from its config sections (plain arguments inward).
+
+What a run's model can do (class labels, a guidance input, skip branches) is read from
+its config here (:func:`model_caps`), never by probing the network.
+"""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -10,6 +15,7 @@ from diffusion.nn.denoiser import Denoiser
 from diffusion.nn.unet import UNet
 from diffusion.schedules import Schedule, make_schedule
 from distill.consistency import ConsistencyFunction
+from sampling.registry import ModelCaps
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -32,14 +38,13 @@ def build_unet(model: ml_collections.ConfigDict, info: DatasetInfo) -> UNet:
         dropout=model.dropout,
         scale_shift=model.scale_shift,
         num_classes=info.num_classes if model.class_conditional else None,
-        context_dim=model.context_dim,
-        guidance_embed=model.get("guidance_embed", False),
+        guidance_embed=model.guidance_embed,
         out_channels=info.image_shape[-1],
         dtype=DTYPES[model.dtype],
     )
 
 
-def build_denoiser(config: ml_collections.ConfigDict, info: DatasetInfo) -> Denoiser:
+def build_denoiser(config: ml_collections.ConfigDict, info: DatasetInfo):
     """The run's denoiser; a consistency-distilled student's is its consistency function."""
     denoiser = Denoiser(build_unet(config.model, info), build_schedule(config.diffusion), config.model.pred_type)
     if config.get("distill") is not None and config.distill.method == "consistency":
@@ -47,21 +52,26 @@ def build_denoiser(config: ml_collections.ConfigDict, info: DatasetInfo) -> Deno
     return denoiser
 
 
+def model_caps(config: ml_collections.ConfigDict, info: DatasetInfo) -> ModelCaps:
+    """What the run's model can do, for building samplers (``sampling.registry.ModelCaps``)."""
+    return ModelCaps(
+        null_label=info.num_classes if config.model.class_conditional else None,
+        w_conditioned=bool(config.model.guidance_embed),
+        self_attention=True,  # every UNet has its middle attention block
+        feature_branches=build_unet(config.model, info).num_branches,
+    )
+
+
 def build_source(config: ml_collections.ConfigDict, split: str = "train"):
     """``(source, DatasetInfo)`` of ``config.data``."""
     return make_source(config.data.name, split, resolution=config.data.resolution, data_dir=config.data.data_dir)
 
 
-def num_classes(denoiser: Denoiser) -> int | None:
-    """The class count of a class-conditional UNet (its null label), else None."""
-    return getattr(denoiser.module, "num_classes", None)
-
-
-def example_inputs(module, info: DatasetInfo) -> tuple[tuple, dict]:
-    """``(args, kwargs)`` for ``module.init(key, *args, **kwargs)``: ``x [1, H, W, C]``,
-    ``t [1]``, a label when class-conditional, a guidance scale when w-conditioned."""
+def init_params(config: ml_collections.ConfigDict, info: DatasetInfo, key: jax.Array):
+    """Fresh network parameters: ``module.init`` on ``x [1, H, W, C]``, ``t [1]``, a label
+    when class-conditional, a guidance scale when w-conditioned."""
     args = [jnp.zeros((1, *info.image_shape), jnp.float32), jnp.zeros((1,))]
-    if getattr(module, "num_classes", None) is not None:
-        args.append(jnp.zeros((1,), jnp.int32))
-    kwargs = {"guidance": jnp.ones((1,))} if getattr(module, "guidance_embed", False) else {}
-    return tuple(args), kwargs
+    kwargs = {"label": jnp.zeros((1,), jnp.int32)} if config.model.class_conditional else {}
+    if config.model.guidance_embed:
+        kwargs["guidance"] = jnp.ones((1,))
+    return build_unet(config.model, info).init(key, *args, **kwargs)["params"]

@@ -134,3 +134,23 @@ def run_training(train_fn) -> None:
             raise ValueError(str(e)) from e
 
     run(with_clean_errors(main))
+
+
+def define_sampler_flags(what: str = "the run's config.sample.sampler") -> None:
+    """``--solver``, ``--steps``, ``--grid`` and one flag per registry key (every sampling
+    transform and knob flag, ``sampling.registry``); unset flags keep ``what``."""
+    from sampling import registry
+
+    flags.DEFINE_string("solver", None, f"Solver: {', '.join(sorted(registry.solvers()))} (default: {what}).")
+    flags.DEFINE_string("steps", None, f"Sampling steps, >= 1 (default: {what}).")
+    flags.DEFINE_string("grid", None, f"Time grid: uniform, trailing, quadratic, logsnr (default: {what}).")
+    for key, text in registry.key_help().items():
+        flags.DEFINE_string(key, None, text)
+
+
+def sampler_overrides() -> dict:
+    """The sampler keys given on the command line (``SamplerSpec.merged`` takes them)."""
+    from sampling import registry
+
+    names = (*registry.CORE_KEYS, *registry.keys())
+    return {k: flags.FLAGS[k].value for k in names if flags.FLAGS[k].value is not None}

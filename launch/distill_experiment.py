@@ -17,10 +17,11 @@ import ml_collections
 from diffusion.train.state import create_train_state
 from distill import consistency_distillation, guided_distillation, progressive_distillation
 from distill.progressive import students_steps
-from launch.builders import build_denoiser, build_source, example_inputs, num_classes
+from launch.builders import build_denoiser, build_source, init_params, model_caps
 from launch.experiment import Experiment, make_optimizer_from, run_experiment
 from launch.run_loader import LoadedRun, load_run
 from launch.workdir import prepare_workdir, to_json_dict
+from sampling.spec import SamplerSpec
 
 METHODS = ("progressive", "guided", "consistency")
 
@@ -58,7 +59,7 @@ def load_teacher(config: ml_collections.ConfigDict) -> LoadedRun:
                                f"(diffusion.cond_drop_prob > 0); {d.teacher_workdir} has "
                                f"num_classes={teacher.num_classes}, "
                                f"cond_drop_prob={teacher.config.diffusion.cond_drop_prob}")
-        if teacher.config.model.get("guidance_embed", False):
+        if teacher.config.model.guidance_embed:
             raise TeacherError(f"{d.teacher_workdir} is already a w-conditioned student")
     if d.method == "consistency" and d.teacher_guidance != 1.0 and teacher.num_classes is None:
         raise TeacherError(f"distill.teacher_guidance={d.teacher_guidance} needs a class-conditional teacher")
@@ -90,15 +91,15 @@ def student_config(config: ml_collections.ConfigDict, teacher: LoadedRun) -> ml_
             raise ValueError(f"train.ckpt_every={c.train.ckpt_every} must divide distill.steps_per_round="
                              f"{d.steps_per_round} (a checkpoint at the end of every round)")
         c.train.lr_schedule = "round_linear"
-    n = final_steps(c)
-    for section in (c.sample, c.eval):
-        section.steps, section.grid = n, "trailing"
-        section.solver = "consistency" if d.method == "consistency" else "ddim"
+    n, solver = final_steps(c), "consistency" if d.method == "consistency" else "ddim"
+    for section in (c.sample, c.eval):  # the student's own grid; the config's transforms (guidance) stay
+        section.sampler = SamplerSpec.parse(section.sampler).merged(
+            {"solver": solver, "steps": n, "grid": "trailing"}).to_string()
     return c
 
 
-def build_method(config: ml_collections.ConfigDict, student, teacher: LoadedRun):
-    d, classes = config.distill, num_classes(student)
+def build_method(config: ml_collections.ConfigDict, student, classes: int | None, teacher: LoadedRun):
+    d = config.distill
     if d.method == "progressive":
         return progressive_distillation(student, start_steps=d.start_steps, steps_per_round=d.steps_per_round,
                                         rounds=d.rounds, weighting=d.weighting, num_classes=classes)
@@ -122,20 +123,18 @@ def distill(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, p
     config = student_config(config, teacher)
     workdir = prepare_workdir(workdir, to_json_dict(config))
     source, info = build_source(config)
-    student = build_denoiser(config, info)
-    method = build_method(config, student, teacher)
+    student, caps = build_denoiser(config, info), model_caps(config, info)
+    method = build_method(config, student, caps.null_label, teacher)
     optimizer = make_optimizer_from(config.train, round_steps=config.distill.get("steps_per_round") or 0)
-    module = student.module
     teacher_params = teacher.params(teacher.steps[-1])
 
     def make(teacher_params):
-        args, kwargs = example_inputs(module, info)
-        params = module.init(jax.random.PRNGKey(config.seed), *args, **kwargs)["params"]
-        params = _start_from(params, teacher_params)
+        params = _start_from(init_params(config, info, jax.random.PRNGKey(config.seed)), teacher_params)
         state = create_train_state(params, optimizer, jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
         return state.replace(extra=method.init_extra(params, teacher_params))
 
-    exp = Experiment(student, source, info, optimizer, make, method.loss_fn, (teacher_params,), method.after_update)
+    exp = Experiment(student, caps, source, info, optimizer, make, method.loss_fn, (teacher_params,),
+                     method.after_update)
     return run_experiment(config, workdir, exp, progress=progress, devices=devices)
 
 

@@ -13,7 +13,6 @@ skipped, so an interrupted evaluation resumes where it stopped.
 from __future__ import annotations
 
 import datetime
-import json
 import pathlib
 import time
 
@@ -30,29 +29,21 @@ flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
-def load_records(path: pathlib.Path) -> list[dict]:
-    return json.loads(path.read_text())["records"] if path.exists() else []
-
-
-def save_records(path: pathlib.Path, records: list[dict], meta: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**meta, "records": records}, indent=1) + "\n")
-    tmp.replace(path)  # atomic: a kill never leaves half a report
-
-
 def run_cells(run, ckpts: list[int], cells: list, out_dir: pathlib.Path, num: int, batch_size: int = 500,
               command: str = "", progress: bool = True) -> list[dict]:
     """Evaluates every (checkpoint, cell) not yet in ``out_dir/report.json``; returns all records."""
     from diffusion.metrics.fd_digits import fd_digits
     from launch.generate import class_labels, generate
-    from sampling.solvers import network_calls
+    from launch.phast_files import external_for
+    from launch.records import load_records, record_fields, save_records
 
     if run.config.data.name != "digits":
         raise ValueError(f"launch.evaluate scores with FD-digits, which needs a digits model; this work directory "
                          f"trained on {run.config.data.name!r}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_cells(run, cells)
     path = out_dir / "report.json"
     records = load_records(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
     done = {r["id"] for r in records}
     meta = {"workdir": str(run.workdir), "command": command}
     todo = [(c, cell) for c in ckpts for cell in cells if cell.key(c, num) not in done]
@@ -64,13 +55,12 @@ def run_cells(run, ckpts: list[int], cells: list, out_dir: pathlib.Path, num: in
         if params_step != ckpt:
             params, params_step = run.params(ckpt), ckpt
         t0 = time.perf_counter()
-        images = generate(run.denoiser, params, run.info.image_shape, num, cell.spec, batch_size=batch_size,
-                          seed=cell.seed, labels=labels, null_label=run.num_classes, workdir=run.workdir)
+        images = generate(run.denoiser, params, run.info.image_shape, num, cell.spec, run.caps, batch_size=batch_size,
+                          seed=cell.seed, labels=labels, external=external_for(run.workdir, cell.spec))
         seconds = time.perf_counter() - t0
         scores = fd_digits(images, labels)
-        record = {"id": cell.key(ckpt, num), "ckpt": ckpt, "seed": cell.seed, "num": num,
-                  **{k: v for k, v in cell.spec.__dict__.items()},
-                  "network_calls": network_calls(cell.spec.solver, cell.spec.steps),
+        record = {"id": cell.key(ckpt, num), "ckpt": ckpt, "seed": cell.seed, "num": num, **record_fields(cell.spec),
+                  "network_calls": cell.spec.network_calls(run.denoiser.schedule),
                   "fd_digits": scores["fd_digits"], "class_accuracy": scores.get("class_accuracy"),
                   "sample_seconds_incl_compile": seconds, "date": datetime.date.today().isoformat()}
         records.append(record)
@@ -81,13 +71,19 @@ def run_cells(run, ckpts: list[int], cells: list, out_dir: pathlib.Path, num: in
     return records
 
 
+def check_cells(run, cells: list) -> None:
+    """Builds every cell's sampler for this run (guidance needs labels, PHAST files must
+    exist, a cache branch must exist, ...), so a bad cell fails before any sampling."""
+    from launch.phast_files import external_for
+
+    for cell in cells:
+        cell.spec.build(run.denoiser, run.caps, external_for(run.workdir, cell.spec))
+
+
 def default_sweep(config) -> str | None:
-    """A student (``config.distill``) is evaluated where it was distilled for: its eval
-    solver, steps and guidance; a trained model gets ``launch.sweep.DEFAULT_SPEC``."""
-    if config.get("distill") is None:
-        return None
-    spec = f"solver={config.eval.solver};steps={config.eval.steps};grid={config.eval.grid}"
-    return spec + (f";guidance={config.eval.guidance}" if config.eval.get("guidance") is not None else "")
+    """A student (``config.distill``) is evaluated where it was distilled for: its
+    ``config.eval.sampler``; a trained model gets ``launch.sweep.DEFAULT_SPEC``."""
+    return None if config.get("distill") is None else config.eval.sampler
 
 
 def write_report(records: list[dict], out_dir: pathlib.Path, title: str) -> None:

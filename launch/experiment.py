@@ -27,7 +27,7 @@ from diffusion.train.writer import MetricWriter
 from diffusion.data import DatasetInfo
 from diffusion.data.pipeline import make_train_iterator
 from launch import callbacks as cbs
-from launch.builders import build_denoiser, build_source, example_inputs, num_classes
+from launch.builders import build_denoiser, build_source, init_params, model_caps
 from launch.workdir import prepare_workdir, to_json_dict
 
 
@@ -42,6 +42,7 @@ class Experiment:
 
     Attributes:
       denoiser: the trained network's denoiser (sample grids and the final FD use it).
+      caps: what that model can do (``sampling.registry.ModelCaps``, from the config).
       source, info: the training data and its description.
       optimizer: the optax optimizer.
       make: ``(*make_args) -> TrainState``, the fresh state (run under ``jit``).
@@ -51,6 +52,7 @@ class Experiment:
     """
 
     denoiser: Any
+    caps: Any
     source: Any
     info: DatasetInfo
     optimizer: optax.GradientTransformation
@@ -72,18 +74,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, pro
     config_json = to_json_dict(config)
     workdir = prepare_workdir(workdir, config_json)
     source, info = build_source(config)
-    denoiser = build_denoiser(config, info)
-    classes = num_classes(denoiser)
+    denoiser, caps = build_denoiser(config, info), model_caps(config, info)
     optimizer = make_optimizer_from(config.train)
-    module = denoiser.module
-
-    def init_params(key):
-        args, kwargs = example_inputs(module, info)
-        return module.init(key, *args, **kwargs)["params"]
-
-    make = state_factory(init_params, optimizer, jax.random.PRNGKey(config.seed))
-    loss_fn = make_diffusion_loss(denoiser, config.diffusion.weighting, config.diffusion.cond_drop_prob, classes)
-    return run_experiment(config, workdir, Experiment(denoiser, source, info, optimizer, make, loss_fn),
+    make = state_factory(lambda key: init_params(config, info, key), optimizer, jax.random.PRNGKey(config.seed))
+    loss_fn = make_diffusion_loss(denoiser, config.diffusion.weighting, config.diffusion.cond_drop_prob,
+                                  caps.null_label)
+    return run_experiment(config, workdir, Experiment(denoiser, caps, source, info, optimizer, make, loss_fn),
                           progress=progress, devices=devices)
 
 
@@ -106,11 +102,11 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path, exp
 
     train_step = make_train_step(exp.loss_fn, exp.optimizer, config.train.ema_decay, after_update=exp.after_update)
     step_fn = jit_train_step(train_step, shardings, mesh)
-    den, info = exp.denoiser, exp.info
-    callbacks = [Callback(cbs.sample_grid_callback(den, info, config, workdir), every=config.train.sample_every)]
+    den, caps, info = exp.denoiser, exp.caps, exp.info
+    callbacks = [Callback(cbs.sample_grid_callback(den, caps, info, config, workdir), every=config.train.sample_every)]
     wants_fd = config.eval.fd_digits and config.data.name == "digits"
     if wants_fd:
-        callbacks.append(Callback(cbs.final_fd_callback(den, info, config, workdir), at_end=True))
+        callbacks.append(Callback(cbs.final_fd_callback(den, caps, info, config, workdir), at_end=True))
     settings = LoopSettings(config.train.num_steps, config.train.log_every, config.train.ckpt_every,
                             config.train.max_consecutive_nonfinite, progress)
     writer = MetricWriter(workdir)

@@ -3,12 +3,14 @@ r"""PHAST: searches an attention-reuse schedule with K reuse steps for one sampl
     python -m launch.phast --workdir runs/digits16 --solver ddim --steps 20 --k 10 \
         [--grid trailing] [--guidance 2.0] [--num 32] [--seed 1000] [--max_evals 60]
 
-Scores each candidate schedule by the mean PSNR of its samples against the same
-sampler without reuse, on ``--num`` calibration noises (seed ``--seed``, keep it apart
-from evaluation seeds), starting from HURRY (sampling/transforms/phast.py). Writes
-``<workdir>/phast/<sampler>_reuse<K>.json``, which ``--attention_reuse phast:K`` of
-``launch.sample`` / ``launch.evaluate`` (same solver, steps, grid, guidance) reads. An
-existing schedule file is kept unless ``--overwrite``.
+The sampler is the run's ``config.sample.sampler`` with the sampler flags on top (the
+same flags as ``launch.sample``), without reuse or caching. Scores each candidate schedule
+by the mean PSNR of its samples against that sampler, on ``--num`` calibration noises
+(seed ``--seed``, keep it apart from evaluation seeds), starting from HURRY
+(sampling/transforms/phast.py). Writes ``<workdir>/phast/<sampler tag>_reuse<K>.json``
+(launch/phast_files.py), which ``--attention_reuse phast:K`` of ``launch.sample`` /
+``launch.evaluate`` with the same sampler reads. An existing schedule file is kept
+unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -22,10 +24,8 @@ from absl import flags
 from launch import cli
 
 flags.DEFINE_string("workdir", None, "A trained work directory.")
-flags.DEFINE_string("solver", "ddim", "Solver the schedule is for.")
-flags.DEFINE_integer("steps", 20, "Sampling steps.")
-flags.DEFINE_string("grid", "trailing", "Time grid.")
-flags.DEFINE_float("guidance", None, "Classifier-free guidance scale, if the schedule is for guided sampling.")
+cli.define_sampler_flags()
+flags.adopt_module_key_flags(cli)  # the generated sampler flags show in --help
 flags.DEFINE_integer("k", None, "Number of reuse steps.")
 flags.DEFINE_integer("num", 32, "Calibration noises.")
 flags.DEFINE_integer("seed", 1000, "Calibration seed.")
@@ -39,26 +39,27 @@ FLAGS = flags.FLAGS
 def main(argv):
     import numpy as np
 
-    from launch.generate import SamplerSpec
+    from launch.phast_files import reference, save_schedule, schedule_path
     from launch.reuse_search import search_for_run
     from launch.run_loader import load_run
-    from sampling.transforms.phast import schedule_path, save_schedule
+    from sampling.spec import SamplerSpec
     from sampling.transforms.schedules import hurry
 
-    spec = SamplerSpec(FLAGS.solver, FLAGS.steps, FLAGS.grid, FLAGS.guidance)
-    path = schedule_path(f"{FLAGS.workdir}/phast", spec.tag(), FLAGS.k)
+    run = load_run(FLAGS.workdir)
+    spec = reference(SamplerSpec.parse(run.config.sample.sampler).merged(cli.sampler_overrides()))
+    path = schedule_path(FLAGS.workdir, spec, FLAGS.k)
     if path.exists() and not FLAGS.overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to search again and replace it")
-    hurry(FLAGS.steps, FLAGS.k)  # validates k before anything is loaded
-    run = load_run(FLAGS.workdir)
+    hurry(spec.steps, FLAGS.k)  # validates k before anything is computed
+    spec.build(run.denoiser, run.caps)  # and the sampler (guidance needs labels, ...)
     params = run.params(run.select(FLAGS.ckpt)[0])
     t0 = time.perf_counter()
     best, best_score, history = search_for_run(run, params, spec, FLAGS.k, FLAGS.num, FLAGS.seed, FLAGS.max_evals)
-    info = {"k": FLAGS.k, "sampler": spec.tag(), "psnr_db": best_score, "hurry_psnr_db": history[0]["score"],
+    info = {"k": FLAGS.k, "psnr_db": best_score, "hurry_psnr_db": history[0]["score"],
             "calibration": {"num": FLAGS.num, "seed": FLAGS.seed}, "evaluations": len(history),
             "search_seconds": time.perf_counter() - t0, "command": " ".join(sys.argv),
             "date": datetime.date.today().isoformat(), "history": history}
-    save_schedule(path, best, info)
+    save_schedule(path, spec, best, info)
     print(f"PHAST k={FLAGS.k}: reuse steps {np.flatnonzero(best).tolist()}, PSNR {best_score:.2f} dB "
           f"(HURRY {history[0]['score']:.2f} dB) -> {path}")
 

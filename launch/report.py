@@ -21,20 +21,15 @@ def _mean_std(values: list[float]) -> str:
 
 
 def _ts_label(r: dict) -> str:
-    """The sampling transforms of a record: ``off`` or e.g. ``TS 80:300, reuse hurry:5``."""
-    parts = []
-    ts = r.get("time_shift")
-    if ts:
-        parts.append(f"TS {ts[0]:g}:{ts[1]:g}" + ("" if r.get("time_shift_mode", "query") == "query" else " (dest)"))
-    if r.get("attention_reuse"):
-        parts.append(f"reuse {r['attention_reuse']}")
-    if r.get("feature_cache"):
-        parts.append(f"cache {r['feature_cache']} b{r.get('cache_branch', 0)}")
-    return ", ".join(parts) or "off"
+    """A record's solver knobs and transforms but guidance (tables are per guidance):
+    ``off`` or e.g. ``time_shift 80:300, attention_reuse hurry:5``."""
+    from sampling.spec import SamplerSpec
+
+    return SamplerSpec.parse(r["sampler"]).label(exclude=("guidance",))
 
 
 def markdown(records: list[dict], title: str) -> str:
-    """Tables: one per (checkpoint, guidance, grid); rows solver x time shift, columns steps;
+    """Tables: one per (checkpoint, guidance, grid); rows solver x transforms, columns steps;
     cells mean ± std of FD-digits over seeds (and class accuracy)."""
     lines = [f"# {title}", "", "FD-digits (lower is better; mean ± std over seeds), then class accuracy.", ""]
     for (ckpt, guidance, grid), recs in sorted(_group(records, ("ckpt", "guidance", "grid")).items()):

@@ -7,18 +7,20 @@ from __future__ import annotations
 def search_for_run(run, params, spec, k: int, num: int = 32, seed: int = 1000, max_evals: int = 60,
                    log=print):
     """PHAST on a loaded run: ``(schedule bool [steps], PSNR dB, history)`` for sampler
-    ``spec`` (without reuse) and ``k`` reuse steps, on ``num`` noises of ``seed``."""
+    ``spec`` (without its reuse and caching, ``launch.phast_files.reference``) and ``k``
+    reuse steps, on ``num`` noises of ``seed``."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from diffusion.metrics.psnr import mean_psnr
     from launch.generate import class_labels
+    from launch.phast_files import reference as reference_spec
     from sampling.loop import sample
     from sampling.transforms import AttentionReuse
     from sampling.transforms.phast import search
 
-    den, solver, grid = spec.build(run.denoiser, run.num_classes)
+    den, solver, grid = reference_spec(spec).build(run.denoiser, run.caps)
     k_noise, k_solver = jax.random.split(jax.random.PRNGKey(seed))
     x_T = jax.random.normal(k_noise, (num, *run.info.image_shape))
     labels = class_labels(num, run.num_classes)

@@ -10,32 +10,33 @@ from typing import Any
 import jax
 import ml_collections
 
+from configs.common import upgrade_config
 from diffusion.data import DatasetInfo
-from diffusion.nn.denoiser import Denoiser
 from diffusion.train import checkpoint
-from launch.builders import build_denoiser, build_source, example_inputs, num_classes
+from launch.builders import build_denoiser, build_source, init_params, model_caps
+from sampling.registry import ModelCaps
 
 
 @dataclasses.dataclass
 class LoadedRun:
     workdir: pathlib.Path
     config: ml_collections.ConfigDict
-    denoiser: Denoiser
+    denoiser: Any
+    caps: ModelCaps
     info: DatasetInfo
     steps: list[int]  # every checkpoint step on disk
 
     @property
     def num_classes(self) -> int | None:
-        return num_classes(self.denoiser)
+        """The class count of a class-conditional model (its null label), else None."""
+        return self.caps.null_label
 
     def params(self, step: int) -> Any:
         """The EMA parameters of checkpoint ``step`` (only they are read)."""
         if step not in self.steps:
             raise FileNotFoundError(f"no checkpoint at step {step} in {self.workdir}/checkpoints; "
                                     f"available steps: {self.steps}")
-        module = self.denoiser.module
-        args, kwargs = example_inputs(module, self.info)
-        shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *args, **kwargs)["params"])
+        shapes = jax.eval_shape(lambda: init_params(self.config, self.info, jax.random.PRNGKey(0)))
         on_one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # sampling runs on one device
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_one_device), shapes)
         manager = checkpoint.make_manager(self.workdir)
@@ -73,11 +74,23 @@ def load_run(workdir: str | pathlib.Path) -> LoadedRun:
     if not path.exists():
         raise FileNotFoundError(f"{workdir} has no config.json: not a Kairos work directory "
                                 "(train one with `python -m launch.train --config ... --workdir ...`)")
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    config = ml_collections.ConfigDict(upgrade_config(read_config(path)))
     config.model.channel_mult = tuple(config.model.channel_mult)
     config.model.attn_resolutions = tuple(config.model.attn_resolutions)
     _, info = build_source(config)
     manager = checkpoint.make_manager(workdir)
     steps = sorted(manager.all_steps())
     manager.close()
-    return LoadedRun(workdir, config, build_denoiser(config, info), info, steps)
+    return LoadedRun(workdir, config, build_denoiser(config, info), model_caps(config, info), info, steps)
+
+
+def read_config(path: pathlib.Path) -> dict:
+    """A ``config.json``; a damaged one is a clear error naming it."""
+    try:
+        config = json.loads(path.read_text())
+        if not isinstance(config, dict) or not all(isinstance(config.get(k), dict) for k in ("data", "model")):
+            raise ValueError("not a Kairos config (no data / model sections)")
+        return config
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path} is damaged ({type(e).__name__}: {e}); restore it from a checkpoint's "
+                         "config item (checkpoints/<step>/config) or re-create the run") from None

@@ -1,4 +1,4 @@
-"""Sweep specs for ``launch.evaluate``: which (solver, steps, guidance, time shift, ...) cells to run.
+"""Sweep specs for ``launch.evaluate``: which samplers (and seeds) to run.
 
 Inline spec: ``;``-separated ``key=v1,v2`` entries, the cells are their product::
 
@@ -6,12 +6,10 @@ Inline spec: ``;``-separated ``key=v1,v2`` entries, the cells are their product:
 
 A JSON file may hold the same as ``{"grid": {"solver": [...], ...}}`` and/or explicit
 cells ``{"cells": [{"solver": "fpndm", "steps": 10, "time_shift": "5:550"}, ...]}``.
-Keys: solver, steps, grid, guidance (``none`` or a scale), time_shift (``off`` or
-``WINDOW:CUTOFF``), time_shift_mode (query / destination), eta (``none`` or a value), seed,
-attention_reuse (``off``, ``hurry:K``, ``phast:K``, ``steps:I/J/..``, ``block:K/START``),
-feature_cache (``off``, ``uniform:N``, ``nonuniform:N/CENTER``), cache_branch. Inside the
-reuse/cache values ``/`` stands for the ``,`` of the command-line form (commas separate
-sweep values); JSON files may use either.
+Keys: ``seed`` and the sampler keys of ``sampling/spec.py`` -- ``solver``, ``steps``,
+``grid`` and every registered part's keys (``python -m launch.sample --helpfull`` lists
+them). ``off`` / ``none`` switch a transform off. Inside a value ``/`` stands for the
+``,`` of the command-line form (commas separate sweep values); JSON files may use either.
 """
 
 from __future__ import annotations
@@ -21,10 +19,9 @@ import itertools
 import json
 import pathlib
 
-from launch.generate import SamplerSpec
+from sampling import registry
+from sampling.spec import SamplerSpec
 
-KEYS = ("solver", "steps", "grid", "guidance", "time_shift", "time_shift_mode", "eta", "seed",
-        "attention_reuse", "feature_cache", "cache_branch")
 DEFAULT_SPEC = "solver=ddim;steps=10,20,50"
 
 
@@ -37,46 +34,46 @@ class Cell:
         return f"ckpt{ckpt}/{self.spec.tag()}/seed{self.seed}/n{num}"
 
 
-def _none_or_float(v) -> float | None:
-    return None if v is None or str(v).lower() in ("none", "off", "") else float(v)
+def _off(value) -> bool:
+    return value is None or str(value).strip().lower() in registry.OFF
 
 
-def _time_shift(v) -> tuple[float, float] | None:
-    if v is None or str(v).lower() in ("off", "none", ""):
-        return None
-    parts = str(v).replace(",", ":").split(":")
-    if len(parts) != 2:
-        raise ValueError(f"time_shift must be 'off' or WINDOW:CUTOFF (e.g. 80:300), got {v!r}")
-    return float(parts[0]), float(parts[1])
+def keys() -> tuple[str, ...]:
+    return (*registry.CORE_KEYS, *registry.keys(), "seed")
 
 
-def _schedule_spec(v) -> str | None:
-    return None if v is None or str(v).lower() in ("off", "none", "") else str(v).replace("/", ",")
-
-
-def make_cell(values: dict) -> Cell:
-    unknown = set(values) - set(KEYS)
+def make_cell(values: dict, sweep: bool = False) -> Cell:
+    """One cell. With ``sweep`` (a cell of a product), a knob of a transform that is off in
+    this cell is dropped: ``feature_cache=off,uniform:2;cache_branch=1`` is two cells."""
+    values = dict(values)
+    unknown = sorted(set(values) - set(keys()))
     if unknown:
-        raise ValueError(f"unknown sweep key(s) {sorted(unknown)}; keys: {', '.join(KEYS)}")
-    spec = SamplerSpec(
-        solver=str(values.get("solver", "ddim")),
-        steps=int(values.get("steps", 50)),
-        grid=str(values.get("grid", "trailing")),
-        guidance=_none_or_float(values.get("guidance")),
-        time_shift=_time_shift(values.get("time_shift")),
-        time_shift_mode=str(values.get("time_shift_mode", "query")),
-        eta=_none_or_float(values.get("eta")),
-        attention_reuse=_schedule_spec(values.get("attention_reuse")),
-        feature_cache=_schedule_spec(values.get("feature_cache")),
-        cache_branch=int(values.get("cache_branch", 0)),
-    )
-    return Cell(spec, int(values.get("seed", 0)))
+        raise ValueError(f"unknown sweep key(s) {unknown}; keys: {', '.join(keys())}")
+    if sweep:
+        owners = registry.keys()
+        for key in [k for k in values if k in owners and owners[k][1] is not None]:
+            owner = owners[key][0]
+            if owner in registry.transforms() and _off(values.get(owner)):
+                values.pop(key)
+    try:
+        seed = registry.integer(0)(values.pop("seed", 0))
+    except ValueError as e:
+        raise ValueError(f"bad seed: {e}") from None
+    return Cell(SamplerSpec.from_values(values), seed)
 
 
 def product(grid: dict) -> list[Cell]:
-    keys = list(grid)
+    keys_ = list(grid)
     lists = [v if isinstance(v, list) else [v] for v in grid.values()]
-    return [make_cell(dict(zip(keys, combo))) for combo in itertools.product(*lists)]
+    owners = registry.keys()
+    for key in keys_:  # a knob whose transform no cell applies is a mistake, not a no-op
+        part, knob = owners.get(key, (None, None))
+        if knob is None or part not in registry.transforms():
+            continue
+        applied = [v for v in lists[keys_.index(part)] if not _off(v)] if part in keys_ else []
+        if not applied:
+            raise ValueError(f"sweep key {key} is a knob of {part}, which no cell applies: add {part}=...")
+    return [make_cell(dict(zip(keys_, combo)), sweep=True) for combo in itertools.product(*lists)]
 
 
 def parse_inline(text: str) -> dict:
@@ -89,36 +86,32 @@ def parse_inline(text: str) -> dict:
     return grid
 
 
-def parse_sweep(spec: str | None) -> list[Cell]:
-    """An inline spec or a JSON file path -> the cells, in order, without duplicates."""
-    spec = spec or DEFAULT_SPEC
-    path = pathlib.Path(spec)
-    if spec.endswith(".json"):
-        if not path.exists():
-            raise FileNotFoundError(f"sweep file {spec} does not exist")
+def _from_json(path: pathlib.Path) -> list[Cell]:
+    try:
         data = json.loads(path.read_text())
-        cells = product(data["grid"]) if "grid" in data else []
-        cells += [make_cell(c) for c in data.get("cells", [])]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"sweep file {path} is not readable JSON: {e}") from None
+    if not isinstance(data, dict) or not set(data) <= {"grid", "cells"} or not data:
+        raise ValueError(f"sweep file {path} must hold an object with 'grid' (key -> list of values) and/or "
+                         "'cells' (a list of objects), e.g. {\"grid\": {\"steps\": [10, 20]}}")
+    grid, cells = data.get("grid", {}), data.get("cells", [])
+    if not isinstance(grid, dict) or not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
+        raise ValueError(f"sweep file {path}: 'grid' must be an object and 'cells' a list of objects")
+    return (product(grid) if grid else []) + [make_cell(c) for c in cells]
+
+
+def parse_sweep(spec: str | None) -> list[Cell]:
+    """An inline spec or a JSON file path -> the cells, in order, without duplicates.
+    Each cell's sampler is checked here; what needs the model (guidance on labels, PHAST
+    files) is checked by ``launch.evaluate`` before it samples anything."""
+    spec = spec or DEFAULT_SPEC
+    if spec.endswith(".json"):
+        path = pathlib.Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"sweep file {spec} does not exist")
+        cells = _from_json(path)
     else:
         cells = product(parse_inline(spec))
-    from sampling.grids import GRIDS
-    from sampling.solvers import SOLVERS
-
-    for c in cells:
-        if c.spec.solver not in SOLVERS:
-            raise ValueError(f"unknown solver {c.spec.solver!r} in the sweep; available: {', '.join(sorted(SOLVERS))}")
-        if c.spec.grid not in GRIDS:
-            raise ValueError(f"unknown grid {c.spec.grid!r} in the sweep; available: {', '.join(GRIDS)}")
-        _check_schedules(c.spec)
+    if not cells:
+        raise ValueError(f"the sweep {spec!r} has no cells")
     return list(dict.fromkeys(cells))
-
-
-def _check_schedules(spec) -> None:
-    """Parses reuse/cache specs now, so a typo fails before any sampling (phast files are
-    checked when the cell runs)."""
-    from sampling.transforms.schedules import parse_attention_reuse, parse_feature_cache
-
-    if spec.attention_reuse and not spec.attention_reuse.startswith("phast:"):
-        parse_attention_reuse(spec.attention_reuse, spec.steps)
-    if spec.feature_cache:
-        parse_feature_cache(spec.feature_cache, spec.steps)

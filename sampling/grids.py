@@ -23,11 +23,6 @@ from diffusion.schedules import Schedule
 GRIDS = ("uniform", "trailing", "quadratic", "logsnr")
 
 
-def lattice_size(schedule: Schedule) -> int:
-    """``T`` of the training lattice the grids snap to (1000 for continuous schedules)."""
-    return schedule.num_steps or 1000
-
-
 def trailing_time(j, n, T: int):
     """Point ``j`` of the ``n``-step trailing grid on a ``T``-step lattice:
     ``round(T (n - j) / n) / T`` (round half to even), for int arrays ``j`` (``0..n``)
@@ -40,7 +35,7 @@ def trailing_time(j, n, T: int):
 
 
 def _network_times(kind: str, n: int, schedule: Schedule) -> np.ndarray:
-    T = lattice_size(schedule)  # continuous schedules: the same rule on a 1000-step lattice
+    T = schedule.T  # continuous schedules: the same rule on a 1000-step lattice
     if kind == "uniform":
         k = max(T // n, 1)
         steps = (np.arange(0, T, k)[:n] + 1)[::-1]

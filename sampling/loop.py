@@ -11,16 +11,11 @@ import jax.numpy as jnp
 def _chain(denoise: Callable, params: Any, solver, grid: jax.Array, x_T: jax.Array,
            cond: Mapping[str, jax.Array] | None, key: jax.Array, debug: bool, trajectory: bool = False):
     """``(final state, [N, *x.shape] states after each step or None)``."""
-    cache = denoise.init_cache(params, x_T, cond, grid.shape[0] - 1) if hasattr(denoise, "init_cache") else None
-    cached = cache is not None
-    state = solver.init(x_T, key).replace(cache=cache)
+    state = solver.init(x_T, key).replace(cache=denoise.init_cache(params, x_T, cond, grid.shape[0] - 1))
 
     def body(state, ts):
         step = state.i
-        if cached:
-            model = lambda x, t, cache: denoise(params, x, t, cond, cache=cache, step=step)  # noqa: E731
-        else:
-            model = lambda x, t, cache: (denoise(params, x, t, cond), cache)  # noqa: E731
+        model = lambda x, t, cache: denoise(params, x, t, cond, cache=cache, step=step)  # noqa: E731
         state = solver.step(state, model, ts[0], ts[1])
         return state, (state.x if trajectory else None)
 
@@ -43,12 +38,11 @@ def sample(denoise: Callable, params: Any, solver, grid: jax.Array, x_T: jax.Arr
     """Runs a solver over a time grid.
 
     Args:
-      denoise: ``denoise(params, x_t, t, cond) -> Prediction`` as a pytree (e.g.
+      denoise: a denoiser (``diffusion.contract``) as a pytree (e.g.
         ``diffusion.nn.denoiser.Denoiser``, ``sampling.transforms.guidance.Guided``):
         its leaves (a guidance scale, a reuse schedule) are traced, its structure is
-        static. A denoiser with ``init_cache`` (``sampling.transforms.caching``) is
-        called as ``denoise(..., cache=, step=) -> (Prediction, cache)`` and its cache
-        rides in the solver state (docs/design/caching.md).
+        static. It is called as ``denoise(params, x, t, cond, cache=, step=) ->
+        (Prediction, cache)``; its cache (``init_cache``) rides in the solver state.
       params: network parameters (traced).
       solver: a solver dataclass (``sampling.solvers``); its knobs are traced.
       grid: ``[N + 1]`` decreasing times (``sampling.grids.make_grid``); ``N`` is static.

@@ -38,7 +38,8 @@ def evaluate(workdir: str, ckpt: int | None, sweep: str, num: int) -> list[dict]
     cells = parse_sweep(sweep)
     records = run_cells(run, [ckpt], cells, pathlib.Path(workdir) / "eval", num, progress=True)
     keys = {c.key(ckpt, num) for c in cells}
-    return [{k: r[k] for k in ("ckpt", "solver", "steps", "guidance", "fd_digits", "class_accuracy")}
+    return [{**{k: r[k] for k in ("ckpt", "solver", "steps", "fd_digits", "class_accuracy")},
+             "guidance": None if r.get("guidance") is None else float(r["guidance"])}
             for r in records if r["id"] in keys]
 
 

@@ -34,14 +34,17 @@ import numpy as np
 from benchmarks.common import flops_of, machine, time_interleaved, write_keeping_verdict
 from diffusion.metrics.fd_digits import fd_digits
 from diffusion.metrics.psnr import mean_psnr
-from launch.generate import SamplerSpec, class_labels
+from diffusion.contract import COMPUTE, Modes
+from launch.generate import class_labels
+from launch.phast_files import external_for
 from launch.reuse_search import search_for_run
 from launch.run_loader import load_run
 from sampling.loop import sample
+from sampling.spec import SamplerSpec, make_spec
 from sampling.transforms import AttentionReuse
 
 TIME_BATCH = 16  # latency is timed on the first 16 noises (a 16x16 call is ~2.5 GFLOP: compute-bound)
-TIME_SHIFT = (20.0, 300.0)  # DDIM's calibrated setting on the 8x8 model (docs/results/time_shift.md)
+TIME_SHIFT = "20:300"  # DDIM's calibrated setting on the 8x8 model (docs/results/time_shift.md)
 
 
 class Bench:
@@ -53,13 +56,13 @@ class Bench:
         self.x_T = jax.random.normal(k_noise, (num, *run.info.image_shape))
         self.labels = class_labels(num, run.num_classes)
         self.cond = {"label": jnp.asarray(self.labels)}
-        self.reference_spec = SamplerSpec("ddim", steps)
+        self.reference_spec = make_spec("ddim", steps)
         self.reference = self.images(self.reference_spec)
         self.timed = []
 
     def fn(self, spec: SamplerSpec, reuse=None, batch: int | None = None):
         """A blocking call of ``sample()`` on the fixed noises (the first ``batch`` of them)."""
-        den, solver, grid = spec.build(self.run.denoiser, self.run.num_classes, self.run.workdir)
+        den, solver, grid = spec.build(self.run.denoiser, self.run.caps, external_for(self.run.workdir, spec))
         if reuse is not None:
             den = AttentionReuse(den, jnp.asarray(reuse))
         x_T, cond = self.x_T[:batch], {"label": self.cond["label"][:batch]}
@@ -99,28 +102,27 @@ def cost_table(run, params, batch: int = 16) -> dict:
     cond = {"label": jnp.zeros((batch,), jnp.int32)}
     t = jnp.full((batch,), 0.5)
 
-    def flops(**modes):
-        store = {k: "store" if k in ("attention", "features") else v for k, v in modes.items()}
-        cache = den.init_cache(params, x, cond, **store) if modes else None
-        if cache is None:
-            fn = lambda p: den(p, x, t, cond)  # noqa: E731
-            return flops_of(jax.jit(fn).lower(params).compile()) / batch
-        fn = lambda p, c: den(p, x, t, cond, cache=c, **modes)  # noqa: E731
+    def stored(modes: Modes) -> Modes:  # the mode that writes what ``modes`` reads
+        return Modes("store" if modes.attention != "compute" else "compute",
+                     "store" if modes.features != "compute" else "compute", modes.feature_branch)
+
+    def flops(modes: Modes = COMPUTE):
+        cache = den.init_cache(params, x, cond, modes=stored(modes))
+        fn = lambda p, c: den(p, x, t, cond, cache=c, modes=modes)[0]  # noqa: E731
         return flops_of(jax.jit(fn).lower(params, cache).compile()) / batch
 
-    def timed_call(**modes):
+    def timed_call(modes: Modes = COMPUTE):
         xb, cb, tb = jnp.zeros((TIME_BATCH, *run.info.image_shape)), {"label": jnp.zeros((TIME_BATCH,), jnp.int32)}, \
             jnp.full((TIME_BATCH,), 0.5)
-        store = {k: "store" if k in ("attention", "features") else v for k, v in modes.items()}
-        cache = den.init_cache(params, xb, cb, **store) if modes else None
-        fn = jax.jit(lambda p, c: den(p, xb, tb, cb, cache=c, **modes) if modes else den(p, xb, tb, cb))
+        cache = den.init_cache(params, xb, cb, modes=stored(modes))
+        fn = jax.jit(lambda p, c: den(p, xb, tb, cb, cache=c, modes=modes)[0])
         return lambda: jax.block_until_ready(fn(params, cache))
 
     full = flops()
-    wall = time_interleaved({"full": timed_call(), "attention_reuse": timed_call(attention="reuse"),
-                             **{f"retrieve_b{b}": timed_call(features="retrieve", feature_branch=b) for b in (0, 1)}},
-                            repeats=5)
-    out = {"full_gflops": full / 1e9, "attention_reuse_gflops": flops(attention="reuse") / 1e9,
+    wall = time_interleaved({"full": timed_call(), "attention_reuse": timed_call(Modes(attention="reuse")),
+                             **{f"retrieve_b{b}": timed_call(Modes(features="retrieve", feature_branch=b))
+                                for b in (0, 1)}}, repeats=5)
+    out = {"full_gflops": full / 1e9, "attention_reuse_gflops": flops(Modes(attention="reuse")) / 1e9,
            "call_seconds": wall}
     out["attention_reuse_saves"] = 1 - out["attention_reuse_gflops"] * 1e9 / full
     no_attn = run.denoiser.module.clone(attn_resolutions=())
@@ -128,23 +130,24 @@ def cost_table(run, params, batch: int = 16) -> dict:
     from diffusion.nn.denoiser import Denoiser
 
     d_no = Denoiser(no_attn, den.schedule, den.pred_type)
-    attn_free = flops_of(jax.jit(lambda p: d_no(p, x, t, cond)).lower(p_no).compile()) / batch
+    attn_free = flops_of(jax.jit(lambda p: d_no(p, x, t, cond)[0]).lower(p_no).compile()) / batch
     out["attention_share"] = 1 - attn_free / full
     out["feature_retrieve_gflops"] = {}
-    for b in range(run.denoiser.module.num_branches):
-        out["feature_retrieve_gflops"][b] = flops(features="retrieve", feature_branch=b) / 1e9
-    maps = den.init_cache(params, x[:1], cond and {"label": cond["label"][:1]}, attention="store")
+    for b in range(run.caps.feature_branches):
+        out["feature_retrieve_gflops"][b] = flops(Modes(features="retrieve", feature_branch=b)) / 1e9
+    maps = den.init_cache(params, x[:1], {"label": cond["label"][:1]}, modes=Modes(attention="store"))
     out["attention_cache_bytes_per_image"] = int(sum(leaf.nbytes for leaf in jax.tree.leaves(maps)))
     out["feature_cache_bytes_per_image"] = {
         b: int(sum(leaf.nbytes for leaf in jax.tree.leaves(
-            den.init_cache(params, x[:1], {"label": cond["label"][:1]}, features="store", feature_branch=b))))
+            den.init_cache(params, x[:1], {"label": cond["label"][:1]},
+                           modes=Modes(features="store", feature_branch=b)))))
         for b in range(run.denoiser.module.num_branches)}
     return out
 
 
 def fewer_steps(bench: Bench, steps: int) -> list[dict]:
     """DDIM at fewer steps: the latency-matched baselines."""
-    return [bench.score(f"ddim {m} steps", SamplerSpec("ddim", m))
+    return [bench.score(f"ddim {m} steps", make_spec("ddim", m))
             for m in range(max(2, steps // 5), steps, max(3, steps // 6))]
 
 
@@ -167,18 +170,18 @@ def experiments(run, params, num: int, steps: int, phast_evals: int, full: bool)
               "reference_class_accuracy": ref_fd["class_accuracy"]}
     k = steps // 4
     result["sliding_block"] = [
-        {**bench.score(f"block K={k} from step {s}", SamplerSpec("ddim", steps, attention_reuse=f"block:{k},{s}"),
+        {**bench.score(f"block K={k} from step {s}", make_spec("ddim", steps, attention_reuse=f"block:{k},{s}"),
                        timed=False), "start": s}
         for s in range(1, steps - k + 1, max(1, (steps - k) // 4))]
     result["fewer_steps"] = fewer_steps(bench, steps)
     result["reuse"] = []
     for kk in (steps // 4, steps // 2):
-        result["reuse"].append(bench.score(f"HURRY K={kk}", SamplerSpec("ddim", steps, attention_reuse=f"hurry:{kk}")))
+        result["reuse"].append(bench.score(f"HURRY K={kk}", make_spec("ddim", steps, attention_reuse=f"hurry:{kk}")))
         if not full:
             continue
-        schedule, _, history = search_for_run(run, params, SamplerSpec("ddim", steps), kk, max_evals=phast_evals,
+        schedule, _, history = search_for_run(run, params, make_spec("ddim", steps), kk, max_evals=phast_evals,
                                               log=None)
-        phast = bench.score(f"PHAST K={kk}", SamplerSpec("ddim", steps), reuse=schedule)
+        phast = bench.score(f"PHAST K={kk}", make_spec("ddim", steps), reuse=schedule)
         phast.update(reuse_steps=np.flatnonzero(schedule).tolist(), search_evaluations=len(history))
         result["reuse"].append(phast)
     result["feature_cache"] = []
@@ -186,11 +189,11 @@ def experiments(run, params, num: int, steps: int, phast_evals: int, full: bool)
     for branch in (0,):
         for text in caches:
             result["feature_cache"].append(bench.score(
-                f"cache {text} branch {branch}", SamplerSpec("ddim", steps, feature_cache=text, cache_branch=branch)))
+                f"cache {text} branch {branch}", make_spec("ddim", steps, feature_cache=text, cache_branch=branch)))
     half = f"hurry:{steps // 2}"
-    combos = [("HURRY K=N/2 + cache uniform:2", SamplerSpec("ddim", steps, attention_reuse=half,
+    combos = [("HURRY K=N/2 + cache uniform:2", make_spec("ddim", steps, attention_reuse=half,
                                                            feature_cache="uniform:2")),
-              ("HURRY K=N/2 + cache uniform:2 + TS", SamplerSpec("ddim", steps, attention_reuse=half,
+              ("HURRY K=N/2 + cache uniform:2 + TS", make_spec("ddim", steps, attention_reuse=half,
                                                                 feature_cache="uniform:2", time_shift=TIME_SHIFT))
               ] if full else []
     result["combined"] = [bench.score(name, spec) for name, spec in combos]

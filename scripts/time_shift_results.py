@@ -28,9 +28,10 @@ import numpy as np
 
 from benchmarks.common import machine, time_interleaved, write_keeping_verdict
 from launch.evaluate import run_cells
-from launch.generate import SamplerSpec, class_labels
+from launch.generate import class_labels
 from launch.run_loader import load_run
 from launch.sweep import Cell
+from sampling.spec import make_spec
 
 SOLVERS = ("ddpm", "ddim", "spndm", "fpndm", "dpmpp2m")
 STEPS = (5, 10, 20, 50)
@@ -41,8 +42,13 @@ CALIBRATION_SEED = 100
 SEEDS = (0, 1, 2)
 
 
+def spec_of(solver, steps, ts=None):
+    """``ts``: ``(window, cutoff)`` or None (off)."""
+    return make_spec(solver, steps, GRID, time_shift="off" if ts is None else f"{ts[0]}:{ts[1]}")
+
+
 def cell(solver, steps, ts=None, seed=0):
-    return Cell(SamplerSpec(solver, steps, GRID, None, ts), seed)
+    return Cell(spec_of(solver, steps, ts), seed)
 
 
 def fd_of(records, solver, steps, ts, seed):
@@ -80,7 +86,7 @@ def overhead(run, params, best, batch=250) -> dict:
         for n in (10, 20):
             fns = {}
             for name, ts in (("off", None), ("on", (best[s]["window"], best[s]["cutoff"]))):
-                den, solver, grid = SamplerSpec(s, n, GRID, None, ts).build(run.denoiser, run.num_classes)
+                den, solver, grid = spec_of(s, n, ts).build(run.denoiser, run.caps)
                 fns[name] = lambda den=den, solver=solver, grid=grid: jax.block_until_ready(
                     sample(den, params, solver, grid, x_T, {"label": labels}))
             med = time_interleaved(fns)
@@ -107,7 +113,7 @@ def variance_diagnostic(run, params, best, num, out_dir: pathlib.Path) -> dict:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, n in zip(axes, (10, 20)):
         for name, ts in (("off", None), ("on", (best["ddim"]["window"], best["ddim"]["cutoff"]))):
-            den, solver, grid = SamplerSpec("ddim", n, GRID, None, ts).build(run.denoiser, run.num_classes)
+            den, solver, grid = spec_of("ddim", n, ts).build(run.denoiser, run.caps)
             traj = sample_trajectory(den, params, solver, grid, x_T, {"label": labels})
             var = np.asarray(jnp.mean(jnp.var(traj.reshape(n, num, -1), axis=2), axis=1))
             times = np.asarray(grid[1:])

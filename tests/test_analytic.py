@@ -19,7 +19,8 @@ def test_posterior_mean_matches_numerical_integration_in_1d():
         a, s = (float(v) for v in SCHED.alpha_sigma(jnp.asarray(t)))
         like = np.exp(-0.5 * ((xt - a * x0) / s) ** 2)
         expected = np.sum(x0 * dens * like) / np.sum(dens * like)
-        got = mix(None, jnp.asarray([[xt]]), jnp.asarray([t]))
+        got, cache = mix(None, jnp.asarray([[xt]]), jnp.asarray([t]))
+        assert cache == {}
         assert float(got.x0[0, 0]) == pytest.approx(expected, abs=2e-4)
         # eps is consistent: x_t = alpha x0 + sigma eps
         assert float(a * got.x0[0, 0] + s * got.eps[0, 0]) == pytest.approx(xt, abs=1e-5)
@@ -54,7 +55,7 @@ def test_reference_ode_is_the_affine_map_for_one_gaussian():
 def test_time_of_any_batch_shape():
     mix = make_mixture(SCHED, [[0.0, 0.0, 0.0, 0.0]], [1.0])
     x = jnp.ones((3, 2, 2, 1))
-    pred = mix(None, x, jnp.array([0.1, 0.5, 0.9]))
+    pred, _ = mix(None, x, jnp.array([0.1, 0.5, 0.9]))
     a, s = SCHED.alpha_sigma(jnp.array([0.1, 0.5, 0.9]))
     # N(0, 1) data: E[x0 | x_t] = alpha x_t
     np.testing.assert_allclose(np.asarray(pred.x0), np.asarray(bcast_right(a, x) * x), rtol=1e-5)

@@ -1,4 +1,4 @@
-"""Multi-head self-attention (and optional cross-attention) over the pixels of a feature map."""
+"""Multi-head self-attention over the pixels of a feature map, with map reuse across sampling steps."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffusion.contract import ATTENTION_MODES
 from diffusion.nn.blocks import group_norm
 
 
@@ -29,28 +30,27 @@ def attention_weights(q: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
 
 
-ATTENTION_MODES = ("compute", "store", "reuse")
 MAPS = "attention_maps"  # the variable collection holding cached attention maps
 
 
 class MultiHeadAttention(nn.Module):
-    """Queries from ``x [B, L, C]``, keys/values from ``context [B, Lc, Dc]`` (``x`` if None).
+    """Self-attention over the tokens of ``x [B, L, C]`` -> ``[B, L, C]``.
 
     The output projection is zero-initialised, so a fresh block is the identity
     inside its residual connection.
 
-    ``attention`` (static) selects map reuse across sampling steps (Hunter et al.):
-    ``"compute"``; ``"store"`` also writes the map ``[B, H, Lq, Lk]`` to the
-    ``attention_maps`` collection; ``"reuse"`` reads it and computes only the values:
-    ``out = A_cached v`` (no query/key projections, no ``q k^T``, no softmax).
+    ``attention`` (static, ``diffusion.contract.ATTENTION_MODES``) selects map reuse
+    across sampling steps (Hunter et al.): ``"compute"``; ``"store"`` also writes the map
+    ``[B, H, L, L]`` to the ``attention_maps`` collection; ``"reuse"`` reads it and
+    computes only the values: ``out = A_cached v`` (no query/key projections, no
+    ``q k^T``, no softmax).
     """
 
     num_heads: int
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, context: jnp.ndarray | None = None,
-                 attention: str = "compute") -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, attention: str = "compute") -> jnp.ndarray:
         if attention not in ATTENTION_MODES:
             raise ValueError(f"unknown attention mode {attention!r}; expected one of {ATTENTION_MODES}")
         c = x.shape[-1]
@@ -58,15 +58,14 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"attention width {c} is not divisible by num_heads={self.num_heads}")
         head = c // self.num_heads
         dense = lambda name: nn.DenseGeneral((self.num_heads, head), dtype=self.dtype, name=name)  # noqa: E731
-        kv_in = x if context is None else context.astype(self.dtype)
-        v = heads_first(dense("value")(kv_in))
+        v = heads_first(dense("value")(x))
         if attention == "reuse":
             weights = self.get_variable(MAPS, "weights")
             if weights is None:
                 raise ValueError("attention='reuse' needs maps from an earlier attention='store' call "
                                  "(pass the attention_maps collection)")
         else:
-            weights = attention_weights(heads_first(dense("query")(x)), heads_first(dense("key")(kv_in)))
+            weights = attention_weights(heads_first(dense("query")(x)), heads_first(dense("key")(x)))
             if attention == "store":
                 self.put_variable(MAPS, "weights", weights)
         out = heads_first(jnp.einsum("bhqk,bhkd->bhqd", weights, v))  # back to [B, Lq, H, D]
@@ -76,27 +75,15 @@ class MultiHeadAttention(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Residual self-attention over ``H * W`` tokens, then cross-attention to ``context``.
-
-    ``x: [B, H, W, C]``, ``context: [B, L, D]`` or None -> ``[B, H, W, C]``.
-    ``attention`` applies to the self-attention maps only; cross-attention maps
-    (``L x L_ctx``, cheap) are always recomputed.
-    """
+    """Residual self-attention over ``H * W`` tokens: ``x: [B, H, W, C]`` -> ``[B, H, W, C]``."""
 
     num_heads: int
-    use_context: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, context: jnp.ndarray | None = None,
-                 attention: str = "compute") -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, attention: str = "compute") -> jnp.ndarray:
         b, h, w, c = x.shape
         tokens = x.reshape(b, h * w, c)
         normed = group_norm(c, "norm", self.dtype)(x).reshape(b, h * w, c)
-        tokens = tokens + MultiHeadAttention(self.num_heads, self.dtype, name="self_attn")(normed, attention=attention)
-        if self.use_context:
-            if context is None:
-                raise ValueError("this UNet was built with cross-attention: pass cond['context'] of shape [B, L, D]")
-            normed = nn.LayerNorm(dtype=self.dtype, name="norm_context")(tokens)
-            tokens = tokens + MultiHeadAttention(self.num_heads, self.dtype, name="cross_attn")(normed, context)
+        tokens = tokens + MultiHeadAttention(self.num_heads, self.dtype, name="self_attn")(normed, attention)
         return tokens.reshape(b, h, w, c)

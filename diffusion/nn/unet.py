@@ -1,7 +1,10 @@
 """ADM / DDPM++-style UNet in flax.linen.
 
-Submodule names are explicit (``down_1_res_0``, ``mid_attn``, ``up_0_upsample``, ...) so
-checkpoint keys stay stable when the code around them changes.
+The architecture is two static lists (:meth:`UNet.down_blocks`, :meth:`UNet.up_blocks`)
+walked by ``__call__``: ``conv_in`` and every down block leave a skip, the middle
+block, and up blocks that each consume one skip (last first). Submodule names are
+explicit (``down_1_res_0``, ``mid_attn``, ``up_0_upsample``, ...) so checkpoint keys
+stay stable when the code around them changes.
 """
 
 from __future__ import annotations
@@ -11,16 +14,16 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from diffusion.contract import COMPUTE, Modes
 from diffusion.nn.attention import AttentionBlock
 from diffusion.nn.blocks import Downsample, ResBlock, Upsample, conv3, group_norm
 from diffusion.nn.embeddings import GuidanceEmbedding, TimeEmbedding
 
-FEATURE_MODES = ("compute", "store", "retrieve")
 FEATURES = "deep_features"  # the variable collection holding the cached decoder input
 
 
 class UNet(nn.Module):
-    """Class- and/or text-conditional UNet.
+    """Class-conditional (or unconditional) UNet.
 
     Attributes:
       channels: base width; level ``i`` has ``channels * channel_mult[i]``.
@@ -32,7 +35,6 @@ class UNet(nn.Module):
       scale_shift: FiLM conditioning in residual blocks (ADM); False is DDPM's additive one.
       num_classes: class-conditional when set; label ``num_classes`` is the null
         (unconditional) label used by classifier-free guidance.
-      context_dim: when set, attention blocks cross-attend to ``context [B, L, context_dim]``.
       guidance_embed: conditioned on a guidance scale ``guidance [B]`` (w-conditioned
         students of guided distillation; the embedding starts at zero).
       out_channels: output channels (defaults to the input's).
@@ -47,42 +49,93 @@ class UNet(nn.Module):
     dropout: float = 0.0
     scale_shift: bool = True
     num_classes: int | None = None
-    context_dim: int | None = None
     guidance_embed: bool = False
     out_channels: int | None = None
     dtype: jnp.dtype = jnp.float32
 
-    @nn.compact
-    def __call__(
-        self,
-        x: jnp.ndarray,
-        t: jnp.ndarray,
-        label: jnp.ndarray | None = None,
-        context: jnp.ndarray | None = None,
-        guidance: jnp.ndarray | None = None,
-        train: bool = False,
-        attention: str = "compute",
-        features: str = "compute",
-        feature_branch: int = 0,
-    ) -> jnp.ndarray:
-        """``x: [B, H, W, C]``, ``t: [B]`` or ``[]`` in ``[0, 1]``, ``label: [B]`` int,
-        ``context: [B, L, D]``, ``guidance: [B]`` -> ``[B, H, W, out_channels or C]`` in float32.
+    def down_blocks(self) -> list[tuple[str, int | None]]:
+        """The encoder after ``conv_in``, in order: ``(name, width)`` of each residual
+        block, ``(name, None)`` of each downsample. Each leaves one skip."""
+        blocks = []
+        for level, mult in enumerate(self.channel_mult):
+            blocks += [(f"down_{level}_res_{i}", self.channels * mult) for i in range(self.num_res_blocks)]
+            if level != len(self.channel_mult) - 1:
+                blocks.append((f"down_{level}_downsample", None))
+        return blocks
 
-        Caching across sampling steps (static arguments; docs/design/caching.md):
-        ``attention`` (``"compute" | "store" | "reuse"``) for every self-attention map;
-        ``features`` (``"compute" | "store" | "retrieve"``) for the deep feature entering
-        the shallow decoder path of skip branch ``feature_branch`` (0 = shallowest:
-        only ``conv_in`` and the last up block run on a retrieve step).
+    def up_blocks(self) -> list[tuple[str, int, str | None]]:
+        """The decoder, in order: ``(name, width, upsample name or None)`` of each residual
+        block; block ``j`` consumes skip ``num_branches - 1 - j``."""
+        blocks = []
+        for level, mult in reversed(list(enumerate(self.channel_mult))):
+            for i in range(self.num_res_blocks + 1):
+                upsample = f"up_{level}_upsample" if i == self.num_res_blocks and level != 0 else None
+                blocks.append((f"up_{level}_res_{i}", self.channels * mult, upsample))
+        return blocks
+
+    @property
+    def num_branches(self) -> int:
+        """Skip branches (= up blocks): ``conv_in``, every down block and downsample."""
+        return 1 + len(self.down_blocks())
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, t: jnp.ndarray, label: jnp.ndarray | None = None,
+                 guidance: jnp.ndarray | None = None, train: bool = False, modes: Modes = COMPUTE) -> jnp.ndarray:
+        """``x: [B, H, W, C]``, ``t: [B]`` or ``[]`` in ``[0, 1]``, ``label: [B]`` int,
+        ``guidance: [B]`` -> ``[B, H, W, out_channels or C]`` in float32.
+
+        ``modes`` (static; docs/design/caching.md): ``modes.attention`` applies to every
+        self-attention map; ``modes.features`` to the deep feature entering the shallow
+        decoder path of skip branch ``modes.feature_branch``: a ``"retrieve"`` call runs
+        ``conv_in``, the down blocks of skips ``1..branch`` and the last ``branch + 1``
+        up blocks on the cached feature.
         """
-        if features not in FEATURE_MODES:
-            raise ValueError(f"unknown features mode {features!r}; expected one of {FEATURE_MODES}")
-        b, height, width, in_ch = x.shape
-        if height % 2 ** (len(self.channel_mult) - 1):
-            raise ValueError(f"image size {height} is not divisible by 2^{len(self.channel_mult) - 1} "
+        self._check_input(x, modes)
+        emb = self._embedding(t, label, guidance, x.shape[0])
+        retrieve = modes.features == "retrieve"
+
+        def res_attn(h, width, name):  # a residual block, then attention at the chosen resolutions
+            h = ResBlock(width, self.dropout, self.scale_shift, self.dtype, name=name)(h, emb, train)
+            if h.shape[1] in self.attn_resolutions:
+                h = AttentionBlock(self.num_heads, self.dtype, name=name.replace("_res_", "_attn_"))(h, modes.attention)
+            return h
+
+        h = conv3(self.channels, "conv_in", self.dtype)(x.astype(self.dtype))
+        skips = [h]
+        down = self.down_blocks()
+        for name, width in down[:modes.feature_branch] if retrieve else down:
+            h = res_attn(h, width, name) if width else Downsample(self.dtype, name=name)(h)
+            skips.append(h)
+
+        if not retrieve:  # the middle block
+            h = ResBlock(h.shape[-1], self.dropout, self.scale_shift, self.dtype, name="mid_res_0")(h, emb, train)
+            h = AttentionBlock(self.num_heads, self.dtype, name="mid_attn")(h, modes.attention)
+            h = ResBlock(h.shape[-1], self.dropout, self.scale_shift, self.dtype, name="mid_res_1")(h, emb, train)
+
+        first_shallow = self.num_branches - 1 - modes.feature_branch
+        for j, (name, width, upsample) in enumerate(self.up_blocks()):
+            if j < first_shallow and retrieve:
+                continue
+            if j == first_shallow:
+                h = self._deep_feature(h, modes.features)
+            h = res_attn(jnp.concatenate([h, skips.pop()], axis=-1), width, name)
+            if upsample:
+                h = Upsample(self.dtype, name=upsample)(h)
+
+        h = nn.silu(group_norm(h.shape[-1], "norm_out", self.dtype)(h))
+        out = conv3(self.out_channels or x.shape[-1], "conv_out", self.dtype, zero=True)(h)
+        return out.astype(jnp.float32)
+
+    def _check_input(self, x: jnp.ndarray, modes: Modes) -> None:
+        if x.shape[1] % 2 ** (len(self.channel_mult) - 1):
+            raise ValueError(f"image size {x.shape[1]} is not divisible by 2^{len(self.channel_mult) - 1} "
                              f"(channel_mult={tuple(self.channel_mult)})")
-        num_skips = self.num_branches
-        if not 0 <= feature_branch < num_skips:
-            raise ValueError(f"feature_branch must be in [0, {num_skips - 1}] for this UNet, got {feature_branch}")
+        if not modes.feature_branch < self.num_branches:
+            raise ValueError(f"feature_branch must be in [0, {self.num_branches - 1}] for this UNet, "
+                             f"got {modes.feature_branch}")
+
+    def _embedding(self, t, label, guidance, b: int) -> jnp.ndarray:
+        """``[B, 4 channels]``: time, plus the class label and the guidance scale when used."""
         emb_dim = 4 * self.channels
         emb = TimeEmbedding(self.channels, emb_dim, self.dtype, name="time_embed")(jnp.broadcast_to(t, (b,)))
         if self.num_classes is not None:
@@ -96,64 +149,16 @@ class UNet(nn.Module):
                                  "(the guidance scale w; 1 is the plain conditional model)")
             w = jnp.broadcast_to(jnp.asarray(guidance, jnp.float32), (b,))
             emb = emb + GuidanceEmbedding(self.channels, emb_dim, self.dtype, name="guidance_embed")(w)
-        use_ctx = self.context_dim is not None
-        retrieve = features == "retrieve"
+        return emb
 
-        def res(h, ch, name):
-            return ResBlock(ch, self.dropout, self.scale_shift, self.dtype, name=name)(h, emb, train)
-
-        def attn(h, name):
-            return AttentionBlock(self.num_heads, use_ctx, self.dtype, name=name)(h, context, attention)
-
-        def shallow_enough(skips):  # a retrieve step needs skips 0..feature_branch only
-            return retrieve and len(skips) > feature_branch
-
-        h = conv3(self.channels, "conv_in", self.dtype)(x.astype(self.dtype))
-        skips = [h]
-        for level, mult in enumerate(self.channel_mult):
-            for i in range(self.num_res_blocks):
-                if shallow_enough(skips):
-                    break
-                h = res(h, self.channels * mult, f"down_{level}_res_{i}")
-                if h.shape[1] in self.attn_resolutions:
-                    h = attn(h, f"down_{level}_attn_{i}")
-                skips.append(h)
-            if level != len(self.channel_mult) - 1 and not shallow_enough(skips):
-                h = Downsample(self.dtype, name=f"down_{level}_downsample")(h)
-                skips.append(h)
-
-        if not retrieve:
-            h = res(h, h.shape[-1], "mid_res_0")
-            h = attn(h, "mid_attn")
-            h = res(h, h.shape[-1], "mid_res_1")
-
-        first_shallow = num_skips - 1 - feature_branch  # index of the first shallow up block
-        j = 0
-        for level, mult in reversed(list(enumerate(self.channel_mult))):
-            for i in range(self.num_res_blocks + 1):
-                if j == first_shallow:
-                    if retrieve:
-                        h = self.get_variable(FEATURES, "h")
-                        if h is None:
-                            raise ValueError("features='retrieve' needs a feature from an earlier "
-                                             "features='store' call (pass the deep_features collection)")
-                    elif features == "store":
-                        self.put_variable(FEATURES, "h", h)
-                if j >= first_shallow or not retrieve:
-                    h = res(jnp.concatenate([h, skips[num_skips - 1 - j]], axis=-1), self.channels * mult,
-                            f"up_{level}_res_{i}")
-                    if h.shape[1] in self.attn_resolutions:
-                        h = attn(h, f"up_{level}_attn_{i}")
-                j += 1
-            if level != 0 and (j > first_shallow or not retrieve):
-                h = Upsample(self.dtype, name=f"up_{level}_upsample")(h)
-
-        h = nn.silu(group_norm(h.shape[-1], "norm_out", self.dtype)(h))
-        out = conv3(self.out_channels or in_ch, "conv_out", self.dtype, zero=True)(h)
-        return out.astype(jnp.float32)
-
-    @property
-    def num_branches(self) -> int:
-        """Skip branches (= up blocks): ``conv_in``, every down block and downsample."""
-        levels = len(self.channel_mult)
-        return 1 + levels * self.num_res_blocks + (levels - 1)
+    def _deep_feature(self, h: jnp.ndarray, features: str) -> jnp.ndarray:
+        """At the first shallow up block: ``store`` caches ``h``; ``retrieve`` replaces it by
+        the feature cached at the last full step."""
+        if features == "store":
+            self.put_variable(FEATURES, "h", h)
+        if features == "retrieve":
+            h = self.get_variable(FEATURES, "h")
+            if h is None:
+                raise ValueError("features='retrieve' needs a feature from an earlier features='store' call "
+                                 "(pass the deep_features collection)")
+        return h

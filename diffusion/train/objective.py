@@ -7,15 +7,16 @@ import jax.numpy as jnp
 
 from diffusion.losses import denoising_loss
 from diffusion.nn.denoiser import Denoiser
-from diffusion.schedules import Schedule, bcast_right
+from diffusion.param import forward_noise
+from diffusion.schedules import Schedule
 from diffusion.train.state import TrainState
 
 
 def sample_times(key: jax.Array, shape: tuple[int, ...], schedule: Schedule) -> jax.Array:
     """Training times: uniform over ``{1..T} / T`` for a discrete schedule, ``U(0, 1]`` else."""
     if schedule.num_steps:
-        n = jax.random.randint(key, shape, 1, schedule.num_steps + 1)
-        return n.astype(jnp.float32) / schedule.num_steps
+        n = jax.random.randint(key, shape, 1, schedule.T + 1)
+        return n.astype(jnp.float32) / schedule.T
     return 1.0 - jax.random.uniform(key, shape)  # (0, 1]
 
 
@@ -41,12 +42,11 @@ def make_diffusion_loss(denoiser: Denoiser, weighting: str = "eps", cond_drop_pr
         k_t, k_eps, k_drop, k_net = jax.random.split(rng, 4)
         t = sample_times(k_t, x0.shape[:1], schedule)
         eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
-        alpha, sigma = schedule.alpha_sigma(t)
-        x_t = bcast_right(alpha, x0) * x0 + bcast_right(sigma, x0) * eps
+        x_t = forward_noise(schedule, x0, eps, t)
         cond = {}
         if num_classes is not None:
             cond["label"] = drop_labels(k_drop, batch["label"], cond_drop_prob, num_classes)
-        pred = denoiser(params, x_t, t, cond, rng=k_net, train=True)
+        pred, _ = denoiser(params, x_t, t, cond, rng=k_net, train=True)
         loss, _ = denoising_loss(pred, x0, eps, t, schedule, weighting)
         return loss, {}
 

@@ -11,6 +11,7 @@ threads the denoiser's cache (attention maps, features; docs/design/caching.md) 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -22,17 +23,25 @@ from diffusion.param import Prediction
 Model = Callable[[jax.Array, jax.Array, Any], tuple[Prediction, Any]]
 
 
+class Solver:
+    """Mixin of every solver dataclass: the network evaluations of a run of ``steps`` steps
+    (one per step unless a solver says otherwise, like F-PNDM's warm start)."""
+
+    def network_calls(self, steps: int) -> int:
+        return steps
+
+
 @struct.dataclass
 class SolverState:
     """``x: [B, ...]`` the current sample; ``key``: the rng for stochastic steps;
     ``i``: int32 number of steps taken; ``aux``: solver-specific pytree (history);
-    ``cache``: the denoiser's cache across steps (None for plain denoisers)."""
+    ``cache``: the denoiser's cache across steps (``{}`` for denoisers that keep none)."""
 
     x: jax.Array
     key: jax.Array
     i: jax.Array
     aux: Any = None
-    cache: Any = None
+    cache: Any = dataclasses.field(default_factory=dict)
 
 
 def initial_state(x: jax.Array, key: jax.Array, aux: Any = None) -> SolverState:
@@ -60,8 +69,3 @@ def predict(model: Model, state: SolverState, x: jax.Array, t: jax.Array) -> tup
     denoiser's updated cache."""
     pred, cache = model(x, t, state.cache)
     return pred, state.replace(cache=cache)
-
-
-def stateless(fn: Callable[[jax.Array, jax.Array], Prediction]) -> Model:
-    """Adapts a cache-free ``fn(x, t) -> Prediction`` to the solver's model signature."""
-    return lambda x, t, cache: (fn(x, t), cache)

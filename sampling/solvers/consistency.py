@@ -7,12 +7,14 @@ from __future__ import annotations
 import jax
 from flax import struct
 
-from diffusion.schedules import Schedule, bcast_right
-from sampling.solvers.base import Model, SolverState, advance, fresh_noise, initial_state, predict
+from diffusion.param import forward_noise
+from diffusion.schedules import Schedule
+from sampling.registry import SolverPart, register
+from sampling.solvers.base import Model, Solver, SolverState, advance, fresh_noise, initial_state, predict
 
 
 @struct.dataclass
-class Consistency:
+class Consistency(Solver):
     """Stochastic; for consistency-distilled students (any denoiser runs, but only a
     consistency function makes it a good sampler)."""
 
@@ -23,7 +25,9 @@ class Consistency:
 
     def step(self, state: SolverState, model: Model, t: jax.Array, t_next: jax.Array) -> SolverState:
         pred, state = predict(model, state, state.x, t)
-        alpha_s, sigma_s = self.schedule.alpha_sigma(t_next)
         key, noise = fresh_noise(state)
-        x = bcast_right(alpha_s, pred.x0) * pred.x0 + bcast_right(sigma_s, noise) * noise
-        return advance(state, x, key)
+        return advance(state, forward_noise(self.schedule, pred.x0, noise, t_next), key)
+
+
+register(SolverPart("consistency", Consistency,
+                    "multistep consistency sampling: re-noise the model's x0 with fresh noise (consistency students)"))

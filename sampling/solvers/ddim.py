@@ -9,7 +9,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from diffusion.schedules import Schedule, bcast_right
-from sampling.solvers.base import Model, SolverState, advance, fresh_noise, initial_state, predict
+from sampling.registry import Knob, SolverPart, number, register
+from sampling.solvers.base import Model, Solver, SolverState, advance, fresh_noise, initial_state, predict
 
 
 def ddim_update(x0, eps, alpha_s, sigma_s, alpha_t, sigma_t, eta, noise):
@@ -27,7 +28,7 @@ def ddim_update(x0, eps, alpha_s, sigma_s, alpha_t, sigma_t, eta, noise):
 
 
 @struct.dataclass
-class DDIM:
+class DDIM(Solver):
     """DDIM solver. ``eta`` is traced (a pytree leaf)."""
 
     schedule: Schedule = struct.field(pytree_node=False)
@@ -49,3 +50,9 @@ def DDPM(schedule: Schedule) -> DDIM:  # noqa: N802 - a solver "class" by name
     """DDPM ancestral sampling (Ho et al. 2020): DDIM with ``eta = 1``, which is exactly
     the posterior step (tested against the closed form in tests/sampling/test_solvers.py)."""
     return DDIM(schedule, 1.0)
+
+
+register(SolverPart("ddim", DDIM, "DDIM (eta 0: the probability-flow ODE's first-order solver)", knobs=(
+    Knob("eta", number(0.0, 1.0), 0.0, flag="eta", examples=(0.0, 0.5),
+         help="DDIM's eta: 0 deterministic, 1 DDPM's ancestral noise"),)))
+register(SolverPart("ddpm", DDPM, "DDPM ancestral sampling (DDIM with eta 1)"))

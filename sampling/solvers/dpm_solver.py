@@ -22,7 +22,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from diffusion.schedules import Schedule, bcast_right
-from sampling.solvers.base import Model, SolverState, advance, initial_state, predict
+from sampling.registry import SolverPart, register
+from sampling.solvers.base import Model, Solver, SolverState, advance, initial_state, predict
 
 
 def half_logsnr(schedule: Schedule, t, like):
@@ -31,7 +32,7 @@ def half_logsnr(schedule: Schedule, t, like):
 
 
 @struct.dataclass
-class DPMSolverPP:
+class DPMSolverPP(Solver):
     """Multistep DPM-Solver++ of ``order`` 2 or 3 (static). State ``aux``:
     ``{"x0": [2, *x.shape] previous data predictions, "lam": [2, *x.shape] their lambdas}``
     (index 1 = the most recent)."""
@@ -79,3 +80,7 @@ class DPMSolverPP:
         x_new = jnp.where(final, m0, x_new)
         aux = {"x0": jnp.stack([m1, m0]), "lam": jnp.stack([lam_1, lam_t])}
         return advance(state, x_new, aux=aux)
+
+
+register(SolverPart("dpmpp2m", lambda schedule: DPMSolverPP(schedule, order=2), "multistep DPM-Solver++ 2M"))
+register(SolverPart("dpmpp3m", lambda schedule: DPMSolverPP(schedule, order=3), "multistep DPM-Solver++ 3M"))

@@ -17,21 +17,21 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from diffusion.param import Prediction, ddim_renoise
 from diffusion.schedules import Schedule, bcast_right
-from sampling.solvers.base import Model, SolverState, advance, initial_state, predict
+from sampling.registry import SolverPart, register
+from sampling.solvers.base import Model, Solver, SolverState, advance, initial_state, predict
 
 
 def transfer(schedule: Schedule, x, eps, t, s):
     """``phi``: from ``x`` at ``t`` to time ``s`` along the noise estimate ``eps`` (DDIM, eta 0)."""
     alpha_t, sigma_t = schedule.alpha_sigma(t)
-    alpha_s, sigma_s = schedule.alpha_sigma(s)
-    b = lambda a: bcast_right(a, x)  # noqa: E731
-    x0 = (x - b(sigma_t) * eps) / b(alpha_t)
-    return b(alpha_s) * x0 + b(sigma_s) * eps
+    x0 = (x - bcast_right(sigma_t, x) * eps) / bcast_right(alpha_t, x)
+    return ddim_renoise(Prediction(x0=x0, eps=eps), *schedule.alpha_sigma(s))
 
 
 @struct.dataclass
-class PNDM:
+class PNDM(Solver):
     """``fourth_order=True``: F-PNDM; False: S-PNDM. State ``aux``: the last three network
     noise estimates ``[3, *x.shape]`` (newest last)."""
 
@@ -41,6 +41,12 @@ class PNDM:
     @property
     def warm_steps(self) -> int:
         return 3 if self.fourth_order else 1
+
+    def network_calls(self, steps: int) -> int:
+        """A warm-start step calls the network 4 times (F-PNDM's Runge-Kutta) or 2 times
+        (S-PNDM's improved Euler), a multistep step once."""
+        extra = 3 if self.fourth_order else 1
+        return steps + extra * min(self.warm_steps, steps)
 
     def init(self, x: jax.Array, key: jax.Array) -> SolverState:
         return initial_state(x, key, aux=jnp.zeros((3, *x.shape), x.dtype))
@@ -79,11 +85,7 @@ class PNDM:
         return advance(state, transfer(self.schedule, state.x, eps, t, t_next), aux=history)
 
 
-def SPNDM(schedule: Schedule) -> PNDM:  # noqa: N802 - a solver "class" by name
-    """S-PNDM: improved-Euler warm start, second-order pseudo linear multistep."""
-    return PNDM(schedule, fourth_order=False)
-
-
-def FPNDM(schedule: Schedule) -> PNDM:  # noqa: N802
-    """F-PNDM: pseudo Runge-Kutta warm start (3 steps), fourth-order pseudo linear multistep."""
-    return PNDM(schedule, fourth_order=True)
+register(SolverPart("spndm", lambda schedule: PNDM(schedule, fourth_order=False),
+                    "S-PNDM: improved-Euler warm start, second-order pseudo linear multistep"))
+register(SolverPart("fpndm", lambda schedule: PNDM(schedule, fourth_order=True),
+                    "F-PNDM: pseudo Runge-Kutta warm start (3 steps), fourth-order pseudo linear multistep"))

@@ -1,4 +1,5 @@
-"""Classifier-free guidance as a transform of the denoiser (Ho & Salimans 2022)."""
+"""Classifier-free guidance as a transform of the denoiser (Ho & Salimans 2022), and the
+guidance input of a w-conditioned student; registered as the ``guidance`` part."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from diffusion.contract import COMPUTE, Modes
 from diffusion.param import Prediction
+from sampling.registry import Knob, TransformPart, fmt, number, register
 
 
 @struct.dataclass
@@ -18,7 +21,8 @@ class Guided:
     The conditional and unconditional (null label) branches run as one ``[2B]`` batch;
     the same affine combination of x0 and eps keeps ``x_t = alpha x0 + sigma eps``.
     ``scale = 1`` is the conditional model, ``0`` the unconditional one. ``scale`` is a
-    traced leaf: sweeping it does not recompile.
+    traced leaf: sweeping it does not recompile. The cache covers the ``[2B]`` batch, so
+    each branch keeps its own maps and features.
 
     Attributes:
       denoiser: the wrapped denoiser (static structure).
@@ -30,18 +34,16 @@ class Guided:
     scale: jax.Array | float
     null_label: int = struct.field(pytree_node=False, default=10)
 
-    def __call__(self, params, x_t, t, cond: Mapping[str, jax.Array] | None = None, **kwargs):
-        """``Prediction``; ``(Prediction, cache)`` when called with ``cache=`` (the
-        cache covers the ``[2B]`` batch: each branch keeps its own maps/features)."""
+    def __call__(self, params, x_t, t, cond: Mapping[str, jax.Array] | None = None, *, cache=None, step=None,
+                 modes: Modes = COMPUTE, rng=None, train: bool = False) -> tuple[Prediction, Any]:
         b = x_t.shape[0]
         t = jnp.asarray(t)
         both_t = jnp.concatenate([t, t]) if t.ndim else t
-        out = self.denoiser(params, jnp.concatenate([x_t, x_t]), both_t, self._both(cond), **kwargs)
-        both, cache = out if kwargs.get("cache") is not None else (out, None)
+        both, cache = self.denoiser(params, jnp.concatenate([x_t, x_t]), both_t, self._both(cond), cache=cache,
+                                    step=step, modes=modes, rng=rng, train=train)
         w = jnp.reshape(jnp.asarray(self.scale, x_t.dtype), jnp.shape(self.scale) + (1,) * (x_t.ndim - jnp.ndim(self.scale)))
         mix = lambda y: y[b:] + w * (y[:b] - y[b:])  # noqa: E731
-        pred = Prediction(x0=mix(both.x0), eps=mix(both.eps))
-        return pred if cache is None else (pred, cache)
+        return Prediction(x0=mix(both.x0), eps=mix(both.eps)), cache
 
     def _both(self, cond):
         if not cond or "label" not in cond:
@@ -49,11 +51,9 @@ class Guided:
         both = {k: jnp.concatenate([v, v]) for k, v in cond.items()}  # every [B, ...] input, e.g. a guidance scale
         return {**both, "label": jnp.concatenate([cond["label"], jnp.full_like(cond["label"], self.null_label)])}
 
-    def init_cache(self, params, x_t, cond=None, num_steps=None, **kwargs):
-        """The inner denoiser's cache for the doubled ``[2B]`` batch (None if it caches nothing)."""
-        if not hasattr(self.denoiser, "init_cache"):
-            return None
-        return self.denoiser.init_cache(params, jnp.concatenate([x_t, x_t]), self._both(cond), num_steps, **kwargs)
+    def init_cache(self, params, x_t, cond=None, num_steps=None, modes: Modes = COMPUTE):
+        """The inner denoiser's cache for the doubled ``[2B]`` batch."""
+        return self.denoiser.init_cache(params, jnp.concatenate([x_t, x_t]), self._both(cond), num_steps, modes)
 
 
 @struct.dataclass
@@ -65,13 +65,31 @@ class GuidanceInput:
     denoiser: Any
     scale: jax.Array | float
 
-    def __call__(self, params, x_t, t, cond: Mapping[str, jax.Array] | None = None, **kwargs):
-        return self.denoiser(params, x_t, t, self._with_scale(cond, x_t), **kwargs)
+    def __call__(self, params, x_t, t, cond: Mapping[str, jax.Array] | None = None, *, cache=None, step=None,
+                 modes: Modes = COMPUTE, rng=None, train: bool = False) -> tuple[Prediction, Any]:
+        return self.denoiser(params, x_t, t, self._with_scale(cond, x_t), cache=cache, step=step, modes=modes,
+                             rng=rng, train=train)
 
     def _with_scale(self, cond, x_t):
         return {**(cond or {}), "guidance": jnp.broadcast_to(jnp.asarray(self.scale, jnp.float32), x_t.shape[:1])}
 
-    def init_cache(self, params, x_t, cond=None, num_steps=None, **kwargs):
-        if not hasattr(self.denoiser, "init_cache"):
-            return None
-        return self.denoiser.init_cache(params, x_t, self._with_scale(cond, x_t), num_steps, **kwargs)
+    def init_cache(self, params, x_t, cond=None, num_steps=None, modes: Modes = COMPUTE):
+        return self.denoiser.init_cache(params, x_t, self._with_scale(cond, x_t), num_steps, modes)
+
+
+def _build(denoiser, knobs: dict, ctx):
+    if ctx.caps.w_conditioned:
+        return GuidanceInput(denoiser, knobs["w"])
+    if ctx.caps.null_label is None:
+        raise ValueError("guidance needs a class-conditional model (or a w-conditioned student); this one has no "
+                         "labels")
+    return Guided(denoiser, knobs["w"], null_label=ctx.caps.null_label)
+
+
+register(TransformPart(
+    name="guidance", wraps="denoiser", order=90, build=_build,
+    help="classifier-free guidance scale W (1: the plain conditional model, 0: the unconditional one; for a "
+         "w-conditioned student the w it is given)",
+    knobs=(Knob("w", number(), examples=(1.5, 3.0), help="guidance scale"),),
+    tag=lambda k: f"w{fmt(k['w'])}",
+    implicit=lambda caps: {"w": 1.0} if caps.w_conditioned else None))

@@ -1,4 +1,5 @@
-"""PHAST (Hunter et al.): a greedy search for an attention-reuse schedule, and its files.
+"""PHAST (Hunter et al.): a greedy search for an attention-reuse schedule (its files are
+``launch/phast_files.py``'s).
 
 The search keeps the number of reuse steps ``k`` fixed (fixed latency) and starts from
 HURRY (the last ``k`` steps). A move swaps one reuse step with one computing step
@@ -11,8 +12,6 @@ array, every candidate runs the same compiled program.
 
 from __future__ import annotations
 
-import json
-import pathlib
 from typing import Callable
 
 import numpy as np
@@ -52,32 +51,3 @@ def search(score: Callable[[np.ndarray], float], num_steps: int, k: int, max_eva
                 best, best_score, improved = cand, s, True
                 break
     return best, best_score, history
-
-
-def schedule_path(schedule_dir, sampler_tag: str, k: int) -> pathlib.Path:
-    return pathlib.Path(schedule_dir) / f"{sampler_tag}_reuse{k}.json"
-
-
-def save_schedule(path: pathlib.Path, schedule: np.ndarray, info: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"num_steps": int(len(schedule)), "reuse_steps": np.flatnonzero(schedule).tolist(), **info}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
-
-
-def load_schedule(schedule_dir, sampler_tag: str, num_steps: int, k: int) -> np.ndarray:
-    """The schedule ``launch.phast`` wrote for this sampler and ``k``; a clear error if none."""
-    if schedule_dir is None:
-        raise ValueError("phast:K reads a schedule from the work directory; pass the workdir")
-    path = schedule_path(schedule_dir, sampler_tag, k)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no PHAST schedule at {path}: run `python -m launch.phast --workdir {pathlib.Path(schedule_dir).parent} "
-            f"--k {k}` with the same solver, steps, grid and guidance first")
-    data = json.loads(path.read_text())
-    if data["num_steps"] != num_steps:
-        raise ValueError(f"{path} was searched for {data['num_steps']} steps, not {num_steps}")
-    out = np.zeros(num_steps, bool)
-    out[data["reuse_steps"]] = True
-    return out

@@ -1,4 +1,4 @@
-"""Boolean per-step schedules for :mod:`sampling.transforms.caching`, and their parser.
+"""Boolean per-step schedules for attention-map reuse and feature caching.
 
 Attention reuse: ``True`` = reuse the cached maps at that sampler step.
 Feature caching: ``True`` = full step (recompute and cache).
@@ -82,40 +82,10 @@ def nonuniform_full(num_steps: int, interval: int, center: int, power: float = 1
                      "use a smaller N or a center nearer the middle")
 
 
-def parse_attention_reuse(spec: str, num_steps: int, schedule_dir=None, sampler_tag: str = "") -> np.ndarray:
-    """``hurry:K`` | ``steps:I,J,...`` | ``block:K,START`` | ``phast:K`` (the schedule that
-    ``python -m launch.phast`` found for K reuse steps of sampler ``sampler_tag``, read
-    from ``schedule_dir``)."""
-    kind, _, arg = spec.partition(":")
-    try:
-        if kind == "hurry":
-            return hurry(num_steps, int(arg))
-        if kind == "steps":
-            return reuse_steps(num_steps, [int(s) for s in arg.split(",") if s])
-        if kind == "block":
-            k, start = (int(v) for v in arg.split(","))
-            return reuse_block(num_steps, k, start)
-        if kind == "phast":
-            from sampling.transforms.phast import load_schedule
-
-            return load_schedule(schedule_dir, sampler_tag, num_steps, int(arg))
-    except ValueError as err:
-        if "invalid literal" not in str(err) and "unpack" not in str(err):
-            raise
-    raise ValueError(f"bad --attention_reuse {spec!r}: expected hurry:K, phast:K, steps:I,J,... or block:K,START "
-                     "(K, I, J, START integers)")
-
-
-def parse_feature_cache(spec: str, num_steps: int) -> np.ndarray:
-    """``uniform:N`` | ``nonuniform:N,CENTER``."""
-    kind, _, arg = spec.partition(":")
-    try:
-        if kind == "uniform":
-            return uniform_full(num_steps, int(arg))
-        if kind == "nonuniform":
-            n, center = (int(v) for v in arg.split(","))
-            return nonuniform_full(num_steps, n, center)
-    except ValueError as err:
-        if "invalid literal" not in str(err) and "unpack" not in str(err):
-            raise
-    raise ValueError(f"bad --feature_cache {spec!r}: expected uniform:N or nonuniform:N,CENTER (integers)")
+def check_length(name: str, schedule, num_steps: int | None) -> None:
+    """A per-step schedule must have one entry per sampler step (an index past its end
+    would be clamped under ``jit``, silently)."""
+    length = np.shape(schedule)[0]
+    if num_steps is not None and length != num_steps:
+        raise ValueError(f"{name} schedule has {length} entries but sampling takes {num_steps} steps; "
+                         f"build it for {num_steps} steps (sampling.transforms.schedules)")

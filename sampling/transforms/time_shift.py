@@ -24,7 +24,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from diffusion.schedules import Schedule
-from sampling.solvers.base import Model, SolverState
+from sampling.registry import Knob, TransformPart, choice, fmt, number, register
+from sampling.solvers.base import Model, Solver, SolverState
 
 MODES = ("query", "destination")
 
@@ -37,7 +38,7 @@ def sample_variance(x: jax.Array) -> jax.Array:
 def closest_time(schedule: Schedule, variance: jax.Array, center: jax.Array, window) -> jax.Array:
     """``[B]`` training times ``n / T`` within ``|n - center * T| <= window / 2`` whose
     ``1 - alpha_bar`` is closest to ``variance [B]`` (``center``: ``[]`` or ``[B]``)."""
-    T = schedule.num_steps or 1000
+    T = schedule.T
     n = jnp.arange(T + 1, dtype=jnp.float32)
     noise_var = 1.0 - schedule.alpha_bar(n / T)  # [T + 1]
     c = jnp.round(jnp.broadcast_to(jnp.asarray(center, jnp.float32) * T, variance.shape))
@@ -47,7 +48,7 @@ def closest_time(schedule: Schedule, variance: jax.Array, center: jax.Array, win
 
 
 @struct.dataclass
-class TimeShift:
+class TimeShift(Solver):
     """Wraps a solver. State ``aux``: ``{"inner": inner aux, "shifted": [B] next query time}``.
 
     Attributes:
@@ -74,12 +75,14 @@ class TimeShift:
         shifted = jnp.full(x.shape[:1], -1.0, jnp.float32)  # < 0: no shift chosen yet
         return inner.replace(aux={"inner": inner.aux, "shifted": shifted})
 
+    def network_calls(self, steps: int) -> int:
+        return self.solver.network_calls(steps)
+
     def _inner_step(self, state, model, t, t_next):
-        inner = self.solver.step(state.replace(aux=state.aux["inner"]), model, t, t_next)
-        return inner
+        return self.solver.step(state.replace(aux=state.aux["inner"]), model, t, t_next)
 
     def step(self, state: SolverState, model: Model, t: jax.Array, t_next: jax.Array) -> SolverState:
-        T = self.schedule.num_steps or 1000
+        T = self.schedule.T
         t_b = jnp.broadcast_to(jnp.asarray(t, jnp.float32), state.x.shape[:1])
         next_b = jnp.broadcast_to(jnp.asarray(t_next, jnp.float32), state.x.shape[:1])
         if self.mode == "query":
@@ -94,3 +97,21 @@ class TimeShift:
             inner = self._inner_step(state, model, t_b, jnp.where(use, tau, next_b))
             new_shift = jnp.where(use, tau, -1.0)
         return inner.replace(aux={"inner": inner.aux, "shifted": new_shift})
+
+
+def _build(solver, knobs: dict, ctx):
+    T = solver.schedule.T
+    if knobs["window"] > T or knobs["cutoff"] > T:
+        raise ValueError(f"time_shift window {fmt(knobs['window'])} and cutoff {fmt(knobs['cutoff'])} are training "
+                         f"steps: both must lie in [0, T = {T}] of this model's schedule")
+    return TimeShift(solver, knobs["window"], knobs["cutoff"], knobs["mode"])
+
+
+register(TransformPart(
+    name="time_shift", wraps="solver", order=10, build=_build,
+    help="the time-shift sampler (TS-DPM): WINDOW,CUTOFF in training steps, e.g. 80,300",
+    knobs=(Knob("window", number(0.0), examples=(20.0, 40.0), help="search window width in training steps"),
+           Knob("cutoff", number(0.0), examples=(300.0, 550.0), help="shift only above this training step"),
+           Knob("mode", choice(*MODES), "query", traced=False, flag="time_shift_mode",
+                help="query: the paper's algorithm; destination: the authors' released code")),
+    tag=lambda k: f"ts{fmt(k['window'])}-{fmt(k['cutoff'])}" + ("" if k["mode"] == "query" else "dest")))

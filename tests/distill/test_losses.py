@@ -11,6 +11,7 @@ import pytest
 from flax import struct
 
 from diffusion.analytic import make_mixture
+from diffusion.contract import Stateless
 from diffusion.schedules import make_schedule
 from diffusion.train.state import TrainState
 from distill.consistency import ConsistencyFunction, boundary_coefficients, consistency_distillation
@@ -21,22 +22,21 @@ SCHEDULE = make_schedule("linear", 1000)
 
 
 @struct.dataclass
-class ScaledOracle:
+class ScaledOracle(Stateless):
     """The oracle whose x0 is scaled by ``params`` (a scalar): params 1 is exact."""
 
     mixture: object
-    module: object = struct.field(pytree_node=False, default=None)
 
     @property
     def schedule(self):
         return self.mixture.schedule
 
     def __call__(self, params, x_t, t, cond=None, **_):
-        pred = self.mixture(None, x_t, t)
+        pred, _ = self.mixture(None, x_t, t)
         x0 = pred.x0 * params
         t = jnp.broadcast_to(t, x_t.shape[:1])
         a, s = (v[:, None] for v in self.schedule.alpha_sigma(t))
-        return type(pred)(x0=x0, eps=(x_t - a * x0) / jnp.maximum(s, 1e-6))
+        return type(pred)(x0=x0, eps=(x_t - a * x0) / jnp.maximum(s, 1e-6)), {}
 
 
 def mixture():
@@ -158,9 +158,9 @@ def test_consistency_boundary_condition():
                                rtol=1e-6)
     f = ConsistencyFunction(ScaledOracle(mixture()))
     x = jax.random.normal(jax.random.PRNGKey(0), (5, 3))
-    np.testing.assert_array_equal(np.asarray(f(1.0, x, jnp.zeros(5)).x0), np.asarray(x))  # f(x, 0) = x
-    far = f(1.0, x, jnp.ones(5)).x0  # away from 0 it is the network's x0
-    np.testing.assert_allclose(np.asarray(far), np.asarray(mixture()(None, x, jnp.ones(5)).x0), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(f(1.0, x, jnp.zeros(5))[0].x0), np.asarray(x))  # f(x, 0) = x
+    far = f(1.0, x, jnp.ones(5))[0].x0  # away from 0 it is the network's x0
+    np.testing.assert_allclose(np.asarray(far), np.asarray(mixture()(None, x, jnp.ones(5))[0].x0), atol=1e-6)
 
 
 def test_consistency_loss_equals_float64_reference():

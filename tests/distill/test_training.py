@@ -9,11 +9,11 @@ import pytest
 
 from diffusion.nn.denoiser import Denoiser
 from diffusion.nn.unet import UNet
+from diffusion.param import ddim_renoise
 from diffusion.schedules import make_schedule
 from diffusion.train.state import create_train_state
 from diffusion.train.step import make_train_step
 from distill import ConsistencyFunction, consistency_distillation, guided_distillation, progressive_distillation
-from distill.method import ddim_step
 from distill.progressive import distillation_target
 from sampling.grids import trailing_time
 from sampling.transforms import Guided
@@ -30,7 +30,7 @@ def tiny(guidance_embed=False):
 def init(den, key=0):
     kwargs = {"guidance": jnp.ones((1,))} if den.module.guidance_embed else {}
     params = den.module.init(jax.random.PRNGKey(key), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)),
-                             jnp.zeros((1,), jnp.int32), **kwargs)["params"]
+                             label=jnp.zeros((1,), jnp.int32), **kwargs)["params"]
     # a teacher whose label and output layers matter (fresh ones are zero / near-identical)
     return jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(7), p.shape), params)
 
@@ -98,17 +98,17 @@ def test_guided_target_mixes_guided_and_unguided_teachers():
     z = a[:, None, None, None] * x0 + sg[:, None, None, None] * eps
 
     def cfg(x, tt):
-        cond = den(params, x, tt, {"label": b["label"], "guidance": w_target})
-        uncond = den(params, x, tt, {"label": jnp.full((8,), 3), "guidance": w_target})
+        cond = den(params, x, tt, {"label": b["label"], "guidance": w_target})[0]
+        uncond = den(params, x, tt, {"label": jnp.full((8,), 3), "guidance": w_target})[0]
         mix = lambda c, u: u + w_target[:, None, None, None] * (c - u)  # noqa: E731
         return type(cond)(x0=mix(cond.x0, uncond.x0), eps=mix(cond.eps, uncond.eps))
 
-    z_s = ddim_step(cfg(ddim_step(cfg(z, t), *SCHEDULE.alpha_sigma(t_mid)), t_mid), *SCHEDULE.alpha_sigma(s))
+    z_s = ddim_renoise(cfg(ddim_renoise(cfg(z, t), *SCHEDULE.alpha_sigma(t_mid)), t_mid), *SCHEDULE.alpha_sigma(s))
     target = distillation_target(z, t, z_s, s, SCHEDULE)
-    pred = den(params, z, t, {"label": b["label"], "guidance": w})
+    pred, _ = den(params, z, t, {"label": b["label"], "guidance": w})
     weight = jnp.maximum(jnp.exp(SCHEDULE.logsnr(t)), 1.0)
     expected = jnp.mean(weight * jnp.mean((pred.x0 - target) ** 2, axis=(1, 2, 3)))
     np.testing.assert_allclose(float(loss), float(expected), rtol=1e-4)
     # and the CFG teacher is the library's Guided transform
-    g = Guided(den, w_target, null_label=3)(params, z, t, {"label": b["label"], "guidance": w_target})
+    g, _ = Guided(den, w_target, null_label=3)(params, z, t, {"label": b["label"], "guidance": w_target})
     np.testing.assert_allclose(np.asarray(g.x0), np.asarray(cfg(z, t).x0), atol=1e-5)

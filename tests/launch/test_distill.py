@@ -61,10 +61,11 @@ def test_students_are_ordinary_work_directories(students):
         losses = [r["loss"] for r in read_metrics(students / name) if "loss" in r]
         assert len(losses) == 4 and all(np.isfinite(losses))
         if name == "consistency":
-            assert (saved["eval"]["solver"], saved["eval"]["steps"]) == ("consistency", 4)
+            assert saved["eval"]["sampler"] == "solver=consistency;steps=4;grid=trailing"
             assert type(run.denoiser).__name__ == "ConsistencyFunction"
         else:  # 8 -> 4 -> 2 steps, one kept checkpoint per round
-            assert (saved["eval"]["solver"], saved["eval"]["steps"], saved["train"]["num_steps"]) == ("ddim", 2, 8)
+            assert saved["train"]["num_steps"] == 8
+            assert saved["eval"]["sampler"] == "solver=ddim;steps=2;grid=trailing" + (";guidance=2" if name == "guided" else "")
             assert run.steps == [4, 8]
             metrics = [r for r in read_metrics(students / name) if "round" in r]
             assert [(r["step"], r["round"], r["student_steps"]) for r in metrics] == [
@@ -146,8 +147,9 @@ def test_students_sample_and_evaluate_on_their_own_grid(students):
     the others through the same generate() path; the guided one through launch.evaluate's
     default sweep (its distilled steps and w), for every kept round checkpoint."""
     from launch.evaluate import default_sweep, run_cells
-    from launch.generate import SamplerSpec, class_labels, generate
+    from launch.generate import class_labels, generate
     from launch.sweep import parse_sweep
+    from sampling.spec import SamplerSpec
 
     wd = students / "consistency"
     cmd = [sys.executable, "-m", "launch.sample", "--workdir", str(wd), "--num", "20"]
@@ -156,35 +158,33 @@ def test_students_sample_and_evaluate_on_their_own_grid(students):
     assert np.load(wd / "samples" / "consistency_4steps_ckpt8_seed0.npz")["images"].shape == (20, 8, 8, 1)
     for name in ("progressive", "guided"):
         run = load_run(students / name)
-        d = run.config.sample
-        spec = SamplerSpec(d.solver, d.steps, d.grid, guidance=3.0 if name == "guided" else None)
-        images = generate(run.denoiser, run.params(8), run.info.image_shape, 20, spec,
-                          labels=class_labels(20, run.num_classes), null_label=run.num_classes)
+        spec = SamplerSpec.parse(run.config.sample.sampler).merged({"guidance": 3.0} if name == "guided" else {})
+        images = generate(run.denoiser, run.params(8), run.info.image_shape, 20, spec, run.caps,
+                          labels=class_labels(20, run.num_classes))
         assert images.shape == (20, 8, 8, 1) and np.all(np.isfinite(images))
     run = load_run(students / "guided")
-    assert default_sweep(run.config) == "solver=ddim;steps=2;grid=trailing;guidance=2.0"
+    assert default_sweep(run.config) == "solver=ddim;steps=2;grid=trailing;guidance=2"
     records = run_cells(run, run.steps, parse_sweep(default_sweep(run.config)), students / "guided" / "eval", 50,
                         progress=False)
-    assert [(r["ckpt"], r["steps"], r["guidance"]) for r in records] == [(4, 2, 2.0), (8, 2, 2.0)]
+    assert [(r["ckpt"], r["steps"], r["guidance"]) for r in records] == [(4, 2, "2"), (8, 2, "2")]
     assert all(np.isfinite(r["fd_digits"]) for r in records)
 
 
 def test_guided_student_at_w_equals_its_teacher_before_training(teacher):
     """The zero-initialised w embedding: a fresh guided student is the teacher for every w."""
-    from launch.builders import build_denoiser, example_inputs
+    from launch.builders import build_denoiser, init_params
     from launch.distill_experiment import _start_from, student_config
     from launch.run_loader import load_run as load
 
     t_run = load(teacher)
     cfg = student_config(smoke(digits_guided, teacher), t_run)
     student = build_denoiser(cfg, t_run.info)
-    args, kwargs = example_inputs(student.module, t_run.info)
-    fresh = student.module.init(jax.random.PRNGKey(1), *args, **kwargs)["params"]
+    fresh = init_params(cfg, t_run.info, jax.random.PRNGKey(1))
     t_params = t_run.params(t_run.steps[-1])
     params = _start_from(fresh, t_params)
     x = jax.random.normal(jax.random.PRNGKey(2), (4, 8, 8, 1))
     t, label = jax.numpy.full((4,), 0.6), jax.numpy.arange(4)
-    want = t_run.denoiser(t_params, x, t, {"label": label}).x0
+    want = t_run.denoiser(t_params, x, t, {"label": label})[0].x0
     for w in (1.0, 2.5, 7.0):
-        got = student(params, x, t, {"label": label, "guidance": jax.numpy.full((4,), w)}).x0
+        got = student(params, x, t, {"label": label, "guidance": jax.numpy.full((4,), w)})[0].x0
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)

@@ -69,18 +69,6 @@ def test_conditioning_and_time_change_the_output():
     np.testing.assert_allclose(f(jnp.asarray(0.5), jnp.array([3, 3])), base, rtol=1e-5, atol=1e-6)
 
 
-def test_cross_attention_context_changes_the_output():
-    model = UNet(**TINY, context_dim=12)
-    x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
-    ctx = jax.random.normal(jax.random.PRNGKey(3), (2, 5, 12))
-    p = _randomize_zero_layers(_init(model, x, jnp.ones(2), context=ctx), jax.random.PRNGKey(2))
-    a = model.apply({"params": p}, x, jnp.ones(2), context=ctx)
-    b = model.apply({"params": p}, x, jnp.ones(2), context=ctx * 2.0)
-    assert float(jnp.abs(a - b).max()) > 1e-3
-    with pytest.raises(ValueError, match="cross-attention"):
-        model.apply({"params": p}, x, jnp.ones(2))
-
-
 def test_dropout_only_in_training():
     model = UNet(**{**TINY, "num_res_blocks": 1}, dropout=0.5)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))

@@ -1,4 +1,5 @@
-"""Attention-map reuse and feature caching (sampling.transforms.caching) on a tiny UNet."""
+"""Attention-map reuse and feature caching (sampling.transforms.attention_reuse,
+feature_cache) on a tiny UNet."""
 
 import functools
 
@@ -7,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffusion.contract import Modes
 from diffusion.nn.attention import MultiHeadAttention
 from diffusion.nn.denoiser import Denoiser
 from diffusion.nn.unet import UNet
@@ -14,9 +16,9 @@ from diffusion.schedules import make_schedule
 from sampling import loop
 from sampling.grids import make_grid
 from sampling.loop import sample
-from sampling.solvers import make_solver
 from sampling.transforms import AttentionReuse, FeatureCache, Guided, TimeShift
 from sampling.transforms.schedules import hurry, reuse_steps, uniform_full
+from tests.sampling.toys import make_solver
 
 SCHED = make_schedule("linear")
 NET = UNet(channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8, 4), num_heads=2, num_classes=3)
@@ -76,15 +78,16 @@ def test_reuse_with_maps_of_the_same_input_is_exact():
     """Storing the maps of (x, t), then reusing them at (x, t), is the plain call."""
     x, cond = inputs()
     t = jnp.full((4,), 0.7)
-    cache = DEN.init_cache(params(), x, cond, attention="store")
-    plain = DEN(params(), x, t, cond)
-    stored, cache = DEN(params(), x, t, cond, cache=cache, attention="store")
-    reused, _ = DEN(params(), x, t, cond, cache=cache, attention="reuse")
+    cache = DEN.init_cache(params(), x, cond, modes=Modes(attention="store"))
+    plain, empty = DEN(params(), x, t, cond)
+    assert empty == {}
+    stored, cache = DEN(params(), x, t, cond, cache=cache, modes=Modes(attention="store"))
+    reused, _ = DEN(params(), x, t, cond, cache=cache, modes=Modes(attention="reuse"))
     np.testing.assert_allclose(np.asarray(stored.eps), np.asarray(plain.eps), atol=1e-6)
     np.testing.assert_allclose(np.asarray(reused.eps), np.asarray(plain.eps), atol=1e-5)
     # maps from another input change the result
-    other, _ = DEN(params(), x + 1.0, t, cond, cache=cache, attention="reuse")
-    assert np.abs(np.asarray(other.eps) - np.asarray(DEN(params(), x + 1.0, t, cond).eps)).max() > 1e-3
+    other, _ = DEN(params(), x + 1.0, t, cond, cache=cache, modes=Modes(attention="reuse"))
+    assert np.abs(np.asarray(other.eps) - np.asarray(DEN(params(), x + 1.0, t, cond)[0].eps)).max() > 1e-3
 
 
 def test_reuse_is_cached_map_times_current_values():
@@ -94,8 +97,8 @@ def test_reuse_is_cached_map_times_current_values():
     x2 = jax.random.normal(jax.random.PRNGKey(5), (2, 5, 6))
     p = mha.init(jax.random.PRNGKey(6), x1)["params"]
     p = jax.tree.map(lambda w: w + 0.3 * jnp.ones_like(w), p)  # non-zero output projection
-    _, maps = mha.apply({"params": p}, x1, attention="store", mutable=["attention_maps"])
-    out = mha.apply({"params": p, **maps}, x2, attention="reuse")
+    _, maps = mha.apply({"params": p}, x1, "store", mutable=["attention_maps"])
+    out = mha.apply({"params": p, **maps}, x2, "reuse")
     q = np.einsum("blc,chd->blhd", x1, p["query"]["kernel"]) + p["query"]["bias"]
     k = np.einsum("blc,chd->blhd", x1, p["key"]["kernel"]) + p["key"]["bias"]
     logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(3.0)
@@ -113,11 +116,11 @@ def test_retrieving_features_of_the_same_input_is_exact(branch):
     reproduces the full network (the shallow path is wired exactly)."""
     x, cond = inputs()
     t = jnp.full((4,), 0.4)
-    kw = {"feature_branch": branch}
-    cache = DEN.init_cache(params(), x, cond, features="store", **kw)
-    plain = DEN(params(), x, t, cond)
-    _, cache = DEN(params(), x, t, cond, cache=cache, features="store", **kw)
-    got, _ = DEN(params(), x, t, cond, cache=cache, features="retrieve", **kw)
+    store, retrieve = Modes(features="store", feature_branch=branch), Modes(features="retrieve", feature_branch=branch)
+    cache = DEN.init_cache(params(), x, cond, modes=store)
+    plain, _ = DEN(params(), x, t, cond)
+    _, cache = DEN(params(), x, t, cond, cache=cache, modes=store)
+    got, _ = DEN(params(), x, t, cond, cache=cache, modes=retrieve)
     np.testing.assert_allclose(np.asarray(got.eps), np.asarray(plain.eps), atol=1e-5)
 
 
@@ -147,6 +150,8 @@ def test_composes_with_guidance_and_time_shift():
 def test_schedule_length_must_match_the_steps():
     with pytest.raises(ValueError, match="has 4 entries but sampling takes 6 steps"):
         run(AttentionReuse(DEN, np.zeros(4, bool)))
+    with pytest.raises(ValueError, match="has 7 entries but sampling takes 6 steps"):
+        run(FeatureCache(DEN, np.ones(7, bool)))
 
 
 def _flops(fn, *args):
@@ -159,9 +164,9 @@ def test_a_reuse_step_skips_the_query_key_and_map_flops():
     self-attention layer (closed form), and not much more (softmax, a few elementwise)."""
     x, cond = inputs()
     t = jnp.full((4,), 0.5)
-    cache = DEN.init_cache(params(), x, cond, attention="store")
-    full = _flops(lambda p, c: DEN(p, x, t, cond, cache=c, attention="store"), params(), cache)
-    reuse = _flops(lambda p, c: DEN(p, x, t, cond, cache=c, attention="reuse"), params(), cache)
+    cache = DEN.init_cache(params(), x, cond, modes=Modes(attention="store"))
+    full = _flops(lambda p, c: DEN(p, x, t, cond, cache=c, modes=Modes(attention="store")), params(), cache)
+    reuse = _flops(lambda p, c: DEN(p, x, t, cond, cache=c, modes=Modes(attention="reuse")), params(), cache)
     b, expected = 4, 0.0
     for res, ch, layers in ((8, 8, 3), (4, 16, 4)):  # (H, channels, self-attention layers) of NET
         tokens = res * res

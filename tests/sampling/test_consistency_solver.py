@@ -9,22 +9,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import struct
 
+from diffusion.contract import Stateless
 from diffusion.param import Prediction
 from diffusion.schedules import bcast_right, make_schedule
 from sampling.grids import make_grid
 from sampling.loop import sample
-from sampling.solvers import make_solver
+from tests.sampling.toys import make_solver
 
 SCHED = make_schedule("linear")
 MU, S = jnp.asarray([0.7, -0.4]), 0.3
 
 
-def flow_map(params, x_t, t, cond=None, **_):
+def flow_x0(x_t, t):
+    """``Prediction`` of the exact consistency function at ``(x_t, t)``."""
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x_t.shape[:1])
     alpha, sigma = (bcast_right(v, x_t) for v in SCHED.alpha_sigma(t))
     x0 = MU + S / jnp.sqrt(alpha**2 * S**2 + sigma**2) * (x_t - alpha * MU)
     return Prediction(x0=x0, eps=(x_t - alpha * x0) / jnp.maximum(sigma, 1e-6))
+
+
+@struct.dataclass
+class FlowMap(Stateless):
+    """The exact consistency function as a denoiser."""
+
+    def __call__(self, params, x_t, t, cond=None, **_):
+        return flow_x0(x_t, t), {}
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4])
@@ -32,7 +43,7 @@ def test_exact_consistency_function_samples_the_data_at_any_step_count(steps):
     # x_T from the exact marginal at t = 1 (alpha(1) = 0.006 is not quite 0)
     a1, s1 = (float(v) for v in SCHED.alpha_sigma(jnp.asarray(1.0)))
     x_T = a1 * MU + np.sqrt(a1**2 * S**2 + s1**2) * jax.random.normal(jax.random.PRNGKey(0), (20000, 2))
-    x = np.asarray(sample(jax.tree_util.Partial(flow_map), None, make_solver("consistency", SCHED), make_grid("trailing", steps, SCHED),
+    x = np.asarray(sample(FlowMap(), None, make_solver("consistency", SCHED), make_grid("trailing", steps, SCHED),
                           x_T, None, jax.random.PRNGKey(1)))
     np.testing.assert_allclose(x.mean(0), np.asarray(MU), atol=0.01)
     np.testing.assert_allclose(x.std(0), [S, S], rtol=0.02)
@@ -44,8 +55,8 @@ def test_each_step_renoises_with_fresh_noise():
     grid = make_grid("trailing", 2, SCHED)
     solver = make_solver("consistency", SCHED)
     st = solver.init(x_T, jax.random.PRNGKey(3))
-    st = solver.step(st, lambda x, t, c: (flow_map(None, x, t), c), grid[0], grid[1])
+    st = solver.step(st, lambda x, t, c: (flow_x0(x, t), c), grid[0], grid[1])
     alpha_s, sigma_s = (float(v) for v in SCHED.alpha_sigma(grid[1]))
-    z = (np.asarray(st.x) - alpha_s * np.asarray(flow_map(None, x_T, grid[0]).x0)) / sigma_s
+    z = (np.asarray(st.x) - alpha_s * np.asarray(flow_x0(x_T, grid[0]).x0)) / sigma_s
     assert abs(np.corrcoef(z[:, 0], np.asarray(x_T)[:, 0])[0, 1]) < 0.03
     np.testing.assert_allclose(z.std(0), [1.0, 1.0], rtol=0.03)

@@ -4,9 +4,20 @@ import numpy as np
 import pytest
 
 from diffusion.metrics.psnr import mean_psnr, psnr
-from sampling.transforms.phast import load_schedule, save_schedule, schedule_path, search
-from sampling.transforms.schedules import (hurry, nonuniform_full, parse_attention_reuse, parse_feature_cache,
-                                           reuse_block, uniform_full)
+from sampling.registry import BuildContext, ModelCaps, transform
+from sampling.transforms.attention_reuse import schedule_of
+from sampling.transforms.phast import search
+from sampling.transforms.schedules import hurry, nonuniform_full, reuse_block, uniform_full
+
+
+def parse_attention_reuse(text, steps):
+    return schedule_of(transform("attention_reuse").parse_spec(text)["schedule"], steps, {})
+
+
+def parse_feature_cache(text, steps):
+    knobs = {"branch": 0, **transform("feature_cache").parse_spec(text)}
+    caps = ModelCaps(feature_branches=1)
+    return transform("feature_cache").build(None, knobs, BuildContext(steps, caps)).full
 
 
 def test_hurry_and_blocks():
@@ -48,15 +59,19 @@ def test_phast_finds_the_optimum_of_a_known_score():
     assert len(search(score, 12, 4, max_evals=5)[2]) == 5
 
 
-def test_phast_schedule_files(tmp_path):
-    sched = hurry(10, 3)
-    path = schedule_path(tmp_path, "ddim_10steps", 3)
-    save_schedule(path, sched, {"psnr_db": 30.0})
-    np.testing.assert_array_equal(parse_attention_reuse("phast:3", 10, tmp_path, "ddim_10steps"), sched)
-    with pytest.raises(FileNotFoundError, match="run `python -m launch.phast"):
-        load_schedule(tmp_path, "ddim_10steps", 10, 4)
-    with pytest.raises(ValueError, match="searched for 10 steps, not 12"):
-        load_schedule(tmp_path, "ddim_10steps", 12, 3)
+def test_schedule_specs_parse_to_canonical_form():
+    reuse, cache = transform("attention_reuse"), transform("feature_cache")
+    assert reuse.parse_spec("steps:3,1,3") == {"schedule": "steps:1,3"}
+    assert reuse.parse_spec("steps:3/1") == {"schedule": "steps:1,3"}  # "/" for "," in sweeps
+    assert cache.parse_spec("nonuniform:4/10") == {"schedule": "nonuniform:4,10"}
+    for bad in ("soon:3", "hurry:x", "hurry:-1", "block:3", "hurry"):
+        with pytest.raises(ValueError, match=f"bad attention_reuse '{bad}'"):
+            reuse.parse_spec(bad)
+    for bad in ("every:2", "uniform:0", "uniform:x", "nonuniform:3"):
+        with pytest.raises(ValueError, match=f"bad feature_cache '{bad}'"):
+            cache.parse_spec(bad)
+    with pytest.raises(ValueError, match="reads a schedule searched by `python -m launch.phast`"):
+        parse_attention_reuse("phast:3", 10)
 
 
 def test_psnr_closed_form():

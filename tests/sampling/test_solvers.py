@@ -10,8 +10,9 @@ from diffusion.analytic import make_mixture, probability_flow_reference
 from diffusion.schedules import CosineLogSNRSchedule, make_schedule
 from sampling.grids import make_grid
 from sampling.loop import sample
-from sampling.solvers import DDIM, DDPM, SOLVERS, make_solver
-from sampling.solvers.base import fresh_noise, initial_state, stateless
+from sampling.solvers import DDIM, DDPM
+from sampling.solvers.base import fresh_noise, initial_state
+from tests.sampling.toys import make_solver, solver_names, stateless
 
 SMOOTH = CosineLogSNRSchedule(-10.0, 10.0)  # smooth in t: no kinks between training steps
 MIX = make_mixture(SMOOTH, [[-1.0, 0.5], [1.0, -0.5], [0.3, 1.2]], [0.3, 0.2, 0.25], [0.5, 0.3, 0.2])
@@ -63,7 +64,7 @@ def test_dpm_solver_beats_ddim_at_equal_calls(reference):
     assert err["ddim"] > 4 * max(err["dpmpp2m"], err["dpmpp3m"])
 
 
-@pytest.mark.parametrize("name", sorted(set(SOLVERS) - {"consistency"}))  # its own test: needs a consistency fn
+@pytest.mark.parametrize("name", sorted(set(solver_names()) - {"consistency"}))  # its own test: needs a consistency fn
 def test_samples_have_the_mixture_moments(name):
     sched = make_schedule("linear")
     mix = make_mixture(sched, [[-1.0, 0.5], [1.0, -0.5]], [0.3, 0.2], [0.6, 0.4])
@@ -92,20 +93,20 @@ def test_ddpm_step_equals_the_posterior_closed_form():
     closed form with the same noise."""
     sched = make_schedule("linear")
     mix = make_mixture(sched, [[0.5, 0.1, -0.3]], [0.3])
-    model = stateless(lambda x, t: mix(None, x, t))  # noqa: E731
+    model = stateless(lambda x, t: mix(None, x, t)[0])  # noqa: E731
     st = initial_state(jax.random.normal(jax.random.PRNGKey(2), (8, 3)), jax.random.PRNGKey(3))
     noise = np.asarray(fresh_noise(st)[1], np.float64)
     x_t = np.asarray(st.x, np.float64)
     for t, s in [(0.9, 0.7), (0.3, 0.25), (0.05, 0.0)]:
         a = DDPM(sched).step(st, model, jnp.asarray(t), jnp.asarray(s)).x
-        x0 = np.asarray(mix(None, st.x, jnp.asarray(t)).x0, np.float64)
+        x0 = np.asarray(mix(None, st.x, jnp.asarray(t))[0].x0, np.float64)
         (alpha_t, sigma_t), (alpha_s, sigma_s) = (
             (float(v) for v in sched.alpha_sigma(jnp.asarray(u))) for u in (t, s))
         b = _posterior_step(x0, x_t, alpha_s, sigma_s, alpha_t, sigma_t, noise)
         np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(SOLVERS))
+@pytest.mark.parametrize("name", solver_names())
 def test_per_sample_times(name):
     """Per-sample [B] grids give every sample the trajectory it gets alone."""
     sched = make_schedule("linear")
@@ -113,7 +114,7 @@ def test_per_sample_times(name):
     solver = make_solver(name, sched)
     x = jax.random.normal(jax.random.PRNGKey(4), (2, 2))
     grids = [np.array([1.0, 0.7, 0.5, 0.3, 0.1, 0.0]), np.array([0.9, 0.8, 0.4, 0.2, 0.05, 0.0])]
-    model = stateless(lambda x, t: mix(None, x, t))  # noqa: E731
+    model = stateless(lambda x, t: mix(None, x, t)[0])  # noqa: E731
 
     def run(x, grid):
         st = solver.init(x, jax.random.PRNGKey(5))

@@ -9,11 +9,10 @@ from diffusion.analytic import make_mixture
 from diffusion.schedules import make_schedule
 from sampling.grids import make_grid
 from sampling.loop import sample
-from sampling.solvers import SOLVERS, DDIM, make_solver
-from sampling.solvers.base import stateless
+from sampling.solvers import DDIM
 from sampling.transforms import Guided, TimeShift
 from sampling.transforms.time_shift import closest_time, sample_variance
-from tests.sampling.toys import LabelMeans
+from tests.sampling.toys import LabelMeans, make_solver, solver_names, stateless
 
 SCHED = make_schedule("linear")
 MEANS = jnp.array([[0.5, 0.5], [-0.5, 0.2]])
@@ -32,7 +31,7 @@ def test_guidance_closed_form_and_one_batched_call():
     labels = jnp.array([0, 1, 1, 0])
     for w in (0.0, 1.0, 3.0):
         seen.clear()
-        pred = Guided(den, w, null_label=2)(None, x, jnp.asarray(0.5), {"label": labels})
+        pred, _ = Guided(den, w, null_label=2)(None, x, jnp.asarray(0.5), {"label": labels})
         assert seen == [(8, 2)]  # conditional + unconditional in one call
         np.testing.assert_allclose(np.asarray(pred.x0), w * np.asarray(MEANS)[np.asarray(labels)], atol=1e-6)
         a, s = SCHED.alpha_sigma(jnp.asarray(0.5))
@@ -59,7 +58,7 @@ def test_closest_time_is_the_windowed_argmin():
 
 
 @pytest.mark.parametrize("mode", ["query", "destination"])
-@pytest.mark.parametrize("name", sorted(SOLVERS))
+@pytest.mark.parametrize("name", solver_names())
 def test_zero_window_or_high_cutoff_is_the_plain_solver(mode, name):
     mix = make_mixture(SCHED, [[-1.0, 0.5], [1.0, -0.5]], [0.3, 0.2])
     x_T = jax.random.normal(jax.random.PRNGKey(0), (8, 2))
@@ -80,7 +79,7 @@ def test_shift_follows_each_samples_variance():
         solver = TimeShift(DDIM(SCHED, 0.0), 400.0, 0.0)
         mix = make_mixture(SCHED, [[0.0] * 1024], [0.5])
         st = solver.init(x, jax.random.PRNGKey(0))
-        model = stateless(lambda x, t: mix(None, x, t))  # noqa: E731
+        model = stateless(lambda x, t: mix(None, x, t)[0])  # noqa: E731
         return solver.step(st, model, jnp.asarray(0.6), jnp.asarray(0.5)).aux["shifted"]
 
     # after the step the variances are ~0.7 and ~0.9: inside the window's range of 1 - alpha_bar
@@ -93,7 +92,7 @@ def test_shift_follows_each_samples_variance():
     assert 0.3 < nominal_var
 
 
-@pytest.mark.parametrize("name", sorted(SOLVERS))
+@pytest.mark.parametrize("name", solver_names())
 def test_time_shift_composes_with_guidance_and_every_solver(name):
     den = LabelMeans(SCHED, MEANS)
     x_T = jax.random.normal(jax.random.PRNGKey(0), (4, 2))
