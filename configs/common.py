@@ -97,24 +97,14 @@ def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def distill_config(method: str, teacher_workdir: str = "runs/digits_v") -> ml_collections.ConfigDict:
     """A distillation config (``launch.distill``): ``data``, ``model`` and ``diffusion``
-    come from the teacher's work directory; ``distill`` holds the method's settings
-    (docs/design/distillation.md). Defaults are sized to the 8x8 digits teacher on CPU."""
+    come from the teacher's work directory; ``distill`` holds the method's settings, whose
+    fields and defaults the method's own file declares (``distill.registry``;
+    docs/design/distillation.md)."""
+    from distill import registry
+
     c = base_config()
-    c.distill = ml_collections.ConfigDict()
-    d = c.distill
-    d.method = method
-    d.teacher_workdir = teacher_workdir
-    d.weighting = "snr_trunc"  # progressive / guided loss: snr_trunc (max(SNR, 1) x0-MSE) | v | x0
-    d.start_steps = 128  # progressive / guided: the first teacher's steps (a power of two)
-    d.rounds = 7  # halvings: 128 -> 1 step
-    d.steps_per_round = 300
-    d.w_min, d.w_max = 1.0, 4.0  # guided: w ~ U[w_min, w_max]
-    d.p_guided = 1.0  # guided: probability of the guided (vs the unguided w = 1) target
-    d.num_skip = 50  # consistency: skip-grid intervals (LCM's k = 20 of T = 1000)
-    d.target_decay = 0.95  # consistency: EMA of the target network
-    d.teacher_guidance = 1.0  # consistency: CFG scale of the teacher's step
-    d.loss = "l2"  # consistency: l2 | huber
-    d.sample_steps = 4  # consistency: sampling steps of the student
+    c.distill = ml_collections.ConfigDict({"method": method, "teacher_workdir": teacher_workdir,
+                                           **registry.get(method).defaults})
     c.train.lr = 2e-4
     c.train.warmup_steps = 0
     c.train.ema_decay = 0.0  # progressive distillation uses no EMA (the paper's setting)
@@ -125,9 +115,11 @@ def distill_config(method: str, teacher_workdir: str = "runs/digits_v") -> ml_co
 
 
 def shrink_distill_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """``:smoke``: 2 rounds of 4 steps (progressive / guided) or 8 steps, small batches."""
-    c.distill.start_steps, c.distill.rounds, c.distill.steps_per_round = 8, 2, 4
-    c.distill.num_skip = 10
+    """``:smoke``: the method's smoke settings (2 rounds of 4 steps, 8 -> 2 steps, for the
+    halving methods), small batches."""
+    from distill import registry
+
+    c.distill.update(registry.get(c.distill.method).smoke)
     c.train.num_steps = 8
     c.train.batch_size = 16
     c.train.log_every = 2
@@ -158,7 +150,8 @@ def upgrade_config(saved: dict) -> dict:
     * ``model.context_dim`` (never usable: nothing supplied a context) is dropped when
       unset; a set one is an error;
     * ``model.guidance_embed`` is added (False) where it is missing;
-    * ``sample`` / ``eval`` ``solver, steps, grid, guidance`` become one ``sampler`` spec.
+    * ``sample`` / ``eval`` ``solver, steps, grid, guidance`` become one ``sampler`` spec;
+    * ``distill`` keeps the fields of its method (one section used to hold every method's).
     """
     saved = json.loads(json.dumps(saved))  # a deep copy
     model = saved.get("model", {})
@@ -173,4 +166,11 @@ def upgrade_config(saved: dict) -> dict:
             spec = f"solver={section.pop('solver')};steps={section.pop('steps')};grid={section.pop('grid', 'trailing')}"
             guidance = section.pop("guidance", None)
             section["sampler"] = spec + ("" if guidance is None else f";guidance={guidance}")
+    if isinstance(saved.get("distill"), dict):
+        from distill import registry
+
+        d = saved["distill"]
+        if d.get("method") in registry.distillers():
+            fields = {*registry.GENERIC_FIELDS, *registry.get(d["method"]).defaults}
+            saved["distill"] = {k: v for k, v in d.items() if k in fields}
     return saved

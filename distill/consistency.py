@@ -22,6 +22,7 @@ from diffusion.contract import COMPUTE, Modes
 from diffusion.param import Prediction, ddim_renoise, forward_noise
 from diffusion.schedules import bcast_right
 from distill.method import Method
+from distill.registry import Distiller, Teacher, TeacherError, register
 from sampling.grids import trailing_time
 from sampling.transforms.guidance import Guided
 
@@ -121,3 +122,25 @@ def consistency_distillation(teacher: Any, student: ConsistencyFunction, *, num_
         return state.replace(extra=state.extra.replace(target=target))
 
     return Method(loss_fn, init_extra, after_update)
+
+
+def _check_teacher(settings, teacher: Teacher) -> None:
+    if settings.teacher_guidance != 1.0 and teacher.null_label is None:
+        raise TeacherError(f"distill.teacher_guidance={settings.teacher_guidance} needs a class-conditional teacher")
+
+
+register(Distiller(
+    "consistency", "consistency distillation, LCM-style: a consistency function sampled in a few steps",
+    defaults={"num_skip": 50,  # skip-grid intervals (LCM's k = 20 of T = 1000)
+              "target_decay": 0.95,  # EMA of the target network
+              "teacher_guidance": 1.0,  # CFG scale of the teacher's step
+              "loss": "l2",  # l2 | huber
+              "sample_steps": 4},  # sampling steps of the student
+    smoke={"num_skip": 10},
+    check_teacher=_check_teacher,
+    student=lambda config: {"solver": "consistency", "steps": config.distill.sample_steps},
+    wrap=ConsistencyFunction,
+    build=lambda a: consistency_distillation(a.teacher, a.student, num_skip=a.settings.num_skip,
+                                             target_decay=a.settings.target_decay,
+                                             teacher_guidance=a.settings.teacher_guidance, loss=a.settings.loss,
+                                             num_classes=a.null_label)))

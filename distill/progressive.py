@@ -23,6 +23,7 @@ from diffusion.nn.denoiser import Denoiser
 from diffusion.param import ddim_renoise, forward_noise
 from diffusion.schedules import bcast_right
 from distill.method import Method
+from distill.registry import Distiller, Teacher, TeacherError, register
 from sampling.grids import trailing_time
 from sampling.transforms.guidance import Guided
 
@@ -152,8 +153,70 @@ def guided_distillation(student: Denoiser, *, start_steps: int, steps_per_round:
                 "teacher": {"label": batch["label"], "guidance": w_target}, "w_target": w_target}
 
     def teacher_fn(params, x, t, draws, extra):
-        cfg = lambda: Guided(student, draws["w_target"], null_label=num_classes)(params, x, t, draws["teacher"])[0]  # noqa: E731
+        guided = Guided(student, draws["w_target"], null_label=num_classes)
+        cfg = lambda: guided(params, x, t, draws["teacher"])[0]  # noqa: E731
         direct = lambda: student(params, x, t, draws["teacher"])[0]  # noqa: E731
         return jax.lax.cond(extra.round == 0, cfg, direct)
 
     return _make_method(student, start_steps, steps_per_round, rounds, weighting, teacher_fn, student_cond)
+
+
+def _needs_v_or_x0(settings, teacher: Teacher) -> None:
+    if teacher.pred_type == "eps":
+        raise TeacherError(
+            f"{settings.method} distillation needs a v- or x0-prediction teacher, but {teacher.workdir} predicts eps: "
+            "its x0 = (x_t - sigma eps) / alpha blows up at t = 1, where a few-step student starts. "
+            "Train one with `python -m launch.train --config configs/digits_v.py --workdir runs/digits_v`.")
+
+
+def _check_guided_teacher(settings, teacher: Teacher) -> None:
+    _needs_v_or_x0(settings, teacher)
+    if teacher.null_label is None or not teacher.cond_drop_prob > 0:
+        raise TeacherError(f"guided distillation needs a class-conditional teacher trained with label dropout "
+                           f"(diffusion.cond_drop_prob > 0); {teacher.workdir} has num_classes={teacher.null_label}, "
+                           f"cond_drop_prob={teacher.cond_drop_prob}")
+    if teacher.w_conditioned:
+        raise TeacherError(f"{teacher.workdir} is already a w-conditioned student")
+
+
+def _rounds_student(config) -> dict:
+    """Halving rounds: one kept checkpoint per round, the LR restarting each round."""
+    d = config.distill
+    rounds = students_steps(d.start_steps, d.rounds)
+    config.train.num_steps = d.steps_per_round * len(rounds)
+    config.train.keep_every = d.steps_per_round
+    if d.steps_per_round % config.train.ckpt_every:
+        raise ValueError(f"train.ckpt_every={config.train.ckpt_every} must divide distill.steps_per_round="
+                         f"{d.steps_per_round} (a checkpoint at the end of every round)")
+    config.train.lr_schedule = "round_linear"
+    return {"solver": "ddim", "steps": rounds[-1]}
+
+
+def _guided_student(config) -> dict:
+    config.model.guidance_embed = True
+    return _rounds_student(config)
+
+
+ROUNDS = {"weighting": "snr_trunc",  # the x0 loss weighting: snr_trunc (max(SNR, 1) x0-MSE) | v | x0
+          "start_steps": 128,  # the first teacher's steps (a power of two)
+          "rounds": 7,  # halvings: 128 -> 1 step
+          "steps_per_round": 300}
+ROUNDS_SMOKE = {"start_steps": 8, "rounds": 2, "steps_per_round": 4}
+
+register(Distiller(
+    "progressive", "progressive distillation (Salimans & Ho): halve the sampling steps each round",
+    defaults=ROUNDS, smoke=ROUNDS_SMOKE, check_teacher=_needs_v_or_x0, student=_rounds_student,
+    build=lambda a: progressive_distillation(a.student, start_steps=a.settings.start_steps,
+                                             steps_per_round=a.settings.steps_per_round, rounds=a.settings.rounds,
+                                             weighting=a.settings.weighting, num_classes=a.null_label)))
+
+register(Distiller(
+    "guided", "CFG-aware progressive distillation into a w-conditioned student (SnapFusion / Meng et al.)",
+    defaults={**ROUNDS,
+              "w_min": 1.0, "w_max": 4.0,  # w ~ U[w_min, w_max]
+              "p_guided": 1.0},  # probability of the guided (vs the unguided w = 1) target
+    smoke=ROUNDS_SMOKE, check_teacher=_check_guided_teacher, student=_guided_student,
+    build=lambda a: guided_distillation(a.student, start_steps=a.settings.start_steps,
+                                        steps_per_round=a.settings.steps_per_round, rounds=a.settings.rounds,
+                                        num_classes=a.null_label, w_range=(a.settings.w_min, a.settings.w_max),
+                                        p_guided=a.settings.p_guided, weighting=a.settings.weighting)))

@@ -14,7 +14,7 @@ from diffusion.data import DatasetInfo, make_source
 from diffusion.nn.denoiser import Denoiser
 from diffusion.nn.unet import UNet
 from diffusion.schedules import Schedule, make_schedule
-from distill.consistency import ConsistencyFunction
+from distill import registry as distill_registry
 from sampling.registry import ModelCaps
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -45,10 +45,11 @@ def build_unet(model: ml_collections.ConfigDict, info: DatasetInfo) -> UNet:
 
 
 def build_denoiser(config: ml_collections.ConfigDict, info: DatasetInfo):
-    """The run's denoiser; a consistency-distilled student's is its consistency function."""
+    """The run's denoiser; a student's as its distiller wraps it (``Distiller.wrap``: a
+    consistency student's is its consistency function)."""
     denoiser = Denoiser(build_unet(config.model, info), build_schedule(config.diffusion), config.model.pred_type)
-    if config.get("distill") is not None and config.distill.method == "consistency":
-        return ConsistencyFunction(denoiser)
+    if config.get("distill") is not None:
+        return distill_registry.get(config.distill.method).wrap(denoiser)
     return denoiser
 
 

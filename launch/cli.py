@@ -25,19 +25,30 @@ def _config_arg(argv: list[str]) -> str | None:
     return None
 
 
+def load_config_arg(spec: str):
+    """``(config, None)`` for ``--config path.py[:variant]``, or ``(None, message)`` when the
+    file does not exist, does not load, or rejects the variant."""
+    from ml_collections.config_flags.config_flags import _LoadConfigModule  # noqa: PLC2701
+
+    path, _, variant = spec.partition(":")
+    if not pathlib.Path(path).is_file():
+        return None, f"config file {path} does not exist (give --config path/to/file.py[:variant])"
+    try:
+        module = _LoadConfigModule(f"{path}_config", path)
+        return (module.get_config(variant) if variant else module.get_config()), None
+    except Exception as e:  # the config file itself is broken, or the variant is unknown
+        text = str(e).strip().splitlines()
+        return None, f"could not load config {spec!r}: {type(e).__name__}: {text[-1] if text else ''}"
+
+
 def explain_override_error(argv: list[str]) -> str | None:
     """Loads the ``--config`` file and names the first override that is not a config field."""
     spec = _config_arg(argv)
     if spec is None:
         return None
-    from ml_collections.config_flags.config_flags import _LoadConfigModule  # noqa: PLC2701
-
-    path, _, variant = spec.partition(":")
-    try:
-        module = _LoadConfigModule(f"{path}_config", path)
-        config = module.get_config(variant) if variant else module.get_config()
-    except Exception as e:  # the config file itself is broken
-        return f"could not load config {spec!r}: {e}"
+    config, message = load_config_arg(spec)
+    if message:
+        return message
     for a in argv:
         if not a.startswith("--config."):
             continue
@@ -54,12 +65,18 @@ def explain_override_error(argv: list[str]) -> str | None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
+    spec = _config_arg(argv)
+    if spec is not None and "config" in flags.FLAGS:
+        message = load_config_arg(spec)[1]
+        if message:
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
         print(f"error: {e}\nRun with --helpfull for the flags.", file=sys.stderr)
         sys.exit(2)
-    except (AttributeError, KeyError, ValueError, TypeError) as e:
+    except (AttributeError, KeyError, ValueError, TypeError, OSError) as e:
         message = explain_override_error(argv) or f"bad --config override: {e}"
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
@@ -75,15 +92,16 @@ def enable_compilation_cache() -> None:
 
 
 def with_clean_errors(main):
-    """Bad input (ValueError, FileNotFoundError, FileExistsError and subclasses) becomes one
-    ``error: ...`` line and exit status 2; ``--verbosity=1`` shows the traceback."""
+    """Bad input and failed writes (ValueError, OSError: a missing or existing file, a full
+    disk, a read-only directory) become one ``error: ...`` line and exit status 2;
+    ``--verbosity=1`` shows the traceback."""
 
     def wrapped(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         try:
             return main(argv)
-        except (ValueError, FileNotFoundError, FileExistsError) as e:
+        except (ValueError, OSError) as e:
             if flags.FLAGS["verbosity"].present:
                 raise
             print(f"error: {e}\n(add --verbosity=1 for the traceback)", file=sys.stderr, flush=True)
@@ -92,10 +110,20 @@ def with_clean_errors(main):
     return wrapped
 
 
+class _QuietOrbax:
+    """Drops orbax's log records (its writer threads log whole tracebacks at ERROR); the
+    errors themselves reach the caller, which reports them in one line."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return "/orbax/" not in record.pathname.replace("\\", "/")
+
+
 def run(main) -> None:
     def quiet_main(argv):
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+            logging.get_absl_logger().addFilter(_QuietOrbax())
         enable_compilation_cache()
         return main(argv)
 
@@ -113,10 +141,10 @@ def define_run_flags(what: str) -> None:
     flags.mark_flags_as_required(["config", "workdir"])
 
 
-def run_training(train_fn) -> None:
-    """Runs ``train_fn(config, workdir)`` from the flags of :func:`define_run_flags`:
-    a preemption exits with ``128 + signal`` after its checkpoint, a run of non-finite
-    updates is a clean error."""
+def training_main(train_fn):
+    """The ``main`` of a command that trains ``train_fn(config, workdir)`` from the flags of
+    :func:`define_run_flags`: a preemption exits with ``128 + signal`` after its checkpoint,
+    bad input and a run of non-finite updates are one clean error line."""
 
     def main(argv):
         import jax
@@ -133,7 +161,7 @@ def run_training(train_fn) -> None:
         except NonFiniteError as e:
             raise ValueError(str(e)) from e
 
-    run(with_clean_errors(main))
+    return with_clean_errors(main)
 
 
 def define_sampler_flags(what: str = "the run's config.sample.sampler") -> None:

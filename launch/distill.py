@@ -25,5 +25,7 @@ def distill(config, workdir):
     distill_experiment(config, workdir)
 
 
+MAIN = cli.training_main(distill)
+
 if __name__ == "__main__":
-    cli.run_training(distill)
+    cli.run(MAIN)

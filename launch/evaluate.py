@@ -19,6 +19,7 @@ import time
 from absl import flags
 
 from launch import cli
+from launch.workdir import lock
 
 flags.DEFINE_string("workdir", None, "A trained work directory.")
 flags.DEFINE_string("ckpts", "latest", "'latest', 'all', or comma-separated checkpoint steps.")
@@ -31,19 +32,29 @@ FLAGS = flags.FLAGS
 
 def run_cells(run, ckpts: list[int], cells: list, out_dir: pathlib.Path, num: int, batch_size: int = 500,
               command: str = "", progress: bool = True) -> list[dict]:
-    """Evaluates every (checkpoint, cell) not yet in ``out_dir/report.json``; returns all records."""
+    """Evaluates every (checkpoint, cell) not yet in ``out_dir/report.json``; returns all records.
+    Everything is checked first; ``out_dir`` is locked while it runs (one writer)."""
+    from launch.records import load_records
+
+    if run.config.data.name != "digits":
+        raise ValueError(f"launch.evaluate scores with FD-digits, which needs a digits model; this work directory "
+                         f"trained on {run.config.data.name!r}")
+    if num < 1 or batch_size < 1:
+        raise ValueError(f"--num and --batch_size must be >= 1, got {num} and {batch_size}")
+    check_cells(run, cells)
+    path = out_dir / "report.json"
+    load_records(path, log=lambda _: None)  # a damaged report fails now, before the lock
+    with lock(out_dir, "evaluation directory"):  # one evaluation at a time writes report.json
+        return _run_cells(run, ckpts, cells, path, num, batch_size, command, progress)
+
+
+def _run_cells(run, ckpts, cells, path: pathlib.Path, num, batch_size, command, progress) -> list[dict]:
     from diffusion.metrics.fd_digits import fd_digits
     from launch.generate import class_labels, generate
     from launch.phast_files import external_for
     from launch.records import load_records, record_fields, save_records
 
-    if run.config.data.name != "digits":
-        raise ValueError(f"launch.evaluate scores with FD-digits, which needs a digits model; this work directory "
-                         f"trained on {run.config.data.name!r}")
-    check_cells(run, cells)
-    path = out_dir / "report.json"
     records = load_records(path)
-    out_dir.mkdir(parents=True, exist_ok=True)
     done = {r["id"] for r in records}
     meta = {"workdir": str(run.workdir), "command": command}
     todo = [(c, cell) for c in ckpts for cell in cells if cell.key(c, num) not in done]
@@ -108,5 +119,7 @@ def main(argv):
     print(f"wrote {out_dir / 'report.json'}, {out_dir / 'report.md'} and plots")
 
 
+MAIN = cli.with_clean_errors(main)
+
 if __name__ == "__main__":
-    cli.run(cli.with_clean_errors(main))
+    cli.run(MAIN)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import sys
 from typing import Any, Callable
 
 import jax
@@ -23,12 +24,15 @@ from diffusion.train.optim import make_optimizer
 from diffusion.train.setup import abstract_state, init_state, jit_train_step, state_factory
 from diffusion.train.sharding import global_batch, make_mesh
 from diffusion.train.step import make_train_step
-from diffusion.train.writer import MetricWriter
+from diffusion.train.writer import MetricWriter, read_metrics
 from diffusion.data import DatasetInfo
 from diffusion.data.pipeline import make_train_iterator
 from launch import callbacks as cbs
 from launch.builders import build_denoiser, build_source, init_params, model_caps
-from launch.workdir import prepare_workdir, to_json_dict
+from launch.phast_files import external_for
+from launch.validation import validate_config
+from launch.workdir import check_workdir, lock, to_json_dict, write_config
+from sampling.spec import SamplerSpec
 
 
 def make_optimizer_from(train: ml_collections.ConfigDict, round_steps: int = 0):
@@ -67,12 +71,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, pro
     """Trains (or resumes) ``config`` in ``workdir``; returns the final evaluation (or {}).
 
     Raises:
+      ValueError: a bad config (nothing is written).
       WorkdirMismatchError: ``workdir`` holds a run with an incompatible config.
+      WorkdirBusyError: another process is training in ``workdir``.
       diffusion.train.loop.Preempted: stopped by SIGTERM / SIGINT after saving.
       diffusion.train.loop.NonFiniteError: the run kept producing NaN/Inf updates.
     """
-    config_json = to_json_dict(config)
-    workdir = prepare_workdir(workdir, config_json)
+    validate_config(config, "train")
     source, info = build_source(config)
     denoiser, caps = build_denoiser(config, info), model_caps(config, info)
     optimizer = make_optimizer_from(config.train)
@@ -83,22 +88,63 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, pro
                           progress=progress, devices=devices)
 
 
-def run_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path, exp: Experiment, *,
+def check_buildable(config: ml_collections.ConfigDict, exp: Experiment, mesh, workdir: pathlib.Path) -> None:
+    """What can only fail once built, built before anything is written: the global batch
+    on the mesh, and both sampler specs against the model."""
+    devices = mesh.devices.size
+    if config.train.batch_size % devices:
+        raise ValueError(f"config.train.batch_size={config.train.batch_size} does not split over the {devices} "
+                         f"devices of the mesh; use a multiple of {devices}")
+    for section in ("sample", "eval"):
+        try:
+            spec = SamplerSpec.parse(config[section].sampler)
+            spec.build(exp.denoiser, exp.caps, external_for(workdir, spec))
+        except (ValueError, FileNotFoundError) as e:
+            raise ValueError(f"config.{section}.sampler={config[section].sampler!r}: {e}") from None
+
+
+def lost_checkpoints(workdir: pathlib.Path, ckpt_every: int) -> str | None:
+    """A message when ``metrics.jsonl`` logged steps that must have been checkpointed but no
+    checkpoint is left (deleted or moved); None when starting over is right."""
+    logged = [r["step"] for r in read_metrics(workdir) if "loss" in r]
+    if logged and max(logged) >= ckpt_every:
+        return (f"{workdir} has no checkpoint, but its metrics.jsonl logged training up to step {max(logged)} "
+                f"(train.ckpt_every={ckpt_every}): the checkpoints were deleted or moved. Nothing is overwritten: "
+                "restore checkpoints/, or train in a new --workdir")
+    return None
+
+
+def run_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, exp: Experiment, *,
                    progress: bool = True, devices=None) -> dict:
-    """The shared run: mesh, fresh or restored state, the jitted step, callbacks, the
-    loop, and the final FD-digits (digits data). ``workdir`` is already prepared."""
+    """The shared run: checks that write nothing, then under the work directory's lock the
+    config, the fresh or restored state (the newest undamaged checkpoint), the jitted step,
+    callbacks, the loop, and the final FD-digits (digits data)."""
     config_json = to_json_dict(config)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+    workdir = pathlib.Path(workdir)
+    check_buildable(config, exp, mesh, workdir)
+    workdir = check_workdir(workdir, config_json)
+    with lock(workdir):
+        reader = checkpoint.reader(workdir)
+        lost = None if reader.all_steps() else lost_checkpoints(workdir, config.train.ckpt_every)
+        reader.close()
+        if lost:
+            raise FileNotFoundError(lost)
+        write_config(workdir, config_json)
+        return _run_locked(config, config_json, workdir, exp, mesh, progress)
+
+
+def _run_locked(config, config_json: dict, workdir: pathlib.Path, exp: Experiment, mesh, progress: bool) -> dict:
     abstract, shardings = abstract_state(exp.make, mesh, *exp.make_args)
     data_iter = make_train_iterator(exp.source, config.train.batch_size, config.seed,
                                     random_flip=config.data.random_flip)
-    manager = checkpoint.make_manager(workdir, config.train.keep_last, config.train.keep_every)
-    latest = manager.latest_step()
-    if latest is None:
+    open_manager = lambda: checkpoint.make_manager(workdir, config.train.keep_last, config.train.keep_every)  # noqa: E731
+    manager, state, latest = checkpoint.restore_newest_good(
+        workdir, open_manager, abstract, data_iter, lambda text: print(text, file=sys.stderr, flush=True))
+    if state is None:
         state = init_state(exp.make, shardings, mesh, *exp.make_args)
     else:
         print(f"resuming {workdir} from step {latest}", flush=True)
-        state = checkpoint.restore(manager, latest, abstract, data_iter)
 
     train_step = make_train_step(exp.loss_fn, exp.optimizer, config.train.ema_decay, after_update=exp.after_update)
     step_fn = jit_train_step(train_step, shardings, mesh)
@@ -109,7 +155,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path, exp
         callbacks.append(Callback(cbs.final_fd_callback(den, caps, info, config, workdir), at_end=True))
     settings = LoopSettings(config.train.num_steps, config.train.log_every, config.train.ckpt_every,
                             config.train.max_consecutive_nonfinite, progress)
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, resume_step=latest or 0)
     try:
         if latest is not None and latest >= config.train.num_steps:
             print(f"{workdir} is already trained to step {latest} (train.num_steps={config.train.num_steps}); "

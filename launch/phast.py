@@ -64,5 +64,7 @@ def main(argv):
           f"(HURRY {history[0]['score']:.2f} dB) -> {path}")
 
 
+MAIN = cli.with_clean_errors(main)
+
 if __name__ == "__main__":
-    cli.run(cli.with_clean_errors(main))
+    cli.run(MAIN)

@@ -22,10 +22,16 @@ def _mean_std(values: list[float]) -> str:
 
 def _ts_label(r: dict) -> str:
     """A record's solver knobs and transforms but guidance (tables are per guidance):
-    ``off`` or e.g. ``time_shift 80:300, attention_reuse hurry:5``."""
+    ``off`` or e.g. ``time_shift 80:300, attention_reuse hurry:5``. A record of a part this
+    process has not loaded (``$KAIROS_PARTS``) is labelled from its text."""
     from sampling.spec import SamplerSpec
 
-    return SamplerSpec.parse(r["sampler"]).label(exclude=("guidance",))
+    try:
+        return SamplerSpec.parse(r["sampler"]).label(exclude=("guidance",))
+    except ValueError:
+        entries = [e.split("=", 1) for e in r["sampler"].split(";") if "=" in e]
+        shown = [f"{k} {v.replace('/', ',')}" for k, v in entries if k not in ("solver", "steps", "grid", "guidance")]
+        return ", ".join(shown) or "off"
 
 
 def markdown(records: list[dict], title: str) -> str:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Any
 
 import jax
 import ml_collections
 
-from configs.common import upgrade_config
 from diffusion.data import DatasetInfo
 from diffusion.train import checkpoint
 from launch.builders import build_denoiser, build_source, init_params, model_caps
+from launch.workdir import read_config
 from sampling.registry import ModelCaps
 
 
@@ -39,7 +38,7 @@ class LoadedRun:
         shapes = jax.eval_shape(lambda: init_params(self.config, self.info, jax.random.PRNGKey(0)))
         on_one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # sampling runs on one device
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_one_device), shapes)
-        manager = checkpoint.make_manager(self.workdir)
+        manager = checkpoint.reader(self.workdir)
         try:
             return checkpoint.restore_subtree(manager, step, {"ema_params": abstract})["ema_params"]
         finally:
@@ -71,26 +70,15 @@ def load_run(workdir: str | pathlib.Path) -> LoadedRun:
     """
     workdir = pathlib.Path(workdir)
     path = workdir / "config.json"
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"{workdir} has no config.json: not a Kairos work directory "
                                 "(train one with `python -m launch.train --config ... --workdir ...`)")
-    config = ml_collections.ConfigDict(upgrade_config(read_config(path)))
+    config = ml_collections.ConfigDict(read_config(path))
     config.model.channel_mult = tuple(config.model.channel_mult)
     config.model.attn_resolutions = tuple(config.model.attn_resolutions)
     _, info = build_source(config)
-    manager = checkpoint.make_manager(workdir)
+    manager = checkpoint.reader(workdir)
     steps = sorted(manager.all_steps())
     manager.close()
     return LoadedRun(workdir, config, build_denoiser(config, info), model_caps(config, info), info, steps)
 
-
-def read_config(path: pathlib.Path) -> dict:
-    """A ``config.json``; a damaged one is a clear error naming it."""
-    try:
-        config = json.loads(path.read_text())
-        if not isinstance(config, dict) or not all(isinstance(config.get(k), dict) for k in ("data", "model")):
-            raise ValueError("not a Kairos config (no data / model sections)")
-        return config
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{path} is damaged ({type(e).__name__}: {e}); restore it from a checkpoint's "
-                         "config item (checkpoints/<step>/config) or re-create the run") from None

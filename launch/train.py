@@ -21,5 +21,7 @@ def train(config, workdir):
     train_experiment(config, workdir)
 
 
+MAIN = cli.training_main(train)
+
 if __name__ == "__main__":
-    cli.run_training(train)
+    cli.run(MAIN)

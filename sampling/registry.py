@@ -239,21 +239,26 @@ def register(part: SolverPart | TransformPart):
     return part
 
 
-def _load() -> None:
-    """Imports the built-in part modules and ``$KAIROS_PARTS`` once."""
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    for package in BUILTIN_PACKAGES:
+def import_modules(packages: tuple[str, ...], env_var: str) -> None:
+    """Imports every module of ``packages`` and the modules named in ``$env_var``
+    (comma-separated): the files that register parts (also used by ``distill.registry``)."""
+    for package in packages:
         pkg = importlib.import_module(package)
         for info in pkgutil.iter_modules(pkg.__path__):
             importlib.import_module(f"{package}.{info.name}")
-    for name in filter(None, (m.strip() for m in os.environ.get("KAIROS_PARTS", "").split(","))):
+    for name in filter(None, (m.strip() for m in os.environ.get(env_var, "").split(","))):
         try:
             importlib.import_module(name)
         except ImportError as e:
-            raise ValueError(f"$KAIROS_PARTS names module {name!r}, which cannot be imported: {e}") from None
+            raise ValueError(f"${env_var} names module {name!r}, which cannot be imported: {e}") from None
+
+
+def _load() -> None:
+    """Imports the built-in part modules and ``$KAIROS_PARTS`` once."""
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        import_modules(BUILTIN_PACKAGES, "KAIROS_PARTS")
 
 
 def solvers() -> dict[str, SolverPart]:

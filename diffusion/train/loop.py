@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -25,13 +26,22 @@ class NonFiniteError(RuntimeError):
     """Too many consecutive non-finite updates; no checkpoint of this state was written."""
 
 
+class CheckpointWriteError(ValueError):
+    """A checkpoint could not be written (a full disk, a vanished directory)."""
+
+
 class Preempted(Exception):
     """Raised after a SIGTERM / SIGINT save; ``signum`` says which."""
 
-    def __init__(self, step: int, signum: int):
-        super().__init__(f"stopped by signal {signum} at step {step}; a checkpoint was saved, "
-                         "re-run the same command to resume")
+    def __init__(self, step: int, signum: int, saved: bool = True, newest: int | None = None):
+        what = ("a checkpoint was saved" if saved else "no checkpoint was saved: the run was in a streak of "
+                f"non-finite updates; the newest checkpoint is {_step_name(newest)}")
+        super().__init__(f"stopped by signal {signum} at step {step}; {what}; re-run the same command to resume")
         self.step, self.signum = step, signum
+
+
+def _step_name(step: int | None) -> str:
+    return "none yet" if step is None else f"step {step}"
 
 
 @dataclasses.dataclass
@@ -76,13 +86,56 @@ class LoopSettings:
     progress: bool = True
 
 
-def _check_finite(state: TrainState, limit: int) -> None:
+def _check_finite(state: TrainState, limit: int, newest: int | None) -> None:
     consecutive = int(jax.device_get(state.consecutive_skipped))
     if consecutive >= limit:
         raise NonFiniteError(
             f"{consecutive} consecutive non-finite updates (loss or gradients NaN/Inf) at step "
             f"{int(jax.device_get(state.step))}; stopping without saving this state. Check the data for "
-            "NaNs, lower train.lr, or tighten train.grad_clip; the last good checkpoint is untouched.")
+            "NaNs, lower train.lr, or tighten train.grad_clip. The newest checkpoint is "
+            f"{_step_name(newest)}, written before this streak began (none is saved during one).")
+
+
+class _Saver:
+    """Starts checkpoint saves and turns a failed write into one clear error.
+
+    ``newest`` is the newest step whose save was started (the last may still be in
+    flight); a save is skipped while the state is in a streak of non-finite updates."""
+
+    def __init__(self, manager, config_dict: dict, data_iter: Any, settings: LoopSettings, bar):
+        self.manager, self.config_dict, self.data_iter, self.settings, self.bar = (
+            manager, config_dict, data_iter, settings, bar)
+        self.newest, self.pending = manager.latest_step(), None
+
+    def _guarded(self, fn, step: int):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - orbax re-raises its writer threads' errors here
+            failed = self.pending if self.pending is not None else step
+            text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            raise CheckpointWriteError(
+                f"could not write the checkpoint of step {failed} in {self.manager.directory} "
+                f"({type(e).__name__}: {text}). Free disk space or fix the directory, then re-run the same "
+                "command: it resumes from the newest complete checkpoint.") from None
+
+    def check_finite(self, state: TrainState) -> None:
+        _check_finite(state, self.settings.max_consecutive_nonfinite, self.newest)
+
+    def save(self, step: int, state: TrainState, force: bool = False) -> bool:
+        self.check_finite(state)
+        streak = int(jax.device_get(state.consecutive_skipped))
+        if streak:
+            self.bar.write(f"not saving step {step}: its last {streak} update(s) were non-finite; the newest "
+                           f"checkpoint is {_step_name(self.newest)}", file=sys.stderr)
+            return False
+        self._guarded(lambda: checkpoint.save(self.manager, step, state, self.config_dict, self.data_iter,
+                                              force=force), step)
+        self.newest = self.pending = step
+        return True
+
+    def wait(self, step: int) -> None:
+        self._guarded(self.manager.wait_until_finished, step)
+        self.pending = None
 
 
 def run(state: TrainState, train_step: Callable, data_iter: Any, make_batch: Callable[[Any], Any],
@@ -101,49 +154,51 @@ def run(state: TrainState, train_step: Callable, data_iter: Any, make_batch: Cal
       writer: metric writer.
       callbacks: periodic / final hooks (sample grids, evaluation).
 
+    Checkpoints are written only when the last update was finite: during a streak of
+    non-finite updates the unchanged params are the ones that produced it.
+
     Raises:
       Preempted: after saving, when SIGTERM / SIGINT arrived.
       NonFiniteError: too many consecutive non-finite updates (nothing saved).
+      CheckpointWriteError: a checkpoint could not be written (e.g. the disk is full).
     """
-    start = int(jax.device_get(state.step))
-    bar = tqdm.tqdm(total=settings.num_steps, initial=start, disable=not settings.progress or jax.process_index(),
+    step = int(jax.device_get(state.step))
+    bar = tqdm.tqdm(total=settings.num_steps, initial=step, disable=not settings.progress or jax.process_index(),
                     dynamic_ncols=True, desc="train")
-    window, t_last, step = [], time.perf_counter(), start
-
-    def save(step, force=False):
-        _check_finite(state, settings.max_consecutive_nonfinite)
-        checkpoint.save(manager, step, state, config_dict, data_iter, force=force)
-
-    with _SignalFlag() as flag:
-        while step < settings.num_steps:
-            state, metrics = train_step(state, make_batch(next(data_iter)))
-            step += 1
-            window.append(metrics)
-            bar.update(1)
-            if step % settings.log_every == 0 or step == settings.num_steps:
-                fetched = jax.device_get(window)
-                now = time.perf_counter()
-                logged = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-                logged.update(steps_per_sec=len(window) / (now - t_last), skipped=float(jax.device_get(state.skipped)))
-                writer.write(step, logged)
-                bar.set_postfix(loss=f"{logged['loss']:.4f}", steps_s=f"{logged['steps_per_sec']:.2f}")
-                window, t_last = [], now
-                _check_finite(state, settings.max_consecutive_nonfinite)
-            # one host's SIGTERM is every host's: the distributed runtime agrees on a step
-            if flag.signum is not None or (jax.process_count() > 1 and manager.reached_preemption(step)):
-                save(step, force=True)
-                manager.wait_until_finished()
-                bar.close()
-                raise Preempted(step, flag.signum or signal.SIGTERM)
-            if step % settings.ckpt_every == 0 or step == settings.num_steps:
-                save(step)
-            for cb in callbacks:
-                if (cb.every and step % cb.every == 0) or (cb.at_end and step == settings.num_steps):
-                    t_cb = time.perf_counter()
-                    out = cb.fn(step, state)
-                    if out:
-                        writer.write(step, out)
-                    t_last += time.perf_counter() - t_cb  # keep callbacks out of steps/s
-    bar.close()
-    manager.wait_until_finished()
+    saver = _Saver(manager, config_dict, data_iter, settings, bar)
+    window, t_last = [], time.perf_counter()
+    try:
+        with _SignalFlag() as flag:
+            while step < settings.num_steps:
+                state, metrics = train_step(state, make_batch(next(data_iter)))
+                step += 1
+                window.append(metrics)
+                bar.update(1)
+                if step % settings.log_every == 0 or step == settings.num_steps:
+                    fetched = jax.device_get(window)
+                    now = time.perf_counter()
+                    logged = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+                    logged.update(steps_per_sec=len(window) / (now - t_last),
+                                  skipped=float(jax.device_get(state.skipped)))
+                    writer.write(step, logged)
+                    bar.set_postfix(loss=f"{logged['loss']:.4f}", steps_s=f"{logged['steps_per_sec']:.2f}")
+                    window, t_last = [], now
+                    saver.check_finite(state)
+                # one host's SIGTERM is every host's: the distributed runtime agrees on a step
+                if flag.signum is not None or (jax.process_count() > 1 and manager.reached_preemption(step)):
+                    saved = saver.save(step, state, force=True)
+                    saver.wait(step)
+                    raise Preempted(step, flag.signum or signal.SIGTERM, saved, saver.newest)
+                if step % settings.ckpt_every == 0 or step == settings.num_steps:
+                    saver.save(step, state)
+                for cb in callbacks:
+                    if (cb.every and step % cb.every == 0) or (cb.at_end and step == settings.num_steps):
+                        t_cb = time.perf_counter()
+                        out = cb.fn(step, state)
+                        if out:
+                            writer.write(step, out)
+                        t_last += time.perf_counter() - t_cb  # keep callbacks out of steps/s
+        saver.wait(step)
+    finally:
+        bar.close()  # before an error's message, so it is not glued to the bar
     return state

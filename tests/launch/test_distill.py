@@ -155,7 +155,7 @@ def test_students_sample_and_evaluate_on_their_own_grid(students):
     cmd = [sys.executable, "-m", "launch.sample", "--workdir", str(wd), "--num", "20"]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert np.load(wd / "samples" / "consistency_4steps_ckpt8_seed0.npz")["images"].shape == (20, 8, 8, 1)
+    assert np.load(wd / "samples" / "consistency_4steps_ckpt8_seed0_n20.npz")["images"].shape == (20, 8, 8, 1)
     for name in ("progressive", "guided"):
         run = load_run(students / name)
         spec = SamplerSpec.parse(run.config.sample.sampler).merged({"guidance": 3.0} if name == "guided" else {})

@@ -9,7 +9,7 @@ import pytest
 from diffusion.data.pipeline import make_train_iterator
 from diffusion.data.sources import ArraySource
 from diffusion.train import checkpoint
-from diffusion.train.loop import Callback, LoopSettings, NonFiniteError, run
+from diffusion.train.loop import Callback, CheckpointWriteError, LoopSettings, NonFiniteError, run
 from diffusion.train.setup import state_factory
 from diffusion.train.step import make_train_step
 from diffusion.train.writer import MetricWriter, read_metrics
@@ -50,16 +50,70 @@ def test_loop_logs_checkpoints_and_calls_back(tmp_path):
 def test_nonfinite_run_stops_without_a_bad_checkpoint(tmp_path):
     images = np.full((16, 4, 4, 1), np.nan, np.float32)
     state, it, step, mngr = _setup(images, tmp_path)
-    with pytest.raises(NonFiniteError, match="consecutive non-finite"):
+    with pytest.raises(NonFiniteError, match="consecutive non-finite.*The newest checkpoint is none yet"):
         run(state, step, it, lambda b: b, mngr, {}, LoopSettings(50, log_every=1, ckpt_every=2,
                                                                 max_consecutive_nonfinite=3, progress=False),
             MetricWriter(tmp_path, tensorboard=False))
     mngr.wait_until_finished()
-    assert max(mngr.all_steps()) < 3  # no save once the streak hit the limit
-    for s in mngr.all_steps():  # whatever was saved holds the untouched, finite params
-        restored = checkpoint.restore(mngr, s, jax.eval_shape(lambda: state))
-        np.testing.assert_array_equal(np.asarray(restored.params["w"]), 1.0)
-        assert int(restored.skipped) == s
+    assert mngr.all_steps() == []  # nothing is saved during a streak
+    mngr.close()
+
+
+def blows_up_after(n):
+    """A loss that turns NaN from step ``n`` on (the state is the loss's fourth argument)."""
+
+    def fn(params, batch, rng, state):
+        loss = jnp.mean((params["w"] - batch["image"]) ** 2)
+        return jnp.where(state.step >= n, jnp.nan, loss), {}
+
+    return fn
+
+
+def test_no_checkpoint_during_a_streak_and_the_message_names_the_newest(tmp_path, capsys):
+    """Steps 1-3 are finite (checkpoint at 2), then every loss is NaN: the step-4 save is
+    skipped, and the error names step 2 as the newest checkpoint."""
+    images = np.full((16, 4, 4, 1), 0.5, np.float32)
+    state, it, _, mngr = _setup(images, tmp_path)
+    step = jax.jit(make_train_step(blows_up_after(3), OPT, 0.9), donate_argnums=0)
+    with pytest.raises(NonFiniteError, match="The newest checkpoint is step 2, written before this streak began"):
+        run(state, step, it, lambda b: b, mngr, {}, LoopSettings(50, log_every=10, ckpt_every=2,
+                                                                max_consecutive_nonfinite=4, progress=True),
+            MetricWriter(tmp_path, tensorboard=False))
+    mngr.wait_until_finished()
+    assert mngr.all_steps() == [2]
+    err = capsys.readouterr().err
+    assert "not saving step 4: its last 1 update(s) were non-finite; the newest checkpoint is step 2" in err
+    assert err.endswith("\n")  # the bar is closed before the error propagates: its message starts a line
+    mngr.close()
+
+
+class FailingManager:
+    """A checkpoint manager whose second save fails the way orbax reports a full disk."""
+
+    def __init__(self, inner):
+        self.inner, self.saves, self.directory = inner, 0, inner.directory
+
+    def save(self, *args, **kwargs):
+        self.saves += 1
+        if self.saves == 2:
+            raise ValueError("OUT_OF_RANGE: Error writing \"w/0\" in OCDBT database: No space left on device\nmore")
+        return self.inner.save(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_failed_checkpoint_write_is_one_clear_error(tmp_path):
+    images = np.full((16, 4, 4, 1), 0.5, np.float32)
+    state, it, step, mngr = _setup(images, tmp_path)
+    with pytest.raises(CheckpointWriteError) as e:
+        run(state, step, it, lambda b: b, FailingManager(mngr), {}, LoopSettings(8, log_every=4, ckpt_every=2,
+                                                                                 progress=False),
+            MetricWriter(tmp_path, tensorboard=False))
+    text = str(e.value)
+    assert "could not write the checkpoint of step 2" in text and "No space left on device" in text
+    assert "\n" not in text and "re-run the same command" in text
+    mngr.wait_until_finished()
     mngr.close()
 
 

@@ -1,0 +1,77 @@
+"""Checks a training or distillation config before anything is written
+(docs/design/workdir_safety.md): every enumerated field, count and rate, with a message
+that names the field and says what it must be. What needs building (the dataset, the
+mesh, the sampler specs against the model) is checked by building it, in
+``launch.experiment.run_experiment``, still before the first write.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from diffusion.data import DATASETS, TFDS_ALIASES
+from diffusion.losses import WEIGHTINGS
+from diffusion.param import PRED_TYPES
+from diffusion.schedules import SCHEDULES
+from diffusion.train.optim import LR_SCHEDULES
+from launch.builders import DTYPES
+
+COUNTS = {  # field -> smallest allowed value
+    "train.num_steps": 1, "train.batch_size": 1, "train.log_every": 1, "train.ckpt_every": 1,
+    "train.keep_last": 1, "train.keep_every": 0, "train.sample_every": 0, "train.warmup_steps": 0,
+    "train.max_consecutive_nonfinite": 1, "diffusion.num_steps": 1, "data.resolution": 1,
+    "sample.num": 1, "eval.num_samples": 1, "eval.batch_size": 1,
+    "model.channels": 1, "model.num_res_blocks": 1, "model.num_heads": 1,
+}
+RANGES = {  # field -> (low, high, whether high itself is allowed)
+    "train.lr": (0.0, math.inf, False), "train.ema_decay": (0.0, 1.0, False), "train.grad_clip": (0.0, math.inf, False),
+    "train.weight_decay": (0.0, math.inf, False), "diffusion.cond_drop_prob": (0.0, 1.0, True),
+    "model.dropout": (0.0, 1.0, False),
+}
+CHOICES = {
+    "model.pred_type": PRED_TYPES, "model.dtype": tuple(DTYPES), "diffusion.schedule": SCHEDULES,
+    "diffusion.weighting": WEIGHTINGS, "train.lr_schedule": LR_SCHEDULES,
+}
+
+
+def _get(config: ml_collections.ConfigDict, field: str):
+    node = config
+    for part in field.split("."):
+        node = node[part]
+    return node
+
+
+def validate_config(config: ml_collections.ConfigDict, command: str) -> None:
+    """Raises ValueError naming the first bad field of ``config`` for ``command``
+    (``"train"`` or ``"distill"``)."""
+    has_distill = config.get("distill") is not None
+    if command == "train" and has_distill:
+        raise ValueError("this is a distillation config (it has a distill section): run it with "
+                         "`python -m launch.distill`, not launch.train")
+    if command == "distill" and not has_distill:
+        raise ValueError("this config has no distill section: use launch.train for plain training, "
+                         "or a distillation config such as configs/digits_progressive.py")
+    for field, low in COUNTS.items():
+        value = _get(config, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"config.{field} must be an integer >= {low}, got {value!r}")
+    for field, (low, high, high_ok) in RANGES.items():
+        value = _get(config, field)
+        ok = isinstance(value, (int, float)) and math.isfinite(value) and low <= value and (
+            value < high or (high_ok and value == high))
+        if field == "train.lr":
+            ok = ok and value > 0
+        if not ok:
+            bound = "]" if high_ok else ")"
+            raise ValueError(f"config.{field} must be a finite number in [{low:g}, {high:g}{bound}"
+                             + (" and > 0" if field == "train.lr" else "") + f", got {value!r}")
+    for field, options in CHOICES.items():
+        if _get(config, field) not in options:
+            raise ValueError(f"config.{field} is {_get(config, field)!r}; expected one of {', '.join(options)}")
+    name = config.data.name
+    if name not in DATASETS and name not in TFDS_ALIASES and not str(name).startswith("tfds:"):
+        raise ValueError(f"unknown dataset config.data.name={name!r}; available: {', '.join(DATASETS)}")
+    if not config.model.channel_mult or any(not isinstance(m, int) or m < 1 for m in config.model.channel_mult):
+        raise ValueError(f"config.model.channel_mult must be positive integers, got {config.model.channel_mult!r}")
