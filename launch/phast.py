@@ -45,8 +45,11 @@ def main(argv):
     from sampling.spec import SamplerSpec
     from sampling.transforms.schedules import hurry
 
+    overrides = cli.sampler_overrides()
+    if overrides.get("attention_reuse") is not None:
+        raise ValueError("launch.phast searches the attention_reuse schedule itself: leave out --attention_reuse")
     run = load_run(FLAGS.workdir)
-    spec = reference(SamplerSpec.parse(run.config.sample.sampler).merged(cli.sampler_overrides()))
+    spec = reference(SamplerSpec.parse(run.config.sample.sampler).merged(overrides))
     path = schedule_path(FLAGS.workdir, spec, FLAGS.k)
     if path.exists() and not FLAGS.overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to search again and replace it")
