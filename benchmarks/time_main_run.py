@@ -35,7 +35,7 @@ def main(workdir: str, out: str | None) -> dict:
         "wall_clock_s": round(wall, 1),
         "fd_digits": fd["fd_digits"],
         "class_accuracy": fd.get("class_accuracy"),
-        "eval": {k: fd[k] for k in ("num", "solver", "steps", "sample_seconds")},
+        "eval": {k: fd[k] for k in ("num", "sampler", "sample_seconds")},
         "train_steps": fd["step"],
         "median_train_steps_per_s": statistics.median(rates),
         "machine": machine(),

@@ -103,8 +103,8 @@ def _load() -> None:
     """Imports every module of ``distill/`` and ``$KAIROS_DISTILLERS`` once."""
     global _LOADED
     if not _LOADED:
-        _LOADED = True
         import_modules(("distill",), "KAIROS_DISTILLERS")
+        _LOADED = True
 
 
 def distillers() -> dict[str, Distiller]:

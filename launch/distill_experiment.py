@@ -25,6 +25,7 @@ from launch.validation import validate_config
 from launch.workdir import to_json_dict
 from sampling.spec import SamplerSpec
 
+
 def load_teacher(config: ml_collections.ConfigDict) -> LoadedRun:
     """The teacher run named by ``config.distill.teacher_workdir``, checked generically and
     by the method (``Distiller.check_teacher``)."""
@@ -70,9 +71,10 @@ def distill(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, p
       ValueError: a bad config (nothing is written).
       WorkdirMismatchError: ``workdir`` holds a run with an incompatible config.
     """
+    validate_config(config, "distill")  # the counts the method divides by, before it uses them
     teacher = load_teacher(config)
     config = student_config(config, teacher)
-    validate_config(config, "distill")
+    validate_config(config, "distill")  # and what the method made of the student's config
     source, info = build_source(config)
     student, caps = build_denoiser(config, info), model_caps(config, info)
     method = registry.get(config.distill.method).build(BuildArgs(config.distill, student, teacher.denoiser,

@@ -103,14 +103,20 @@ def check_buildable(config: ml_collections.ConfigDict, exp: Experiment, mesh, wo
             raise ValueError(f"config.{section}.sampler={config[section].sampler!r}: {e}") from None
 
 
-def lost_checkpoints(workdir: pathlib.Path, ckpt_every: int) -> str | None:
-    """A message when ``metrics.jsonl`` logged steps that must have been checkpointed but no
-    checkpoint is left (deleted or moved); None when starting over is right."""
-    logged = [r["step"] for r in read_metrics(workdir) if "loss" in r]
-    if logged and max(logged) >= ckpt_every:
-        return (f"{workdir} has no checkpoint, but its metrics.jsonl logged training up to step {max(logged)} "
-                f"(train.ckpt_every={ckpt_every}): the checkpoints were deleted or moved. Nothing is overwritten: "
-                "restore checkpoints/, or train in a new --workdir")
+def lost_checkpoints(workdir: pathlib.Path) -> str | None:
+    """A message when ``metrics.jsonl`` records a committed checkpoint but none is left
+    (deleted or moved); None when starting over is right (a run stopped before its first
+    checkpoint committed: that is said, not silent)."""
+    records = read_metrics(workdir)
+    committed = [r["step"] for r in records if "checkpoint" in r]
+    if committed:
+        return (f"{workdir} has no checkpoint, but its metrics.jsonl records that checkpoints were written (the "
+                f"newest at step {max(committed)}): they were deleted or moved. Nothing is overwritten: restore "
+                "checkpoints/, or train in a new --workdir")
+    logged = [r["step"] for r in records if "loss" in r]
+    if logged:
+        print(f"{workdir}: the last run logged up to step {max(logged)} but no checkpoint of it was committed; "
+              "starting over from step 0", file=sys.stderr, flush=True)
     return None
 
 
@@ -123,10 +129,11 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, devices)
     workdir = pathlib.Path(workdir)
     check_buildable(config, exp, mesh, workdir)
-    workdir = check_workdir(workdir, config_json)
+    check_workdir(workdir, config_json)
     with lock(workdir):
+        check_workdir(workdir, config_json)  # again, now that no other writer can change it
         reader = checkpoint.reader(workdir)
-        lost = None if reader.all_steps() else lost_checkpoints(workdir, config.train.ckpt_every)
+        lost = None if reader.all_steps() else lost_checkpoints(workdir)
         reader.close()
         if lost:
             raise FileNotFoundError(lost)

@@ -39,15 +39,19 @@ FLAGS = flags.FLAGS
 def main(argv):
     import numpy as np
 
-    from launch.phast_files import reference, save_schedule, schedule_path
+    from launch.phast_files import CACHING, reference, save_schedule, schedule_path
+    from sampling import registry
     from launch.reuse_search import search_for_run
     from launch.run_loader import load_run
     from sampling.spec import SamplerSpec
     from sampling.transforms.schedules import hurry
 
     overrides = cli.sampler_overrides()
-    if overrides.get("attention_reuse") is not None:
-        raise ValueError("launch.phast searches the attention_reuse schedule itself: leave out --attention_reuse")
+    keys = registry.keys()
+    caching = sorted(k for k in overrides if k in keys and keys[k][0] in CACHING)
+    if caching:
+        raise ValueError(f"launch.phast searches a reuse schedule for a sampler without reuse or caching: leave out "
+                         f"{', '.join('--' + k for k in caching)}")
     run = load_run(FLAGS.workdir)
     spec = reference(SamplerSpec.parse(run.config.sample.sampler).merged(overrides))
     path = schedule_path(FLAGS.workdir, spec, FLAGS.k)

@@ -44,7 +44,9 @@ def keys() -> tuple[str, ...]:
 
 def make_cell(values: dict, sweep: bool = False) -> Cell:
     """One cell. With ``sweep`` (a cell of a product), a knob of a transform that is off in
-    this cell is dropped: ``feature_cache=off,uniform:2;cache_branch=1`` is two cells."""
+    this cell, or of a solver other than this cell's, is dropped:
+    ``feature_cache=off,uniform:2;cache_branch=1`` is two cells, and so is
+    ``solver=ddim,dpmpp2m;eta=0.5``."""
     values = dict(values)
     unknown = sorted(set(values) - set(keys()))
     if unknown:
@@ -54,6 +56,8 @@ def make_cell(values: dict, sweep: bool = False) -> Cell:
         for key in [k for k in values if k in owners and owners[k][1] is not None]:
             owner = owners[key][0]
             if owner in registry.transforms() and _off(values.get(owner)):
+                values.pop(key)
+            elif owner in registry.solvers() and owner != str(values.get("solver", "ddim")):
                 values.pop(key)
     try:
         seed = registry.integer(0)(values.pop("seed", 0))
@@ -66,13 +70,17 @@ def product(grid: dict) -> list[Cell]:
     keys_ = list(grid)
     lists = [v if isinstance(v, list) else [v] for v in grid.values()]
     owners = registry.keys()
-    for key in keys_:  # a knob whose transform no cell applies is a mistake, not a no-op
+    for key in keys_:  # a knob whose part no cell uses is a mistake, not a no-op
         part, knob = owners.get(key, (None, None))
-        if knob is None or part not in registry.transforms():
+        if knob is None:
             continue
-        applied = [v for v in lists[keys_.index(part)] if not _off(v)] if part in keys_ else []
-        if not applied:
-            raise ValueError(f"sweep key {key} is a knob of {part}, which no cell applies: add {part}=...")
+        if part in registry.transforms():
+            used = part in keys_ and any(not _off(v) for v in lists[keys_.index(part)])
+        else:
+            used = part in ([str(v) for v in lists[keys_.index("solver")]] if "solver" in keys_ else ["ddim"])
+        if not used:
+            raise ValueError(f"sweep key {key} is a knob of {part}, which no cell applies: add "
+                             + (f"{part}=..." if part in registry.transforms() else f"solver={part}"))
     return [make_cell(dict(zip(keys_, combo)), sweep=True) for combo in itertools.product(*lists)]
 
 

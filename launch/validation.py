@@ -59,6 +59,8 @@ def validate_config(config: ml_collections.ConfigDict, command: str) -> None:
             raise ValueError(f"config.{field} must be an integer >= {low}, got {value!r}")
     for field, (low, high, high_ok) in RANGES.items():
         value = _get(config, field)
+        if value is None and field == "train.grad_clip":
+            continue  # None: no clipping
         ok = isinstance(value, (int, float)) and math.isfinite(value) and low <= value and (
             value < high or (high_ok and value == high))
         if field == "train.lr":

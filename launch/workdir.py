@@ -113,15 +113,6 @@ def write_config(workdir: pathlib.Path, config: dict) -> None:
         tmp.replace(path)
 
 
-def prepare_workdir(workdir: str | pathlib.Path, config: dict) -> pathlib.Path:
-    """:func:`check_workdir`, then create the directory and write ``config.json``."""
-    workdir = check_workdir(workdir, config)
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-    write_config(workdir, config)
-    return workdir
-
-
 @contextlib.contextmanager
 def lock(directory: str | pathlib.Path, what: str = "work directory") -> Iterator[pathlib.Path]:
     """Holds an exclusive ``flock`` on ``<directory>/.lock`` (created with the directory)

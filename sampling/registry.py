@@ -21,6 +21,9 @@ import re
 from typing import Any, Callable, Mapping
 
 CORE_KEYS = ("solver", "steps", "grid")
+# flags of the commands that take sampler flags, and the sweep's own key: no part may use them
+RESERVED_KEYS = ("seed", "num", "ckpt", "ckpts", "batch_size", "overwrite", "workdir", "sweep", "k", "max_evals",
+                 "config", "multihost", "helpfull", "help", "verbosity")
 OFF = ("off", "none", "")  # a transform key with one of these values is not applied
 
 
@@ -232,7 +235,7 @@ def register(part: SolverPart | TransformPart):
     keys = [] if isinstance(part, SolverPart) else [(part.name, (part.name, None))]
     keys += [(k.flag, (part.name, k.name)) for k in part.knobs if k.flag]
     for key, _ in keys:
-        if key in CORE_KEYS or (key in _KEYS and _KEYS[key][0] != part.name):
+        if key in CORE_KEYS or key in RESERVED_KEYS or (key in _KEYS and _KEYS[key][0] != part.name):
             raise ValueError(f"part {part.name!r}: key {key!r} is already taken")
     table[part.name] = part
     _KEYS.update(keys)
@@ -254,11 +257,11 @@ def import_modules(packages: tuple[str, ...], env_var: str) -> None:
 
 
 def _load() -> None:
-    """Imports the built-in part modules and ``$KAIROS_PARTS`` once."""
+    """Imports the built-in part modules and ``$KAIROS_PARTS`` once (again after a failure)."""
     global _LOADED
     if not _LOADED:
-        _LOADED = True
         import_modules(BUILTIN_PACKAGES, "KAIROS_PARTS")
+        _LOADED = True
 
 
 def solvers() -> dict[str, SolverPart]:

@@ -97,7 +97,7 @@ class SamplerSpec:
                 transforms[key] = registry.transform(key).parse_spec(value)
         for key, value in values.items():
             owner, knob_name = keys[key]
-            if knob_name is None or value is None:
+            if knob_name is None or _is_off(value):  # "none" / "off" for a knob: its default
                 continue
             if owner in registry.solvers():
                 if owner != solver:
@@ -164,7 +164,7 @@ class SamplerSpec:
                 for k in [k for k in values if keys.get(k, (None,))[0] == dropped and k not in overrides]:
                     values.pop(k)
             values[key] = value
-        return SamplerSpec.from_values({k: v for k, v in values.items()})
+        return SamplerSpec.from_values(values)
 
     def without(self, *names: str) -> "SamplerSpec":
         """The same sampler without the named transforms."""

@@ -103,7 +103,7 @@ class UNet(nn.Module):
         h = conv3(self.channels, "conv_in", self.dtype)(x.astype(self.dtype))
         skips = [h]
         down = self.down_blocks()
-        for name, width in down[:modes.feature_branch] if retrieve else down:
+        for name, width in (down[:modes.feature_branch] if retrieve else down):
             h = res_attn(h, width, name) if width else Downsample(self.dtype, name=name)(h)
             skips.append(h)
 

@@ -10,6 +10,7 @@ the fingerprint and compares it with the saved one.
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 from typing import Any, Callable
@@ -75,10 +76,10 @@ def _leaf_sums(x) -> tuple[int, int]:
         x = jax.random.key_data(x)
     if isinstance(x, jax.Array):
         shards, shape = [(s.index, np.asarray(s.data)) for s in x.addressable_shards if s.replica_id == 0], x.shape
-    else:
+    else:  # a host value every process holds: counted once, by process 0
         x = np.asarray(x)
-        shards, shape = [(tuple(slice(None) for _ in x.shape), x)], x.shape
-    per_element = _words(np.zeros((1,), shards[0][1].dtype)).size if shards else 1
+        shards, shape = [(tuple(slice(None) for _ in x.shape), x)] if jax.process_index() == 0 else [], x.shape
+    per_element = _words(np.zeros((1,), np.dtype(x.dtype))).size
     total, weighted = 0, 0
     for index, data in shards:
         words = _words(data).reshape(-1)
@@ -123,7 +124,8 @@ def step_dir(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
 
 def _verify(manager: ocp.CheckpointManager, step: int, restored: Any) -> bool:
     """Raises DamagedCheckpoint when ``restored`` (the state, or ``{"ema_params": ...}`` of
-    it) differs from the saved fingerprint; False when there is none to compare."""
+    it) differs from the saved fingerprint. Returns whether there was one to compare (a
+    checkpoint written before fingerprints has none)."""
     if not (step_dir(manager, step) / "fingerprint").exists():
         return False
     try:
@@ -139,25 +141,69 @@ def _verify(manager: ocp.CheckpointManager, step: int, restored: Any) -> bool:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+    first = text[0].split(" See full TensorStore details")[0][:300] if text else ""
+    return f"{type(e).__name__}: {first}"
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any = None) -> Any:
+def _files_readable(manager: ocp.CheckpointManager, step: int) -> bool:
+    """Whether the checkpoint's files read back as they were saved, independently of what
+    this run expects (its state restored without a target, its JSON items parsed)."""
+    try:
+        manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        for path in (step_dir(manager, step) / "data").glob("*.json"):
+            json.loads(path.read_text())
+        return True
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - unreadable is what is asked
+        return False
+
+
+def _read_error(manager: ocp.CheckpointManager, step: int, error: Exception) -> Exception:
+    """A restore failed: :class:`DamagedCheckpoint` when the files themselves do not read;
+    otherwise a ValueError saying the checkpoint does not fit this run (left in place)."""
+    if isinstance(error, MemoryError) or not _files_readable(manager, step):
+        return error if isinstance(error, MemoryError) else DamagedCheckpoint(
+            f"{step_dir(manager, step)} cannot be read ({_first_line(error)})")
+    return ValueError(f"{step_dir(manager, step)} reads fine but does not fit this run's state ({_first_line(error)}); "
+                      "it was left in place. Did the model, the optimizer or the method change since it was written? "
+                      "Resume with the config it was written with, or use a new --workdir")
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any = None
+            ) -> tuple[Any, bool]:
     """Restores ``state`` at ``step`` onto the shardings in ``abstract_state`` and checks it
     against its fingerprint; when ``data_iter`` is given, its position is restored in place.
+    Returns ``(state, verified)``: False for a checkpoint from before fingerprints.
 
     Raises:
-      DamagedCheckpoint: the checkpoint cannot be read or does not match (names the file).
+      DamagedCheckpoint: the files cannot be read or do not match (names the file).
+      ValueError: the files read fine but not into ``abstract_state`` (a changed model).
     """
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
         items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
         state = manager.restore(step, args=ocp.args.Composite(**items))["state"]
-    except Exception as e:  # noqa: BLE001 - truncated, deleted or garbage files
-        raise DamagedCheckpoint(f"{step_dir(manager, step)} cannot be read ({_first_line(e)})") from None
-    _verify(manager, step, state)
-    return state
+    except Exception as e:  # noqa: BLE001 - truncated, deleted or garbage files, or another structure
+        raise _read_error(manager, step, e) from None
+    return state, _verify(manager, step, state)
+
+
+def _move_aside(workdir: pathlib.Path, manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
+    """Moves a damaged checkpoint to ``damaged_checkpoints/<step>`` (``<step>-2``, ... if taken)."""
+    target, n = workdir / DAMAGED_DIR / str(step), 1
+    while target.exists():
+        n += 1
+        target = workdir / DAMAGED_DIR / f"{step}-{n}"
+    if jax.process_index() == 0:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(step_dir(manager, step)), str(target))
+    if jax.process_count() > 1:  # every process sees the move before it lists the steps again
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"kairos_damaged_checkpoint_{step}")
+    return target
 
 
 def restore_newest_good(workdir: str | pathlib.Path, open_manager: Callable[[], ocp.CheckpointManager],
@@ -165,45 +211,41 @@ def restore_newest_good(workdir: str | pathlib.Path, open_manager: Callable[[], 
                         ) -> tuple[ocp.CheckpointManager, Any, int | None]:
     """The newest checkpoint that restores and matches its fingerprint.
 
-    A damaged one is reported through ``log`` and moved to ``<workdir>/damaged_checkpoints/
-    <step>`` (kept, out of the way of new saves); the next older one is tried. Returns
-    ``(manager, state, step)`` with a manager from ``open_manager`` (re-opened after a move);
-    ``(manager, None, None)`` when there is no checkpoint at all.
+    A damaged one (files that do not read, or arrays that do not match) is reported through
+    ``log`` and moved to ``<workdir>/damaged_checkpoints/<step>`` (kept, out of the way of
+    new saves); the next older one is tried. Returns ``(manager, state, step)`` with a
+    manager from ``open_manager`` (re-opened after a move); ``(manager, None, None)`` when
+    there is no checkpoint at all.
 
     Raises:
       DamagedCheckpoint: checkpoints exist but every one is damaged.
+      ValueError: the newest checkpoint reads fine but does not fit ``abstract_state``.
     """
-    damaged, manager = [], open_manager()
+    workdir, damaged, manager = pathlib.Path(workdir), [], open_manager()
     while True:
         steps = sorted(manager.all_steps())
         if not steps:
             if damaged:
-                raise DamagedCheckpoint(f"every checkpoint in {pathlib.Path(workdir) / 'checkpoints'} is damaged "
-                                        f"(moved to {pathlib.Path(workdir) / DAMAGED_DIR}): " + "; ".join(damaged))
+                raise DamagedCheckpoint(f"every checkpoint in {workdir / 'checkpoints'} is damaged "
+                                        f"(moved to {workdir / DAMAGED_DIR}): " + "; ".join(damaged))
             return manager, None, None
         step = steps[-1]
         try:
-            state = restore(manager, step, abstract_state, data_iter)
+            state, verified = restore(manager, step, abstract_state, data_iter)
         except DamagedCheckpoint as e:
             damaged.append(str(e))
-            target = pathlib.Path(workdir) / DAMAGED_DIR / str(step)
-            if jax.process_index() == 0:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(step_dir(manager, step)), str(target if not target.exists() else
-                                                              target.with_name(f"{step}-{len(damaged)}")))
-            older = [s for s in steps if s < step]
+            target = _move_aside(workdir, manager, step)
             log(f"checkpoint {step} is damaged: {e}. Moved it to {target}"
-                + (f"; trying step {older[-1]}" if older else ""))
+                + (f"; trying step {steps[-2]}" if len(steps) > 1 else ""))
             manager.close()
             manager = open_manager()
             continue
-        if not _has_fingerprint(manager, step):
+        except Exception:
+            manager.close()
+            raise
+        if not verified:
             log(f"checkpoint {step} was written before checkpoints carried fingerprints: restored unverified")
         return manager, state, step
-
-
-def _has_fingerprint(manager: ocp.CheckpointManager, step: int) -> bool:
-    return (step_dir(manager, step) / "fingerprint").exists()
 
 
 def restore_subtree(manager: ocp.CheckpointManager, step: int, abstract: dict) -> dict:
@@ -213,13 +255,14 @@ def restore_subtree(manager: ocp.CheckpointManager, step: int, abstract: dict) -
 
     Raises:
       DamagedCheckpoint: the checkpoint cannot be read or does not match (names the file).
+      ValueError: the files read fine but not into ``abstract`` (a changed model).
     """
     args = ocp.args.PyTreeRestore(abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
                                   partial_restore=True)
     try:
         restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
     except Exception as e:  # noqa: BLE001
-        raise DamagedCheckpoint(f"{step_dir(manager, step)} cannot be read ({_first_line(e)})") from None
+        raise _read_error(manager, step, e) from None
     _verify(manager, step, restored)
     return restored
 

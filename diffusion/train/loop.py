@@ -100,11 +100,16 @@ class _Saver:
     """Starts checkpoint saves and turns a failed write into one clear error.
 
     ``newest`` is the newest step whose save was started (the last may still be in
-    flight); a save is skipped while the state is in a streak of non-finite updates."""
+    flight); a save is skipped while the state is in a streak of non-finite updates.
+    A save waits for the previous one, so once it returns that one is committed:
+    ``on_commit(step)`` records it (``metrics.jsonl`` rows ``{"step": S, "checkpoint": S}``,
+    which tell a later run that checkpoints existed)."""
 
-    def __init__(self, manager, config_dict: dict, data_iter: Any, settings: LoopSettings, bar):
+    def __init__(self, manager, config_dict: dict, data_iter: Any, settings: LoopSettings, bar,
+                 on_commit: Callable[[int], None]):
         self.manager, self.config_dict, self.data_iter, self.settings, self.bar = (
             manager, config_dict, data_iter, settings, bar)
+        self.on_commit = on_commit
         self.newest, self.pending = manager.latest_step(), None
 
     def _guarded(self, fn, step: int):
@@ -130,11 +135,15 @@ class _Saver:
             return False
         self._guarded(lambda: checkpoint.save(self.manager, step, state, self.config_dict, self.data_iter,
                                               force=force), step)
+        if self.pending is not None:
+            self.on_commit(self.pending)
         self.newest = self.pending = step
         return True
 
     def wait(self, step: int) -> None:
         self._guarded(self.manager.wait_until_finished, step)
+        if self.pending is not None:
+            self.on_commit(self.pending)
         self.pending = None
 
 
@@ -158,14 +167,15 @@ def run(state: TrainState, train_step: Callable, data_iter: Any, make_batch: Cal
     non-finite updates the unchanged params are the ones that produced it.
 
     Raises:
-      Preempted: after saving, when SIGTERM / SIGINT arrived.
+      Preempted: when SIGTERM / SIGINT arrived, after saving (unless in a non-finite streak).
       NonFiniteError: too many consecutive non-finite updates (nothing saved).
       CheckpointWriteError: a checkpoint could not be written (e.g. the disk is full).
     """
     step = int(jax.device_get(state.step))
     bar = tqdm.tqdm(total=settings.num_steps, initial=step, disable=not settings.progress or jax.process_index(),
                     dynamic_ncols=True, desc="train")
-    saver = _Saver(manager, config_dict, data_iter, settings, bar)
+    saver = _Saver(manager, config_dict, data_iter, settings, bar,
+                   on_commit=lambda s: writer.write(s, {"checkpoint": s}, tensorboard=False))
     window, t_last = [], time.perf_counter()
     try:
         with _SignalFlag() as flag:

@@ -34,13 +34,14 @@ class MetricWriter:
             purge = None if resume_step is None else resume_step + 1
             self.tb = SummaryWriter(str(pathlib.Path(workdir) / "tb"), purge_step=purge)
 
-    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    def write(self, step: int, metrics: Mapping[str, float], tensorboard: bool = True) -> None:
+        """One ``metrics.jsonl`` row (and TensorBoard scalars unless ``tensorboard=False``)."""
         if not self.active:
             return
         values = {k: float(np.asarray(v)) for k, v in metrics.items()}
         with self.path.open("a") as f:
             f.write(json.dumps({"step": int(step), **values}) + "\n")
-        if self.tb is not None:
+        if self.tb is not None and tensorboard:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, int(step))
             self.tb.flush()

@@ -139,6 +139,10 @@ def test_teacher_errors_are_clear_and_write_nothing(teacher, tmp_path):
     (eps_teacher / "config.json").write_text(json.dumps(config))
     with pytest.raises(TeacherError, match="label dropout"):
         distill(smoke(digits_guided, eps_teacher), wd, progress=False)
+    zero = smoke(digits_progressive, teacher)
+    zero.train.ckpt_every = 0  # the rounds divide by it: checked before the method sees it
+    with pytest.raises(ValueError, match="config.train.ckpt_every must be an integer >= 1, got 0"):
+        distill(zero, wd, progress=False)
     assert not wd.exists()
 
 

@@ -79,7 +79,8 @@ def test_removed_checkpoints_are_an_error_not_a_restart(trained, tmp_path):
     for step_dir in (wd / "checkpoints").iterdir():
         shutil.rmtree(step_dir)
     before = snapshot(wd)
-    with pytest.raises(FileNotFoundError, match="has no checkpoint, but its metrics.jsonl logged training up to step 8"):
+    with pytest.raises(FileNotFoundError, match="has no checkpoint, but its metrics.jsonl records that checkpoints "
+                                                "were written \\(the newest at step 8\\)"):
         run(smoke(), wd)
     assert snapshot(wd) == before
 

@@ -30,6 +30,11 @@ def test_reuse_and_cache_keys_vary_in_a_sweep():
     assert "ddim_20steps_reuse-steps3-5_cache-nonuniform4-10-b1" in tags and len(tags) == 6
 
 
+def test_a_knob_applies_to_the_cells_of_its_part():
+    cells = parse_sweep("solver=ddim,dpmpp2m;steps=5;eta=none,0.5")
+    assert [c.spec.tag() for c in cells] == ["ddim_5steps", "ddim_5steps_eta0.5", "dpmpp2m_5steps"]
+
+
 def test_json_file_with_grid_and_explicit_cells(tmp_path):
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps({"grid": {"solver": ["ddim"], "steps": [10, 20]},
@@ -47,7 +52,7 @@ def test_json_file_with_grid_and_explicit_cells(tmp_path):
     ("solver=ddim;time_shift=80:nan", "expected a finite number"),
     ("solver=ddim;steps=0", "bad steps"),
     ("solver=ddim;guidance=nan", "bad guidance 'nan'"),
-    ("solver=dpmpp2m;eta=0.5", "eta applies to the ddim solver only, not 'dpmpp2m'"),
+    ("solver=dpmpp2m;eta=0.5", "sweep key eta is a knob of ddim, which no cell applies: add solver=ddim"),
     ("solver=ddim;time_shift_mode=destination", "time_shift_mode is a knob of time_shift, which no cell applies"),
     ("solver=ddim;seed=-1", "bad seed"),
     ("solver ddim", "not key=v1,v2"),

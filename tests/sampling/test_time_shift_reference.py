@@ -2,7 +2,6 @@
 Gaussian-mixture denoiser), in both modes, and the cutoff on integer training steps."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

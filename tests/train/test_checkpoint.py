@@ -50,7 +50,8 @@ def test_a_changed_array_is_named(tmp_path):
     run = saved_run(tmp_path)
     mngr = checkpoint.make_manager(run, keep_last=5)
     abstract = jax.eval_shape(lambda: state_at(0))
-    assert int(checkpoint.restore(mngr, 3, abstract).step) == 3  # an intact one verifies
+    state, verified = checkpoint.restore(mngr, 3, abstract)
+    assert int(state.step) == 3 and verified  # an intact one verifies
     mngr.close()
     # rewrite the saved fingerprint of one array: as if the state's bytes had changed
     fp = next((run / "checkpoints" / "3" / "fingerprint").rglob("metadata"))
@@ -81,6 +82,17 @@ def test_resume_falls_back_to_the_newest_good_checkpoint(tmp_path, damage):
     assert len(log) == 1 and log[0].startswith("checkpoint 3 is damaged") and "trying step 2" in log[0]
     assert mngr.all_steps() == [1, 2] and (run / "damaged_checkpoints" / "3" / "state").is_dir()  # kept, aside
     mngr.close()
+
+
+def test_a_checkpoint_of_another_structure_is_an_error_and_stays_in_place(tmp_path):
+    """Readable files that do not fit this run (a changed model) are not 'damaged'."""
+    run = saved_run(tmp_path, steps=(1, 2))
+    other = jax.eval_shape(lambda: state_at(0).replace(params={**state_at(0).params, "c": jnp.zeros((2,))}))
+    with pytest.raises(ValueError, match="reads fine but does not fit this run's state") as e:
+        checkpoint.restore_newest_good(run, lambda: checkpoint.make_manager(run), other, None, lambda _: None)
+    assert not isinstance(e.value, DamagedCheckpoint)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1", "2"]
+    assert not (run / "damaged_checkpoints").exists()
 
 
 def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(tmp_path):
