@@ -75,7 +75,7 @@ def _build(denoiser, knobs: dict, ctx):
 register(TransformPart(
     name="feature_cache", wraps="denoiser", order=20, build=_build,
     help=f"feature caching (DeepCache): {KINDS}, the full UNet every N steps and only the shallow path of "
-         "--cache_branch in between",
+         "skip branch cache_branch in between",
     knobs=(Knob("schedule", str, examples=("uniform:2", "uniform:3"), help="which steps run the full network"),
            Knob("branch", integer(0), 0, traced=False, flag="cache_branch",
                 help="skip branch of the feature cache (0 = shallowest, fastest)")),
