@@ -9,9 +9,11 @@ turns on JAX's persistent compilation cache (``$JAX_COMPILATION_CACHE_DIR``, def
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import pathlib
 import sys
+import traceback
 
 from absl import app, flags, logging
 
@@ -110,13 +112,32 @@ def with_clean_errors(main):
     return wrapped
 
 
+def _from_orbax(tb) -> bool:
+    return any("/orbax/" in f.filename.replace("\\", "/") for f in traceback.extract_tb(tb))
+
+
 class _QuietOrbax:
-    """Drops orbax's log records (its writer threads log whole tracebacks at ERROR); the
-    errors themselves reach the caller, which reports them in one line."""
+    """Drops orbax's log records: its writer threads log whole tracebacks at ERROR, and
+    asyncio logs their failed tasks ("Task exception was never retrieved"). The error
+    itself reaches the caller, which reports it in one line."""
 
     @staticmethod
     def filter(record) -> bool:
-        return "/orbax/" not in record.pathname.replace("\\", "/")
+        if "/orbax/" in record.pathname.replace("\\", "/"):
+            return False
+        return not (record.exc_info and record.exc_info[2] is not None and _from_orbax(record.exc_info[2]))
+
+
+def _quiet_closed_loop_hook(previous):
+    """A ``sys.unraisablehook`` that drops "Event loop is closed" from tensorstore's
+    threads: after one write of an orbax save fails (a full disk), its other writes finish
+    into an event loop that is gone, hundreds of tracebacks that say nothing new."""
+
+    def hook(args):
+        if not (args.exc_type is RuntimeError and str(args.exc_value) == "Event loop is closed"):
+            previous(args)
+
+    return hook
 
 
 def run(main) -> None:
@@ -124,6 +145,8 @@ def run(main) -> None:
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
             logging.get_absl_logger().addFilter(_QuietOrbax())
+            std_logging.getLogger("asyncio").addFilter(_QuietOrbax())
+            sys.unraisablehook = _quiet_closed_loop_hook(sys.unraisablehook)
         enable_compilation_cache()
         return main(argv)
 

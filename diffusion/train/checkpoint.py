@@ -118,6 +118,15 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config: dict, da
     return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
+def size_estimate(state: Any) -> int:
+    """Bytes a checkpoint of ``state`` may take on disk while it is written, with a margin:
+    the arrays (every process's shards land in one directory) plus 10%, 2 KiB of metadata
+    per array (measured: ~1.4 KiB), 1 MiB for the config, fingerprint and data iterator."""
+    leaves = jax.tree.leaves(state)
+    arrays = sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in leaves)
+    return int(arrays * 1.1) + 2048 * len(leaves) + 2**20
+
+
 def step_dir(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
     return pathlib.Path(str(manager.directory)) / str(step)
 

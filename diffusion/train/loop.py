@@ -8,6 +8,8 @@ It knows no method: the jitted step, the data iterator and callbacks come from o
 from __future__ import annotations
 
 import dataclasses
+import re
+import shutil
 import signal
 import sys
 import time
@@ -96,6 +98,16 @@ def _check_finite(state: TrainState, limit: int, newest: int | None) -> None:
             f"{_step_name(newest)}, written before this streak began (none is saved during one).")
 
 
+def _reason(e: Exception) -> str:
+    """The operating system's reason in an orbax / tensorstore write error (which first
+    names every path involved), else the error's first line."""
+    text = str(e).strip()
+    os_error = re.search(r":\s*([^:\n]+?)\s*\[os_error_code='?(\d+)", text)
+    if os_error:
+        return f"{os_error.group(1)}, errno {os_error.group(2)}"
+    return f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
 class _Saver:
     """Starts checkpoint saves and turns a failed write into one clear error.
 
@@ -117,11 +129,10 @@ class _Saver:
             return fn()
         except Exception as e:  # noqa: BLE001 - orbax re-raises its writer threads' errors here
             failed = self.pending if self.pending is not None else step
-            text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
             raise CheckpointWriteError(
-                f"could not write the checkpoint of step {failed} in {self.manager.directory} "
-                f"({type(e).__name__}: {text}). Free disk space or fix the directory, then re-run the same "
-                "command: it resumes from the newest complete checkpoint.") from None
+                f"could not write the checkpoint of step {failed} in {self.manager.directory} ({_reason(e)}). "
+                "Free disk space or fix the directory, then re-run the same command: it resumes from the newest "
+                "complete checkpoint.") from None
 
     def check_finite(self, state: TrainState) -> None:
         _check_finite(state, self.settings.max_consecutive_nonfinite, self.newest)
@@ -133,12 +144,23 @@ class _Saver:
             self.bar.write(f"not saving step {step}: its last {streak} update(s) were non-finite; the newest "
                            f"checkpoint is {_step_name(self.newest)}", file=sys.stderr)
             return False
+        self.wait(step)  # orbax would wait for the previous save anyway; its bytes must be on disk
+        self._check_space(step, state)
         self._guarded(lambda: checkpoint.save(self.manager, step, state, self.config_dict, self.data_iter,
                                               force=force), step)
-        if self.pending is not None:
-            self.on_commit(self.pending)
         self.newest = self.pending = step
         return True
+
+    def _check_space(self, step: int, state: TrainState) -> None:
+        """Refuses a save that cannot fit before orbax starts writing (a half-written
+        save fails late, in writer threads, after more steps were trained)."""
+        needed = checkpoint.size_estimate(state)
+        free = shutil.disk_usage(str(self.manager.directory)).free
+        if free < needed:
+            raise CheckpointWriteError(
+                f"not enough disk space for the checkpoint of step {step} in {self.manager.directory}: it needs "
+                f"about {needed / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free. Free disk space, then re-run "
+                f"the same command: it resumes from the newest checkpoint ({_step_name(self.newest)}).")
 
     def wait(self, step: int) -> None:
         self._guarded(self.manager.wait_until_finished, step)

@@ -74,3 +74,28 @@ def test_sigterm_leaves_a_restorable_checkpoint(tmp_path):
     assert int(restored["state"]["step"]) == step
     assert checkpoint.restore_config(mngr)["train"]["num_steps"] == 100000
     mngr.close()
+
+
+def test_a_full_disk_during_a_save_is_one_line(tmp_path):
+    """A real failed write (files capped at 200 kB by RLIMIT_FSIZE, so the free-space check
+    passes and orbax's writer threads fail): one error line naming the step, none of the
+    hundreds of thread tracebacks, and the corrected rerun resumes."""
+    import resource
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    env = dict(_env(), JAX_ENABLE_COMPILATION_CACHE="false")  # cache entries are larger than the cap
+    wd = tmp_path / "full"
+    args = ["--config.train.num_steps=10", "--config.train.ckpt_every=5", "--config.train.sample_every=0",
+            "--config.eval.fd_digits=False"]
+    proc = subprocess.run(_train_cmd(wd, *args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=small_files)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.replace("\r", "\n").splitlines() if ln.strip() and not ln.startswith("train:")]
+    assert lines[0].startswith("error: could not write the checkpoint of step 5 in"), lines[:5]
+    assert "File too large" in lines[0] and lines[1:] == ["(add --verbosity=1 for the traceback)"], lines[:5]
+    rerun = subprocess.run(_train_cmd(wd, *args), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert checkpoint.make_manager(wd).all_steps() == [5, 10]

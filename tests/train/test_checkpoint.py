@@ -128,3 +128,17 @@ def test_sampling_refuses_a_damaged_checkpoint_by_name(tmp_path):
 def test_keep_last_zero_is_refused():
     with pytest.raises(ValueError, match="keep_last must be >= 1"):
         checkpoint.make_manager("/nonexistent", keep_last=0)
+
+
+@pytest.mark.parametrize("leaves,size", [(600, 300), (8, 200_000)])
+def test_size_estimate_bounds_what_a_save_writes(tmp_path, leaves, size):
+    """The free-space check before a save uses this bound: random (incompressible) arrays,
+    many small leaves (metadata-heavy, like a UNet) or a few large ones."""
+    rng = np.random.default_rng(0)
+    tree = {f"p{i:03d}": jnp.asarray(rng.standard_normal(size, np.float32)) for i in range(leaves)}
+    mngr = checkpoint.make_manager(tmp_path, keep_last=2, async_save=False)
+    checkpoint.save(mngr, 1, tree, {"config": 1})
+    mngr.wait_until_finished()
+    mngr.close()
+    written = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    assert 0.5 * leaves * size * 4 < written <= checkpoint.size_estimate(tree) < 2 * written + 2**21

@@ -88,16 +88,20 @@ def test_no_checkpoint_during_a_streak_and_the_message_names_the_newest(tmp_path
 
 
 class FailingManager:
-    """A checkpoint manager whose second save fails the way orbax reports a full disk."""
+    """A checkpoint manager whose first async save fails the way orbax reports a full disk:
+    the writer threads' error is raised when the save is waited for."""
 
     def __init__(self, inner):
         self.inner, self.saves, self.directory = inner, 0, inner.directory
 
     def save(self, *args, **kwargs):
         self.saves += 1
-        if self.saves == 2:
-            raise ValueError("OUT_OF_RANGE: Error writing \"w/0\" in OCDBT database: No space left on device\nmore")
         return self.inner.save(*args, **kwargs)
+
+    def wait_until_finished(self):
+        self.inner.wait_until_finished()
+        if self.saves == 1:
+            raise ValueError("OUT_OF_RANGE: Error writing \"w/0\" in OCDBT database: No space left on device\nmore")
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -114,6 +118,42 @@ def test_a_failed_checkpoint_write_is_one_clear_error(tmp_path):
     assert "could not write the checkpoint of step 2" in text and "No space left on device" in text
     assert "\n" not in text and "re-run the same command" in text
     mngr.wait_until_finished()
+    mngr.close()
+
+
+def test_a_checkpoint_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    from diffusion.train import loop
+
+    images = np.full((16, 4, 4, 1), 0.5, np.float32)
+    state, it, step, mngr = _setup(images, tmp_path)
+    need = checkpoint.size_estimate(state)
+    leaves = jax.tree.leaves(state)
+    arrays = sum(x.nbytes for x in leaves)
+    assert arrays >= 2 * 16 * 4 and need == int(arrays * 1.1) + 2048 * len(leaves) + 2**20  # w, its EMA at least
+    usage = collections.namedtuple("usage", "total used free")
+    free = {"bytes": 10 * need}  # room for step 2, then the disk "fills"
+    real = shutil.disk_usage
+
+    def disk_usage(path):
+        assert real(path)  # the checkpoint directory itself is asked
+        return usage(0, 0, free["bytes"])
+
+    def fill(s, st):
+        free["bytes"] = need - 1
+
+    monkeypatch.setattr(loop.shutil, "disk_usage", disk_usage)
+    with pytest.raises(CheckpointWriteError) as e:
+        run(state, step, it, lambda b: b, mngr, {}, LoopSettings(8, log_every=4, ckpt_every=2, progress=False),
+            MetricWriter(tmp_path, tensorboard=False), [Callback(fill, every=3, at_end=False)])
+    text = str(e.value)
+    assert "not enough disk space for the checkpoint of step 4" in text and "MiB are free" in text
+    assert "resumes from the newest checkpoint (step 2)" in text and "\n" not in text
+    mngr.wait_until_finished()
+    assert mngr.all_steps() == [2]  # step 4 was never started
+    assert [r["step"] for r in read_metrics(tmp_path) if "checkpoint" in r] == [2]
     mngr.close()
 
 
