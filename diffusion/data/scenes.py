@@ -198,8 +198,9 @@ def truth(scene: Scene) -> dict[str, np.ndarray]:
 
 
 class ScenesSource:
-    """Random-access source of ``{"image": [32, 32, 1], "caption": str, "label": 0,
-    **truth}``; ``size`` scenes of ``split`` (they are generated on access)."""
+    """Random-access source of ``{"image": [32, 32, 1] float32, "caption": str}``:
+    ``size`` scenes of ``split``, generated on access (the parser's ground truth of scene
+    ``i`` is ``truth(make_scene(split, i, seed))``)."""
 
     def __init__(self, split: str, size: int, seed: int = 0):
         if split not in SPLITS:
@@ -215,5 +216,4 @@ class ScenesSource:
         if not 0 <= i < self.size:
             raise IndexError(f"scene {i} out of range [0, {self.size})")
         scene = make_scene(self.split, i, self.seed)
-        return {"image": render(scene, self.split), "caption": np.str_(scene.caption.text()),
-                "label": np.int32(0), **truth(scene)}
+        return {"image": render(scene, self.split), "caption": np.str_(scene.caption.text())}

@@ -82,10 +82,10 @@ def cell_targets(truth: dict[str, np.ndarray], sigma: float = 0.75) -> dict[str,
 
 
 def _scene_batch(split: str, start: int, count: int) -> tuple[np.ndarray, dict]:
-    items = [scenes.ScenesSource(split, start + count)[i] for i in range(start, start + count)]
-    x = np.stack([it["image"] for it in items])
-    truth = {k: np.stack([it[k] for it in items]) for k in ("digit", "size", "stroke", "center")}
-    return x, truth
+    made = [scenes.make_scene(split, i) for i in range(start, start + count)]
+    truths = [scenes.truth(s) for s in made]
+    return (np.stack([scenes.render(s, split) for s in made]),
+            {k: np.stack([t[k] for t in truths]) for k in truths[0]})
 
 
 def _loss(heads, targets):

@@ -78,12 +78,14 @@ def test_rendered_ink_lies_in_the_boxes_and_thick_has_more_ink():
         assert np.all(thick >= thin) and thick.sum() > 1.3 * thin.sum()
 
 
-def test_source_items_carry_the_parser_truth_and_bad_arguments_are_refused():
+def test_source_items_and_bad_arguments():
     item = scenes.ScenesSource("heldout", 10)[4]
     s = scenes.make_scene("heldout", 4)
+    assert np.array_equal(item["image"], scenes.render(s, "heldout")) and item["caption"] == s.caption.text()
+    t = scenes.truth(s)
     n = len(s.objects)
-    assert list(item["digit"][:n]) == [o.digit for o in s.objects] and np.all(item["digit"][n:] == -1)
-    assert np.allclose(item["center"][:n], [o.center for o in s.objects])
+    assert list(t["digit"][:n]) == [o.digit for o in s.objects] and np.all(t["digit"][n:] == -1)
+    assert np.allclose(t["center"][:n], [o.center for o in s.objects])
     with pytest.raises(ValueError, match="unknown scenes split"):
         scenes.ScenesSource("test", 10)
     with pytest.raises(ValueError, match="size >= 1"):
