@@ -1,6 +1,6 @@
 r"""Kairos ``sample()`` vs diffusers' PyTorch ``DDIMPipeline`` on the same machine, side by side.
 
-    pip install -e ".[torch]"   # torch 2.13.0 (CPU wheel) + diffusers 0.39.0
+    pip install -e ".[torch]"   # torch 2.13.0 (CPU wheel) + diffusers 0.42.1
     python -m benchmarks.vs_diffusers [--batch 256] [--steps 50] [--out docs/results/vs_diffusers.json]
 
 Both sides: an unconditional UNet of the digits architecture (8x8x1, channels 32/64, two

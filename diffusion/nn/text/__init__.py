@@ -1,0 +1,1 @@
+"""Frozen text encoders (Flax) and tokenizers read from a local folder."""
