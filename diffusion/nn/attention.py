@@ -34,7 +34,8 @@ MAPS = "attention_maps"  # the variable collection holding cached attention maps
 
 
 class MultiHeadAttention(nn.Module):
-    """Self-attention over the tokens of ``x [B, L, C]`` -> ``[B, L, C]``.
+    """Self-attention over the tokens of ``x [B, L, C]`` -> ``[B, L, C]``; cross-attention
+    to ``context [B, Lc, Dc]`` when one is given (keys and values from the context).
 
     The output projection is zero-initialised, so a fresh block is the identity
     inside its residual connection.
@@ -43,29 +44,36 @@ class MultiHeadAttention(nn.Module):
     across sampling steps (Hunter et al.): ``"compute"``; ``"store"`` also writes the map
     ``[B, H, L, L]`` to the ``attention_maps`` collection; ``"reuse"`` reads it and
     computes only the values: ``out = A_cached v`` (no query/key projections, no
-    ``q k^T``, no softmax).
+    ``q k^T``, no softmax). Cross-attention maps are never cached.
+
+    ``qkv_bias=False``: projections without bias (Stable Diffusion's).
     """
 
     num_heads: int
     dtype: jnp.dtype = jnp.float32
+    qkv_bias: bool = True
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, attention: str = "compute") -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, attention: str = "compute", context: jnp.ndarray | None = None) -> jnp.ndarray:
         if attention not in ATTENTION_MODES:
             raise ValueError(f"unknown attention mode {attention!r}; expected one of {ATTENTION_MODES}")
+        if context is not None and attention != "compute":
+            raise ValueError("cross-attention maps are not cached: use attention='compute' with a context")
         c = x.shape[-1]
         if c % self.num_heads:
             raise ValueError(f"attention width {c} is not divisible by num_heads={self.num_heads}")
         head = c // self.num_heads
-        dense = lambda name: nn.DenseGeneral((self.num_heads, head), dtype=self.dtype, name=name)  # noqa: E731
-        v = heads_first(dense("value")(x))
+        dense = lambda name: nn.DenseGeneral((self.num_heads, head), use_bias=self.qkv_bias, dtype=self.dtype,  # noqa: E731
+                                             name=name)
+        source = x if context is None else context.astype(x.dtype)
+        v = heads_first(dense("value")(source))
         if attention == "reuse":
             weights = self.get_variable(MAPS, "weights")
             if weights is None:
                 raise ValueError("attention='reuse' needs maps from an earlier attention='store' call "
                                  "(pass the attention_maps collection)")
         else:
-            weights = attention_weights(heads_first(dense("query")(x)), heads_first(dense("key")(x)))
+            weights = attention_weights(heads_first(dense("query")(x)), heads_first(dense("key")(source)))
             if attention == "store":
                 self.put_variable(MAPS, "weights", weights)
         out = heads_first(jnp.einsum("bhqk,bhkd->bhqd", weights, v))  # back to [B, Lq, H, D]

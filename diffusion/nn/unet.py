@@ -15,11 +15,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from diffusion.contract import COMPUTE, Modes
+from diffusion.nn.deep_feature import hand_over
 from diffusion.nn.attention import AttentionBlock
 from diffusion.nn.blocks import Downsample, ResBlock, Upsample, conv3, group_norm
 from diffusion.nn.embeddings import GuidanceEmbedding, TimeEmbedding
 
-FEATURES = "deep_features"  # the variable collection holding the cached decoder input
 
 
 class UNet(nn.Module):
@@ -117,7 +117,7 @@ class UNet(nn.Module):
             if j < first_shallow and retrieve:
                 continue
             if j == first_shallow:
-                h = self._deep_feature(h, modes.features)
+                h = hand_over(self, h, modes.features)
             h = res_attn(jnp.concatenate([h, skips.pop()], axis=-1), width, name)
             if upsample:
                 h = Upsample(self.dtype, name=upsample)(h)
@@ -150,15 +150,3 @@ class UNet(nn.Module):
             w = jnp.broadcast_to(jnp.asarray(guidance, jnp.float32), (b,))
             emb = emb + GuidanceEmbedding(self.channels, emb_dim, self.dtype, name="guidance_embed")(w)
         return emb
-
-    def _deep_feature(self, h: jnp.ndarray, features: str) -> jnp.ndarray:
-        """At the first shallow up block: ``store`` caches ``h``; ``retrieve`` replaces it by
-        the feature cached at the last full step."""
-        if features == "store":
-            self.put_variable(FEATURES, "h", h)
-        if features == "retrieve":
-            h = self.get_variable(FEATURES, "h")
-            if h is None:
-                raise ValueError("features='retrieve' needs a feature from an earlier features='store' call "
-                                 "(pass the deep_features collection)")
-        return h

@@ -1,0 +1,121 @@
+"""Our Flax SD UNet against diffusers' UNet2DConditionModel on tiny random SD-1.x- and
+SD-2.x-style configurations (through the converter), and the caching invariants on it.
+
+eps- and v-prediction models are the same network: the parameterisation lives in the
+denoiser wrapper (``diffusion.nn.denoiser``), so one parity test covers both.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+from diffusion.contract import COMPUTE, Modes  # noqa: E402
+from diffusion.convert.tensors import ConversionError, load_state_dict  # noqa: E402
+from diffusion.convert.unet import convert_unet, load_unet  # noqa: E402
+from diffusion.nn.denoiser import Denoiser  # noqa: E402
+from diffusion.nn.sd_unet import SDUNet, SDUNetConfig  # noqa: E402
+from diffusion.schedules import make_schedule  # noqa: E402
+
+# float32 on both sides; the two frameworks order their sums differently (convolutions,
+# GroupNorm, softmax) through ~40 layers, which leaves differences ~1e-6 of the output's
+# scale; 1e-4 leaves room for that depth, and any wiring error (a skip in the wrong order,
+# the time embedding off by one step, a transposed head split) is O(1e-2) or more.
+RTOL = 1e-4
+
+SD1 = dict(block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+           up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1, cross_attention_dim=12,
+           attention_head_dim=2, norm_num_groups=8, sample_size=8, in_channels=4, out_channels=4)
+SD2 = dict(SD1, block_out_channels=(16, 32, 32), layers_per_block=2, use_linear_projection=True,
+           down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+           up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=(2, 4, 4))
+
+
+def tiny_unet(tmp_path, kwargs, seed=0):
+    torch.manual_seed(seed)
+    model = diffusers.UNet2DConditionModel(**kwargs).eval()
+    with torch.no_grad():  # random norm affines, so a wrong epsilon or group count shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    return model
+
+
+def inputs(batch=2, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((batch, size, size, 4)).astype(np.float32),
+            rng.standard_normal((batch, 5, 12)).astype(np.float32))
+
+
+@pytest.mark.parametrize("kwargs", [SD1, SD2], ids=["sd1", "sd2"])
+def test_sd_unet_matches_diffusers(tmp_path, kwargs):
+    ref = tiny_unet(tmp_path, kwargs)
+    config, params = load_unet(tmp_path)
+    x, ctx = inputs()
+    net = SDUNet(config)
+    for k in (0, 500, 999):
+        ours = net.apply({"params": params}, x, jnp.full((2,), (k + 1) / 1000), ctx)
+        with torch.no_grad():
+            theirs = ref(torch.tensor(x.transpose(0, 3, 1, 2)), k, encoder_hidden_states=torch.tensor(ctx)).sample
+        theirs = theirs.numpy().transpose(0, 2, 3, 1)
+        err, scale = float(np.max(np.abs(np.asarray(ours) - theirs))), float(np.max(np.abs(theirs)))
+        print(f"k={k}: max abs diff {err:.2e} of scale {scale:.2f}")
+        assert err <= RTOL * scale
+
+
+@pytest.fixture(scope="module")
+def sd1(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sd1")
+    tiny_unet(folder, SD1)
+    return load_unet(folder)
+
+
+def test_attention_reuse_and_feature_caching_invariants(sd1):
+    config, params = sd1
+    den = Denoiser(SDUNet(config), make_schedule("scaled_linear", 1000), "eps")
+    x, ctx = inputs()
+    cond, t = {"context": jnp.asarray(ctx)}, jnp.full((2,), 0.6)
+    full = den(params, x, t, cond)[0].eps
+    store = Modes(attention="store")
+    cache = den.init_cache(params, x, cond, modes=store)
+    assert cache and all(v.shape[-1] == v.shape[-2] for v in jax.tree.leaves(cache))  # self-attention maps only
+    _, cache = den(params, x, t, cond, cache=cache, modes=store)
+    reused = den(params, x, t, cond, cache=cache, modes=Modes(attention="reuse"))[0].eps
+    np.testing.assert_allclose(reused, full, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(full))))
+    net = SDUNet(config)
+    for branch in range(net.num_branches):
+        stored = Modes(features="store", feature_branch=branch)
+        cache = den.init_cache(params, x, cond, modes=stored)
+        _, cache = den(params, x, t, cond, cache=cache, modes=stored)
+        got = den(params, x, t, cond, cache=cache, modes=Modes(features="retrieve", feature_branch=branch))[0].eps
+        np.testing.assert_allclose(got, full, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(full))))
+        later = den(params, x, t * 0.5, cond, cache=cache, modes=Modes(features="retrieve", feature_branch=branch))[0]
+        assert float(jnp.max(jnp.abs(later.eps - full))) > 1e-3  # the shallow path does run at the new time
+    with pytest.raises(ValueError, match="feature_branch must be in"):
+        den(params, x, t, cond, modes=Modes(features="store", feature_branch=net.num_branches))
+    with pytest.raises(ValueError, match=r"needs cond\['context'\]"):
+        den(params, x, t, {}, modes=COMPUTE)
+
+
+def test_unet_conversion_names_bad_keys_and_options(tmp_path):
+    tiny_unet(tmp_path, SD1)
+    tensors = load_state_dict(tmp_path)
+    config = SDUNetConfig.from_dict(json.loads((tmp_path / "config.json").read_text()))
+    key = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    with pytest.raises(ConversionError, match=f"missing tensor '{key}'"):
+        convert_unet({k: v for k, v in tensors.items() if k != key}, config, "x")
+    with pytest.raises(ConversionError, match=r"no place for: \['add_embedding.linear_1.weight'\]"):
+        convert_unet({**tensors, "add_embedding.linear_1.weight": np.zeros((2, 2))}, config, "x")
+    with pytest.raises(ConversionError, match="up_blocks_1_resnets_0/conv1/kernel has shape"):
+        convert_unet({**tensors, "up_blocks.1.resnets.0.conv1.weight": np.zeros((16, 40, 3, 3), np.float32)},
+                     config, "x")
+    with pytest.raises(ValueError, match="class_embed_type='timestep' is not supported"):
+        SDUNetConfig.from_dict({**SD1, "class_embed_type": "timestep"})
+    with pytest.raises(ValueError, match="do not mirror"):
+        SDUNetConfig.from_dict({**SD1, "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D")})
