@@ -119,3 +119,22 @@ def test_unet_conversion_names_bad_keys_and_options(tmp_path):
         SDUNetConfig.from_dict({**SD1, "class_embed_type": "timestep"})
     with pytest.raises(ValueError, match="do not mirror"):
         SDUNetConfig.from_dict({**SD1, "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D")})
+
+
+def test_closed_form_flops_match_xla_count():
+    """benchmarks/sd_flops.py (the per-resolution FLOP table of docs/benchmarks.md) against
+    XLA's count of the compiled call, on a UNet wide enough that matmuls and convolutions
+    dominate as they do at SD size (norms, activations and softmax are left out: a few %)."""
+    from benchmarks.common import flops_of
+    from benchmarks.sd_flops import unet_flops
+
+    kwargs = dict(SD1, block_out_channels=(64, 128), cross_attention_dim=32, attention_head_dim=4,
+                  norm_num_groups=32, layers_per_block=2)
+    config = SDUNetConfig.from_dict(kwargs)
+    net = SDUNet(config)
+    x, ctx = jnp.zeros((1, 16, 16, 4)), jnp.zeros((1, 8, 32))
+    params = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), x, jnp.zeros((1,)), ctx))["params"]
+    xla = flops_of(jax.jit(lambda p: net.apply({"params": p}, x, jnp.zeros((1,)), ctx)).lower(params).compile())
+    table = unet_flops(config.block_out_channels, config.down_block_types, config.layers_per_block, 4, 4, 16, 8, 32)
+    closed = sum(sum(v.values()) for v in table.values())
+    assert abs(closed - xla) / xla < 0.05, (closed, xla)
