@@ -77,13 +77,29 @@ def measure(size: int, batch: int, repeats: int, params, den: Denoiser) -> dict:
     return out
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, checked: a bad value is one ``error:`` line (exit status 2)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batches", default="1,2")
-    ap.add_argument("--size", type=int, default=64, help="latent side (64 = 512x512 images)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", default="1,2", help="comma list of batch sizes >= 1")
+    ap.add_argument("--size", type=int, default=64, help="latent side, a multiple of 8 (64 = 512x512 images)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats >= 1")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    try:
+        args.batch_list = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        ap.error(f"--batches must be a comma list of integers, got {args.batches!r}")
+    if min(args.batch_list) < 1:
+        ap.error(f"--batches must all be >= 1, got {args.batches!r}")
+    if args.size < 8 or args.size % 8:
+        ap.error(f"--size must be a positive multiple of 8 (three 2x downsamplings), got {args.size}")
+    if args.repeats < 1:
+        ap.error(f"--repeats must be >= 1, got {args.repeats}")
+    return args
+
+
+def main():
+    args = parse_args()
     config = SDUNetConfig.from_dict(SD15_UNET)
     den = Denoiser(SDUNet(config), make_schedule("scaled_linear", 1000), "eps")
     t0 = time.perf_counter()
@@ -94,7 +110,7 @@ def main():
     result = {"machine": machine(), "unet": SD15_UNET, "latent_size": args.size, "context_len": CONTEXT_LEN,
               "num_params": int(sum(p.size for p in jax.tree.leaves(params))),
               "init_s": time.perf_counter() - t0, "batches": {}}
-    for batch in (int(b) for b in args.batches.split(",")):
+    for batch in args.batch_list:
         result["batches"][str(batch)] = {"flops": flop_table(args.size, batch),
                                          "calls": measure(args.size, batch, args.repeats, params, den)}
         calls = result["batches"][str(batch)]["calls"]

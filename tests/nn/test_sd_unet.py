@@ -138,3 +138,17 @@ def test_closed_form_flops_match_xla_count():
     table = unet_flops(config.block_out_channels, config.down_block_types, config.layers_per_block, 4, 4, 16, 8, 32)
     closed = sum(sum(v.values()) for v in table.values())
     assert abs(closed - xla) / xla < 0.05, (closed, xla)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--size", "0"], "--size must be a positive multiple of 8"), (["--size", "-8"], "positive multiple of 8"),
+    (["--size", "60"], "positive multiple of 8"), (["--batches", "0,2"], "--batches must all be >= 1"),
+    (["--batches", "nan"], "comma list of integers"), (["--repeats", "0"], "--repeats must be >= 1"),
+])
+def test_sd_unet_speed_refuses_bad_flags(argv, message, capsys):
+    from benchmarks.sd_unet_speed import parse_args
+
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert parse_args(["--batches", "1,2", "--size", "16"]).batch_list == [1, 2]

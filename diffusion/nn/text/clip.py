@@ -101,7 +101,7 @@ class CLIPTextEncoder(nn.Module):
             jnp.arange(ids.shape[-1]))[None]
         for i in range(c.num_hidden_layers - skip):
             x = CLIPLayer(c, name=f"layers_{i}")(x)
-        if skip:  # the unused layers still get parameters, so every skip reads one checkpoint
+        if skip and self.is_initializing():  # the skipped layers get parameters (one checkpoint for every skip)
             for i in range(c.num_hidden_layers - skip, c.num_hidden_layers):
                 CLIPLayer(c, name=f"layers_{i}")(x)
         hidden = nn.LayerNorm(epsilon=c.layer_norm_eps, name="final_layer_norm")(x)
