@@ -28,6 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.random_flip = False
 
     c.model = ml_collections.ConfigDict()
+    c.model.kind = "unet"  # unet (the ADM UNet below) | sd_unet (diffusers' UNet2DConditionModel: model.sd_unet)
     c.model.channels = 32
     c.model.channel_mult = (1, 2)
     c.model.num_res_blocks = 2
@@ -43,6 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.schedule = "linear"  # linear | scaled_linear | cosine | cosine_logsnr
     c.diffusion.num_steps = 1000  # T of a discrete schedule
+    c.diffusion.beta_start = config_dict.placeholder(float)  # None: the schedule's own (linear 1e-4, SD 0.00085)
+    c.diffusion.beta_end = config_dict.placeholder(float)  # None: the schedule's own (linear 0.02, SD 0.012)
     c.diffusion.weighting = "eps"  # eps | v | x0 | snr_trunc
     c.diffusion.cond_drop_prob = 0.1  # label dropout: learns the unconditional branch for CFG
 
@@ -61,6 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_every = 0  # also keep every K-th step's checkpoint (0: off)
     c.train.sample_every = 1000
     c.train.max_consecutive_nonfinite = 20
+
+    c.text = None  # text conditioning (a text-to-image model): max_length, clip_skip, encoder / tokenizer sources
+    c.latent = None  # latent diffusion: the VAE's source
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1: all remaining devices
@@ -149,7 +155,9 @@ def upgrade_config(saved: dict) -> dict:
 
     * ``model.context_dim`` (never usable: nothing supplied a context) is dropped when
       unset; a set one is an error;
-    * ``model.guidance_embed`` is added (False) where it is missing;
+    * ``model.guidance_embed`` is added (False) where it is missing, and so are
+      ``model.kind`` ("unet"), ``diffusion.beta_start`` / ``beta_end`` (None: the
+      schedule's own), ``text`` and ``latent`` (None: a label model on pixels);
     * ``sample`` / ``eval`` ``solver, steps, grid, guidance`` become one ``sampler`` spec;
     * ``distill`` keeps the fields of its method (one section used to hold every method's).
     """
@@ -160,6 +168,11 @@ def upgrade_config(saved: dict) -> dict:
                          "cross-attention to a context was never supplied one and has been removed")
     model.pop("context_dim", None)
     model.setdefault("guidance_embed", False)
+    model.setdefault("kind", "unet")
+    for key in ("beta_start", "beta_end"):
+        saved.setdefault("diffusion", {}).setdefault(key, None)
+    saved.setdefault("text", None)
+    saved.setdefault("latent", None)
     for name in ("sample", "eval"):
         section = saved.get(name, {})
         if "sampler" not in section and "solver" in section:

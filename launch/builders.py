@@ -12,16 +12,71 @@ import ml_collections
 
 from diffusion.data import DatasetInfo, make_source
 from diffusion.nn.denoiser import Denoiser
+from diffusion.nn.sd_unet import SDUNet, SDUNetConfig
 from diffusion.nn.unet import UNet
 from diffusion.schedules import Schedule, make_schedule
 from distill import registry as distill_registry
 from sampling.registry import ModelCaps
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MODEL_KINDS = ("unet", "sd_unet")  # config.model.kind: the ADM UNet, or diffusers' UNet2DConditionModel
 
 
 def build_schedule(diffusion: ml_collections.ConfigDict) -> Schedule:
-    return make_schedule(diffusion.schedule, diffusion.num_steps)
+    betas = {k: diffusion.get(k) for k in ("beta_start", "beta_end") if diffusion.get(k) is not None}
+    if betas and diffusion.schedule not in ("linear", "scaled_linear"):
+        raise ValueError(f"config.diffusion.beta_start / beta_end apply to the linear and scaled_linear schedules, "
+                         f"not {diffusion.schedule!r}; unset them")
+    return make_schedule(diffusion.schedule, diffusion.num_steps, **betas)
+
+
+def sd_unet_config(model: ml_collections.ConfigDict) -> SDUNetConfig:
+    """The ``SDUNetConfig`` of ``config.model.sd_unet`` (its fields, as JSON)."""
+    from launch.components import config_from_fields
+
+    fields = model.get("sd_unet")
+    if fields is None:
+        raise ValueError("config.model.kind='sd_unet' needs config.model.sd_unet (the fields of SDUNetConfig)")
+    try:
+        return config_from_fields(SDUNetConfig, dict(fields))
+    except TypeError as e:
+        raise ValueError(f"config.model.sd_unet: {e}") from None
+
+
+def model_kind(config: ml_collections.ConfigDict) -> str:
+    kind = config.model.get("kind", "unet")
+    if kind == "vae":
+        raise ValueError("this run trains a VAE (config.model.kind='vae'), not a diffusion model: sample a latent "
+                         "diffusion model that names it in config.latent.vae")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown config.model.kind={kind!r}; expected one of {', '.join(MODEL_KINDS)}")
+    return kind
+
+
+def sample_shape(config: ml_collections.ConfigDict, info: DatasetInfo) -> tuple[int, int, int]:
+    """What the model samples: the images' shape, or for an SD UNet ``(sample_size,
+    sample_size, in_channels)`` (the latent shape of a latent model)."""
+    if model_kind(config) == "sd_unet":
+        c = sd_unet_config(config.model)
+        return (c.sample_size, c.sample_size, c.in_channels)
+    return info.image_shape
+
+
+def build_network(config: ml_collections.ConfigDict, info: DatasetInfo):
+    """The run's network module (``config.model.kind``)."""
+    if model_kind(config) == "unet":
+        if config.get("text") is not None or config.get("latent") is not None:
+            raise ValueError("text conditioning and latent diffusion need config.model.kind='sd_unet'")
+        return build_unet(config.model, info)
+    if config.model.dtype not in DTYPES:
+        raise ValueError(f"unknown config.model.dtype {config.model.dtype!r}; expected one of {sorted(DTYPES)}")
+    if config.model.class_conditional or config.model.guidance_embed:
+        raise ValueError("the SD UNet takes no class labels nor a guidance input: set config.model.class_conditional "
+                         "and config.model.guidance_embed to False (condition it on text with config.text)")
+    if config.get("text") is None:
+        raise ValueError("the SD UNet is text-conditioned: set config.text (the text encoder)")
+    return SDUNet(sd_unet_config(config.model), num_train_timesteps=config.diffusion.num_steps,
+                  dtype=DTYPES[config.model.dtype])
 
 
 def build_unet(model: ml_collections.ConfigDict, info: DatasetInfo) -> UNet:
@@ -47,7 +102,7 @@ def build_unet(model: ml_collections.ConfigDict, info: DatasetInfo) -> UNet:
 def build_denoiser(config: ml_collections.ConfigDict, info: DatasetInfo):
     """The run's denoiser; a student's as its distiller wraps it (``Distiller.wrap``: a
     consistency student's is its consistency function)."""
-    denoiser = Denoiser(build_unet(config.model, info), build_schedule(config.diffusion), config.model.pred_type)
+    denoiser = Denoiser(build_network(config, info), build_schedule(config.diffusion), config.model.pred_type)
     if config.get("distill") is not None:
         return distill_registry.get(config.distill.method).wrap(denoiser)
     return denoiser
@@ -59,7 +114,8 @@ def model_caps(config: ml_collections.ConfigDict, info: DatasetInfo) -> ModelCap
         null_label=info.num_classes if config.model.class_conditional else None,
         w_conditioned=bool(config.model.guidance_embed),
         self_attention=True,  # every UNet has its middle attention block
-        feature_branches=build_unet(config.model, info).num_branches,
+        feature_branches=build_network(config, info).num_branches,
+        text=config.get("text") is not None,
     )
 
 
@@ -69,10 +125,14 @@ def build_source(config: ml_collections.ConfigDict, split: str = "train"):
 
 
 def init_params(config: ml_collections.ConfigDict, info: DatasetInfo, key: jax.Array):
-    """Fresh network parameters: ``module.init`` on ``x [1, H, W, C]``, ``t [1]``, a label
-    when class-conditional, a guidance scale when w-conditioned."""
-    args = [jnp.zeros((1, *info.image_shape), jnp.float32), jnp.zeros((1,))]
+    """Fresh network parameters: ``module.init`` on ``x [1, *sample_shape]``, ``t [1]``, a
+    label when class-conditional, a guidance scale when w-conditioned, a context
+    ``[1, max_length, cross_attention_dim]`` for a text model."""
+    args = [jnp.zeros((1, *sample_shape(config, info)), jnp.float32), jnp.zeros((1,))]
     kwargs = {"label": jnp.zeros((1,), jnp.int32)} if config.model.class_conditional else {}
     if config.model.guidance_embed:
         kwargs["guidance"] = jnp.ones((1,))
-    return build_unet(config.model, info).init(key, *args, **kwargs)["params"]
+    if config.get("text") is not None:
+        width = sd_unet_config(config.model).cross_attention_dim
+        kwargs["context"] = jnp.zeros((1, config.text.max_length, width))
+    return build_network(config, info).init(key, *args, **kwargs)["params"]

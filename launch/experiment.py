@@ -53,6 +53,12 @@ class Experiment:
       make_args: arrays ``make`` takes as arguments (e.g. teacher params).
       loss_fn: the method's loss (``diffusion.train.step.LossFn``).
       after_update: the method's ``state -> state`` after each step, or None.
+      transforms: per-example grain maps of the input pipeline (caption dropout, tokens).
+      preprocess: global batch -> the batch the loss sees (frozen text encoder, VAE), or None.
+      callbacks: ``(config, workdir) -> [Callback]`` replacing the sample grids and the
+        final FD (a VAE's reconstructions), or None.
+      before_training: ``workdir -> None``, run under the lock before the first write of
+        a run's files (components of a text-to-image run), or None.
     """
 
     denoiser: Any
@@ -64,6 +70,10 @@ class Experiment:
     loss_fn: Callable
     make_args: tuple = ()
     after_update: Callable | None = None
+    transforms: tuple = ()
+    preprocess: Callable | None = None
+    callbacks: Callable | None = None
+    before_training: Callable | None = None
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, progress: bool = True,
@@ -78,14 +88,22 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, pro
       diffusion.train.loop.NonFiniteError: the run kept producing NaN/Inf updates.
     """
     validate_config(config, "train")
+    if config.model.kind == "vae":
+        from launch.vae_experiment import vae_experiment
+
+        return run_experiment(config, workdir, vae_experiment(config), progress=progress, devices=devices)
     source, info = build_source(config)
     denoiser, caps = build_denoiser(config, info), model_caps(config, info)
     optimizer = make_optimizer_from(config.train)
     make = state_factory(lambda key: init_params(config, info, key), optimizer, jax.random.PRNGKey(config.seed))
     loss_fn = make_diffusion_loss(denoiser, config.diffusion.weighting, config.diffusion.cond_drop_prob,
                                   caps.null_label)
-    return run_experiment(config, workdir, Experiment(denoiser, caps, source, info, optimizer, make, loss_fn),
-                          progress=progress, devices=devices)
+    exp = Experiment(denoiser, caps, source, info, optimizer, make, loss_fn)
+    if caps.text or config.get("latent") is not None:
+        from launch.conditioning import with_frozen_parts
+
+        exp = with_frozen_parts(exp, config, pathlib.Path(workdir))
+    return run_experiment(config, workdir, exp, progress=progress, devices=devices)
 
 
 def check_buildable(config: ml_collections.ConfigDict, exp: Experiment, mesh, workdir: pathlib.Path) -> None:
@@ -95,6 +113,8 @@ def check_buildable(config: ml_collections.ConfigDict, exp: Experiment, mesh, wo
     if config.train.batch_size % devices:
         raise ValueError(f"config.train.batch_size={config.train.batch_size} does not split over the {devices} "
                          f"devices of the mesh; use a multiple of {devices}")
+    if exp.denoiser is None:  # not a diffusion model (a VAE): no sampler
+        return
     for section in ("sample", "eval"):
         try:
             spec = SamplerSpec.parse(config[section].sampler)
@@ -137,6 +157,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
         reader.close()
         if lost:
             raise FileNotFoundError(lost)
+        if exp.before_training is not None:
+            exp.before_training(workdir)
         write_config(workdir, config_json)
         return _run_locked(config, config_json, workdir, exp, mesh, progress)
 
@@ -144,7 +166,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
 def _run_locked(config, config_json: dict, workdir: pathlib.Path, exp: Experiment, mesh, progress: bool) -> dict:
     abstract, shardings = abstract_state(exp.make, mesh, *exp.make_args)
     data_iter = make_train_iterator(exp.source, config.train.batch_size, config.seed,
-                                    random_flip=config.data.random_flip)
+                                    random_flip=config.data.random_flip, transforms=exp.transforms)
     open_manager = lambda: checkpoint.make_manager(workdir, config.train.keep_last, config.train.keep_every)  # noqa: E731
     manager, state, latest = checkpoint.restore_newest_good(
         workdir, open_manager, abstract, data_iter, lambda text: print(text, file=sys.stderr, flush=True))
@@ -156,8 +178,12 @@ def _run_locked(config, config_json: dict, workdir: pathlib.Path, exp: Experimen
     train_step = make_train_step(exp.loss_fn, exp.optimizer, config.train.ema_decay, after_update=exp.after_update)
     step_fn = jit_train_step(train_step, shardings, mesh)
     den, caps, info = exp.denoiser, exp.caps, exp.info
-    callbacks = [Callback(cbs.sample_grid_callback(den, caps, info, config, workdir), every=config.train.sample_every)]
-    wants_fd = config.eval.fd_digits and config.data.name == "digits"
+    wants_fd = config.eval.fd_digits and config.data.name == "digits" and exp.callbacks is None
+    if exp.callbacks is not None:
+        callbacks = exp.callbacks(config, workdir)
+    else:
+        callbacks = [Callback(cbs.sample_grid_callback(den, caps, info, config, workdir),
+                              every=config.train.sample_every)]
     if wants_fd:
         callbacks.append(Callback(cbs.final_fd_callback(den, caps, info, config, workdir), at_end=True))
     settings = LoopSettings(config.train.num_steps, config.train.log_every, config.train.ckpt_every,
@@ -172,7 +198,8 @@ def _run_locked(config, config_json: dict, workdir: pathlib.Path, exp: Experimen
                 callbacks[-1].fn(latest, state)
         else:
             with mesh:
-                state = run(state, step_fn, data_iter, lambda b: global_batch(b, mesh), manager, config_json,
+                prep = exp.preprocess or (lambda b: b)
+                state = run(state, step_fn, data_iter, lambda b: prep(global_batch(b, mesh)), manager, config_json,
                             settings, writer, callbacks)
     finally:
         writer.close()

@@ -22,29 +22,78 @@ def class_labels(num: int, num_classes: int | None) -> np.ndarray | None:
 
 def generate(denoiser: Any, params: Any, image_shape: tuple[int, ...], num: int, spec: SamplerSpec, caps: ModelCaps,
              *, batch_size: int = 500, seed: int = 0, labels: np.ndarray | None = None, progress: bool = False,
-             external: Mapping[str, Callable[..., Any]] | None = None) -> np.ndarray:
+             external: Mapping[str, Callable[..., Any]] | None = None, conds: Mapping[str, np.ndarray] | None = None,
+             x_T: np.ndarray | None = None) -> np.ndarray:
     """Returns ``[num, *image_shape]`` float32 samples in (about) ``[-1, 1]``.
 
     Batch ``i`` uses noise and solver keys from ``fold_in(PRNGKey(seed), i)``, so results
     depend only on the arguments (and the batch size). ``labels [num]`` condition a
-    class-conditional model. Every batch is padded to ``batch_size``. ``external`` holds
-    what parts read from a work directory (``launch.phast_files.external_for``).
+    class-conditional model; ``conds`` holds any per-sample condition arrays ``[num, ...]``
+    (a text model's ``context`` and ``null_context``). ``x_T [num, *image_shape]`` replaces
+    the drawn initial noise (to reproduce another sampler's output from its latents).
+    Every batch is padded to ``batch_size``. ``external`` holds what parts read from a work
+    directory (``launch.phast_files.external_for``).
     """
     if num < 1 or batch_size < 1:
         raise ValueError(f"need num >= 1 and batch_size >= 1 samples, got num={num}, batch_size={batch_size}")
+    conds = dict(conds or {})
+    if labels is not None:
+        conds["label"] = np.asarray(labels, np.int32)
+    for name, value in conds.items():
+        if len(value) != num:
+            raise ValueError(f"condition {name!r} has {len(value)} rows for {num} samples")
+    if x_T is not None and tuple(np.shape(x_T)) != (num, *image_shape):
+        raise ValueError(f"initial noise x_T has shape {np.shape(x_T)}, expected {(num, *image_shape)}")
     den, solver, grid = spec.build(denoiser, caps, external)
     batch_size = min(batch_size, num)
     out = []
     starts = range(0, num, batch_size)
+    pad = lambda a, start, n: jnp.asarray(np.resize(np.asarray(a[start:start + n]), (batch_size, *np.shape(a)[1:])))  # noqa: E731
     for i, start in enumerate(tqdm.tqdm(starts, desc="sample", disable=not progress, leave=False)):
         n = min(batch_size, num - start)
         k_noise, k_solver = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), i))
-        x_T = jax.random.normal(k_noise, (batch_size, *image_shape), jnp.float32)
-        cond = None
-        if labels is not None:
-            cond = {"label": jnp.asarray(np.resize(labels[start:start + n], batch_size), jnp.int32)}
-        x = sample(den, params, solver, grid, x_T, cond, k_solver)
+        if x_T is None:
+            x_init = jax.random.normal(k_noise, (batch_size, *image_shape), jnp.float32)
+        else:
+            x_init = pad(np.asarray(x_T, np.float32), start, n)
+        cond = {name: pad(value, start, n) for name, value in conds.items()} or None
+        x = sample(den, params, solver, grid, x_init, cond, k_solver)
         if jax.process_count() > 1:
             x = multihost_utils.process_allgather(x, tiled=True)
         out.append(np.asarray(x)[:n])
     return np.concatenate(out)
+
+
+def cycled_prompts(num: int, prompts: list[str]) -> list[str]:
+    """``num`` prompts cycling through ``prompts`` (sample ``i`` gets ``prompts[i % len]``)."""
+    if not prompts:
+        raise ValueError("no prompts given")
+    return [prompts[i % len(prompts)] for i in range(num)]
+
+
+def draw(run: Any, params: Any, spec: SamplerSpec, num: int, *, seed: int = 0, batch_size: int = 500,
+         prompts: list[str] | None = None, negative_prompt: str = "", x_T: np.ndarray | None = None,
+         progress: bool = False, external: Mapping[str, Callable[..., Any]] | None = None
+         ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Samples a loaded run (``launch.run_loader.LoadedRun``): ``(images [num, H, W, C]
+    float32 in about [-1, 1], conditions)``. Labels cycle through the classes of a
+    class-conditional model; a text model needs ``prompts`` (cycled to ``num``), with
+    ``negative_prompt`` as guidance's null condition; a latent model's samples are decoded
+    through its VAE. ``x_T`` replaces the initial noise (``[num, *run.sample_shape]``)."""
+    conds: dict[str, np.ndarray] = {}
+    if run.caps.text:
+        if not prompts:
+            raise ValueError(f"{run.workdir} is a text-to-image model: give --prompt or --prompts_file")
+        from launch.conditioning import text_conds
+
+        conds = text_conds(run.prompt_encoder(), cycled_prompts(num, prompts), negative_prompt)
+    elif prompts:
+        raise ValueError(f"{run.workdir} is not a text-conditioned model; --prompt and --prompts_file do not apply")
+    labels = class_labels(num, run.num_classes)
+    out = generate(run.denoiser, params, run.sample_shape, num, spec, run.caps, batch_size=batch_size, seed=seed,
+                   labels=labels, progress=progress, external=external, conds=conds, x_T=x_T)
+    decode = run.decoder()
+    if labels is not None:
+        conds["label"] = labels
+    return (decode(out) if decode is not None else out), conds
+

@@ -11,7 +11,7 @@ import ml_collections
 
 from diffusion.data import DatasetInfo
 from diffusion.train import checkpoint
-from launch.builders import build_denoiser, build_source, init_params, model_caps
+from launch.builders import build_denoiser, build_source, init_params, model_caps, sample_shape
 from launch.workdir import read_config
 from sampling.registry import ModelCaps
 
@@ -24,6 +24,24 @@ class LoadedRun:
     caps: ModelCaps
     info: DatasetInfo
     steps: list[int]  # every checkpoint step on disk
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """What the model samples (latents for a latent model)."""
+        return sample_shape(self.config, self.info)
+
+    def prompt_encoder(self, batch_size: int = 64):
+        """A text model's ``PromptEncoder`` from ``components/text_encoder`` and ``tokenizer``."""
+        from launch.conditioning import prompt_encoder
+
+        return prompt_encoder(self.workdir, self.config, batch_size)
+
+    def decoder(self):
+        """A latent model's ``latents [N, h, w, c] -> images [N, H, W, C]`` (the VAE of
+        ``components/vae``), None for a pixel model."""
+        from launch.conditioning import latent_decoder
+
+        return latent_decoder(self.workdir, self.config, self.sample_shape)
 
     @property
     def num_classes(self) -> int | None:

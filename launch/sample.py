@@ -3,12 +3,16 @@ r"""Samples a trained work directory with any solver and sampling transform.
     python -m launch.sample --workdir runs/digits --solver ddim --steps 20 --num 1000 \
         [--ckpt 2500] [--guidance 2.0] [--time_shift=80,300] [--seed 0] \
         [--attention_reuse hurry:5] [--feature_cache uniform:3 --cache_branch 0]
+    python -m launch.sample --workdir runs/sd15 --prompt "a photo of a cat" [--prompt ...] \
+        [--prompts_file prompts.txt] [--negative_prompt "blurry"] --guidance 7.5 --num 4
 
 Unset sampler flags keep the run's ``config.sample.sampler``; one flag exists per
 registered sampling part and knob (``--helpfull`` lists them). Writes
 ``<workdir>/samples/<tag>_ckpt<step>_seed<seed>_n<num>.npz`` (uint8 ``images [N, H, W, C]``,
-``labels [N]``, and the settings) and a PNG grid of the first 100 beside it; an existing
-file is kept unless ``--overwrite``.
+``labels [N]``, ``prompts [N]`` of a text model, and the settings) and a PNG grid of the
+first 100 beside it; an existing file is kept unless ``--overwrite``. A text model's
+samples cycle through the prompts; guidance's null condition is the negative prompt
+(empty by default); a latent model's samples are decoded through its VAE.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ flags.DEFINE_integer("num", 1000, "Number of samples.")
 flags.DEFINE_string("ckpt", "latest", "Checkpoint step, or 'latest'.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("batch_size", 500, "Samples per compiled batch.")
+flags.DEFINE_multi_string("prompt", [], "A prompt (text-to-image models); repeat for several.")
+flags.DEFINE_string("prompts_file", None, "A UTF-8 file of prompts, one per line (blank lines skipped).")
+flags.DEFINE_string("negative_prompt", "", "Guidance's null condition for text models (default: the empty prompt).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output file of the same sampler, checkpoint, seed and num.")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
@@ -45,9 +52,36 @@ def check_writable(directory: pathlib.Path) -> None:
         raise OSError(f"cannot write the samples to {directory}: {e.strerror or e}") from None
 
 
+def read_prompts() -> list[str]:
+    """``--prompt`` values, then the lines of ``--prompts_file``."""
+    prompts = list(FLAGS.prompt)
+    if FLAGS.prompts_file:
+        path = pathlib.Path(FLAGS.prompts_file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--prompts_file {path} cannot be read as UTF-8 text: {e}") from None
+        prompts += [line.strip() for line in lines if line.strip()]
+        if not any(line.strip() for line in lines):
+            raise ValueError(f"--prompts_file {path} holds no prompt (one per line)")
+    return prompts
+
+
+def sample_name(spec_tag: str, step: int, prompts: list[str], negative_prompt: str) -> str:
+    """The output name; prompts add a short hash of themselves (several prompt sets
+    of one sampler never overwrite each other)."""
+    name = f"{spec_tag}_ckpt{step}_seed{FLAGS.seed}_n{FLAGS.num}"
+    if prompts:
+        import hashlib
+
+        digest = hashlib.sha256(json.dumps([prompts, negative_prompt]).encode()).hexdigest()[:8]
+        name += f"_prompts{digest}"
+    return name
+
+
 def main(argv):
     from diffusion.metrics.grid import save_grid, to_uint8
-    from launch.generate import class_labels, generate
+    from launch.generate import cycled_prompts, draw
     from launch.phast_files import external_for
     from launch.records import record_fields
     from launch.run_loader import load_run
@@ -55,28 +89,35 @@ def main(argv):
 
     if FLAGS.num < 1 or FLAGS.batch_size < 1:
         raise ValueError(f"--num and --batch_size must be >= 1, got {FLAGS.num} and {FLAGS.batch_size}")
+    prompts = read_prompts()
     run = load_run(FLAGS.workdir)
+    if run.caps.text and not prompts:
+        raise ValueError(f"{FLAGS.workdir} is a text-to-image model: give --prompt \"...\" or --prompts_file")
+    if prompts and not run.caps.text:
+        raise ValueError(f"{FLAGS.workdir} is not a text-conditioned model; --prompt and --prompts_file do not apply")
     spec = SamplerSpec.parse(run.config.sample.sampler).merged(cli.sampler_overrides())
     spec.build(run.denoiser, run.caps, external_for(run.workdir, spec))  # a bad sampler fails now
     step = run.select(FLAGS.ckpt)[0]
-    name = f"{spec.tag()}_ckpt{step}_seed{FLAGS.seed}_n{FLAGS.num}"  # tags may hold dots (eta0.5)
+    name = sample_name(spec.tag(), step, prompts, FLAGS.negative_prompt)  # tags may hold dots (eta0.5)
     npz, png = (pathlib.Path(FLAGS.workdir) / "samples" / f"{name}.{ext}" for ext in ("npz", "png"))
     if npz.exists() and not FLAGS.overwrite:
         raise FileExistsError(f"{npz} exists; pass --overwrite to sample it again and replace it")
     check_writable(npz.parent)
     params = run.params(step)
-    labels = class_labels(FLAGS.num, run.num_classes)
     t0 = time.perf_counter()
-    images = generate(run.denoiser, params, run.info.image_shape, FLAGS.num, spec, run.caps,
-                      batch_size=FLAGS.batch_size, seed=FLAGS.seed, labels=labels, progress=True,
-                      external=external_for(run.workdir, spec))
+    images, conds = draw(run, params, spec, FLAGS.num, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
+                         prompts=prompts, negative_prompt=FLAGS.negative_prompt, progress=True,
+                         external=external_for(run.workdir, spec))
     seconds = time.perf_counter() - t0
     settings = {"ckpt": step, "seed": FLAGS.seed, "num": FLAGS.num, "seconds": seconds, **record_fields(spec)}
+    if prompts:
+        settings["negative_prompt"] = FLAGS.negative_prompt
     np.savez_compressed(npz, images=to_uint8(images),
-                        labels=labels if labels is not None else np.zeros(0, np.int32),
+                        labels=conds.get("label", np.zeros(0, np.int32)),
+                        prompts=np.asarray(cycled_prompts(FLAGS.num, prompts) if prompts else [], dtype=str),
                         settings=json.dumps(settings))
     save_grid(images[:100], png, nrow=run.num_classes or None,
-              scale=max(1, 32 // run.info.image_shape[0]))
+              scale=max(1, 32 // images.shape[1]))
     print(f"wrote {npz} and {png} ({FLAGS.num} samples, {seconds:.1f}s)")
 
 

@@ -16,7 +16,7 @@ from diffusion.losses import WEIGHTINGS
 from diffusion.param import PRED_TYPES
 from diffusion.schedules import SCHEDULES
 from diffusion.train.optim import LR_SCHEDULES
-from launch.builders import DTYPES
+from launch.builders import DTYPES, MODEL_KINDS
 
 COUNTS = {  # field -> smallest allowed value
     "train.num_steps": 1, "train.batch_size": 1, "train.log_every": 1, "train.ckpt_every": 1,
@@ -32,7 +32,7 @@ RANGES = {  # field -> (low, high, whether high itself is allowed)
 }
 CHOICES = {
     "model.pred_type": PRED_TYPES, "model.dtype": tuple(DTYPES), "diffusion.schedule": SCHEDULES,
-    "diffusion.weighting": WEIGHTINGS, "train.lr_schedule": LR_SCHEDULES,
+    "diffusion.weighting": WEIGHTINGS, "train.lr_schedule": LR_SCHEDULES, "model.kind": (*MODEL_KINDS, "vae"),
 }
 
 
@@ -73,6 +73,9 @@ def validate_config(config: ml_collections.ConfigDict, command: str) -> None:
         if _get(config, field) not in options:
             raise ValueError(f"config.{field} is {_get(config, field)!r}; expected one of {', '.join(options)}")
     name = config.data.name
+    if name == "none":
+        raise ValueError("config.data.name='none': this config holds a model without a dataset (imported weights); "
+                         f"set config.data.name to one of {', '.join(DATASETS)} to train")
     if name not in DATASETS and name not in TFDS_ALIASES and not str(name).startswith("tfds:"):
         raise ValueError(f"unknown dataset config.data.name={name!r}; available: {', '.join(DATASETS)}")
     if not config.model.channel_mult or any(not isinstance(m, int) or m < 1 for m in config.model.channel_mult):

@@ -3,6 +3,10 @@
 * ``uniform``: the DDIM paper's uniform skip on the ``T``-step training grid: network
   times ``n = 1, 1 + k, 1 + 2k, ...`` (``k = T // N``), largest first (the released
   TS-DPM / DDIM code's ``range(0, T, k) + 1``); it does not start at pure noise.
+* ``leading``: diffusers' DDIM / PNDM "leading" spacing as Stable Diffusion 1.x / 2.x
+  configure it (``steps_offset=1``, ``set_alpha_to_one=False``): diffusers timesteps
+  ``k = i (T // N) + 1`` are our ``t = (k + 1) / T``, and the last step lands on
+  ``alphas_cumprod[0]``, i.e. ``t = 1 / T``, not on ``0`` (the one grid that does not end at 0).
 * ``trailing``: ``N`` equal steps from ``t = 1`` (diffusers' "trailing"; starts at pure noise).
 * ``quadratic``: the DDIM paper's quadratic spacing ``n_i ~ (i * sqrt(0.8 T) / (N - 1))^2``,
   dense near the data, up to ``0.8 T`` as in its released code (times that would repeat
@@ -10,7 +14,8 @@
 * ``logsnr``: uniform in log-SNR from ``t = 1`` to ``t = 1 / T`` (DPM-Solver's choice;
   continuous times, not snapped to the training grid).
 
-The last entry is always ``0``: the final step returns the data prediction.
+The last entry is ``0`` (the final step returns the data prediction), except for
+``leading``, which reproduces Stable Diffusion's schedulers.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 
 from diffusion.schedules import Schedule
 
-GRIDS = ("uniform", "trailing", "quadratic", "logsnr")
+GRIDS = ("uniform", "leading", "trailing", "quadratic", "logsnr")
 
 
 def trailing_time(j, n, T: int):
@@ -40,6 +45,8 @@ def _network_times(kind: str, n: int, schedule: Schedule) -> np.ndarray:
         k = max(T // n, 1)
         steps = (np.arange(0, T, k)[:n] + 1)[::-1]
         return steps / T
+    if kind == "leading":
+        return (np.arange(n)[::-1] * (T // n) + 2) / T
     if kind == "trailing":
         return np.asarray(trailing_time(np.arange(n), n, T), np.float64)
     if kind == "quadratic":
@@ -65,7 +72,11 @@ def make_grid(kind: str, num_steps: int, schedule: Schedule) -> jnp.ndarray:
     if schedule.num_steps and num_steps > schedule.num_steps:
         raise ValueError(f"{num_steps} steps exceed the {schedule.num_steps} steps of the training schedule")
     times = _network_times(kind, num_steps, schedule)
-    if len(np.unique(times)) != num_steps or np.any(np.diff(times) >= 0):
+    last = 1.0 / schedule.T if kind == "leading" else 0.0
+    if times[0] > 1.0:
+        raise ValueError(f"the {kind!r} grid with {num_steps} steps starts past t = 1 on a {schedule.T}-step "
+                         "schedule (diffusers' steps_offset pushes its first timestep to T); use fewer steps")
+    if len(np.unique(times)) != num_steps or np.any(np.diff(times) >= 0) or times[-1] <= last:
         raise ValueError(f"the {kind!r} grid with {num_steps} steps repeats times on a {schedule.num_steps}-step "
                          "schedule; use fewer steps or another grid")
-    return jnp.asarray(np.concatenate([times, [0.0]]), jnp.float32)
+    return jnp.asarray(np.concatenate([times, [last]]), jnp.float32)

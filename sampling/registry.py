@@ -121,12 +121,15 @@ class ModelCaps:
       w_conditioned: the network takes ``cond["guidance"]`` (a guided-distillation student).
       self_attention: the network has self-attention layers (attention-map reuse).
       feature_branches: skip branches a feature cache can use (0: none).
+      text: the network takes ``cond["context"]`` (text-encoder hidden states); guidance's
+        null condition is ``cond["null_context"]``.
     """
 
     null_label: int | None = None
     w_conditioned: bool = False
     self_attention: bool = False
     feature_branches: int = 0
+    text: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

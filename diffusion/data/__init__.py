@@ -1,7 +1,9 @@
 """Datasets by name and the per-process training iterator.
 
 ``make_source(name, split, ...)`` -> ``(source, DatasetInfo)``; names: ``digits``
-(bundled), ``synthetic`` (benchmarks), ``cifar10`` / ``mnist`` / ``fashion_mnist`` or any
+(bundled), ``scenes`` (captioned digit scenes, ``diffusion/data/scenes.py``: splits
+train / heldout / novel), ``synthetic`` (benchmarks), ``none`` (a model without data, e.g. imported
+weights: its shape from ``resolution``, RGB), ``cifar10`` / ``mnist`` / ``fashion_mnist`` or any
 ``tfds:<name>`` (prepared TFDS data, no download).
 """
 
@@ -10,13 +12,25 @@ from __future__ import annotations
 from diffusion.data.sources import DatasetInfo, digits_source, synthetic_source
 
 TFDS_ALIASES = ("cifar10", "mnist", "fashion_mnist")
-DATASETS = ("digits", "synthetic", *TFDS_ALIASES, "tfds:<name>")
+SCENES_SIZES = {"train": 60_000, "heldout": 2_000, "novel": 2_000}
+DATASETS = ("digits", "scenes", "synthetic", *TFDS_ALIASES, "tfds:<name>")
 
 
 def make_source(name: str, split: str, *, resolution: int | None = None, data_dir: str | None = None):
     """Builds a data source by name (see module docstring)."""
     if name == "digits":
         return digits_source(split, resolution or 8)
+    if name == "scenes":
+        from diffusion.data.scenes import CANVAS, ScenesSource
+
+        if resolution not in (None, CANVAS):
+            raise ValueError(f"digit scenes are {CANVAS}x{CANVAS}; set config.data.resolution={CANVAS}")
+        if split not in SCENES_SIZES:
+            raise ValueError(f"unknown scenes split {split!r}; expected one of {', '.join(SCENES_SIZES)}")
+        return ScenesSource(split, SCENES_SIZES[split]), DatasetInfo((CANVAS, CANVAS, 1), None, SCENES_SIZES[split])
+    if name == "none":
+        r = resolution or 512
+        return [], DatasetInfo((r, r, 3), None, 0)
     if name == "synthetic":
         return synthetic_source(split, resolution or 32)
     if name in TFDS_ALIASES or name.startswith("tfds:"):

@@ -1,12 +1,15 @@
 """The training input pipeline: grain over a random-access source, sharded per process.
 
 Each process reads a disjoint shard (``process_index::process_count``), reshuffled each
-epoch from ``seed``, and yields ``{"image": [B_local, H, W, C], "label": [B_local]}``.
+epoch from ``seed``, and yields ``{"image": [B_local, H, W, C], "label": [B_local]}`` (or what the per-example
+``transforms`` make of a source's elements, e.g. caption ids).
 The iterator is checkpointable (``grain.checkpoint.CheckpointSave``), so a resumed run
 sees exactly the batches an uninterrupted run would.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import grain
 import jax
@@ -23,8 +26,11 @@ class RandomFlip(grain.transforms.RandomMap):
 
 
 def make_train_iterator(source, global_batch_size: int, seed: int, *, random_flip: bool = False,
-                        process_index: int | None = None, process_count: int | None = None):
-    """An endless, checkpointable iterator of this process's share of each global batch."""
+                        transforms: Sequence = (), process_index: int | None = None,
+                        process_count: int | None = None):
+    """An endless, checkpointable iterator of this process's share of each global batch.
+    ``transforms`` (grain maps, e.g. caption dropout and tokenization) run per example,
+    after the flip and before batching."""
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if global_batch_size % process_count:
@@ -35,5 +41,14 @@ def make_train_iterator(source, global_batch_size: int, seed: int, *, random_fli
     ds = ds.seed(seed).shuffle().repeat(None)
     if random_flip:
         ds = ds.random_map(RandomFlip())
+    for transform in transforms:
+        ds = ds.random_map(transform) if isinstance(transform, grain.transforms.RandomMap) else ds.map(transform)
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
     return iter(ds.to_iter_dataset())
+
+
+class ImagesOnly(grain.transforms.Map):
+    """Keeps only ``image`` (training a VAE: labels and captions are not needed)."""
+
+    def map(self, element: dict) -> dict:
+        return {"image": element["image"]}

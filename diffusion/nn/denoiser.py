@@ -14,6 +14,11 @@ from diffusion.param import Prediction, check_pred_type, to_prediction
 from diffusion.schedules import Schedule
 
 
+def _network_cond(cond: Mapping[str, jax.Array] | None) -> dict:
+    """The condition inputs the network takes (all but guidance's ``null_context``)."""
+    return {k: v for k, v in (cond or {}).items() if k != "null_context"}
+
+
 @struct.dataclass
 class Denoiser:
     """The network as a denoiser (``diffusion.contract``): ``(Prediction(x0, eps), cache)``.
@@ -44,6 +49,8 @@ class Denoiser:
         (``[B]`` for images); ``cond``: e.g. ``{"label": [B] int}``; ``cache``: the
         variable collections of :meth:`init_cache` (``{}``/None: nothing cached);
         ``step`` is unused here (per-step schedules of transforms read it).
+        ``cond["null_context"]`` (guidance's null condition of a text model) is dropped:
+        the network never sees it.
 
         Returns ``(Prediction, cache)`` with the collections this call wrote.
         """
@@ -52,7 +59,7 @@ class Denoiser:
         if t.ndim == 0:
             t = jnp.broadcast_to(t, x_t.shape[:1])
         cache = dict(cache or {})
-        kwargs = dict(**(cond or {}), train=train, rngs={"dropout": rng} if rng is not None else {}, modes=modes)
+        kwargs = dict(**_network_cond(cond), train=train, rngs={"dropout": rng} if rng is not None else {}, modes=modes)
         if cache:
             raw, written = self.module.apply({"params": params, **cache}, x_t, t, mutable=list(cache), **kwargs)
             cache = {**cache, **written}
@@ -71,6 +78,6 @@ class Denoiser:
             return {}
         t = jnp.zeros(x_t.shape[:1], jnp.float32)
         _, written = jax.eval_shape(lambda: self.module.apply(
-            {"params": params}, x_t, t, **(cond or {}), mutable=True, modes=modes))
+            {"params": params}, x_t, t, **_network_cond(cond), mutable=True, modes=modes))
         written = {k: v for k, v in written.items() if k != "params"}
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), written)

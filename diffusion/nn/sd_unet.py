@@ -112,6 +112,15 @@ class SDUNetConfig:
             sample_size=d.get("sample_size", 64))
 
 
+def diffusers_timestep(t: jnp.ndarray, num_train_timesteps: int) -> jnp.ndarray:
+    """diffusers' timestep ``k = t T - 1`` of our time ``t [B]``. A lattice time ``n / T``
+    is not exact in float32 (``0.502 * 1000 = 501.99997``): values within 1e-3 of an
+    integer are snapped to it, so an imported network sees exactly its training integers;
+    times between lattice points (a time shift) stay continuous."""
+    k = t * num_train_timesteps - 1.0
+    return jnp.where(jnp.abs(k - jnp.round(k)) < 1e-3, jnp.round(k), k)
+
+
 def timestep_embedding(k: jnp.ndarray, dim: int, flip_sin_to_cos: bool, freq_shift: float) -> jnp.ndarray:
     """diffusers' ``get_timestep_embedding``: ``[B] -> [B, dim]``."""
     half = dim // 2
@@ -187,7 +196,7 @@ class SDUNet(nn.Module):
         c = self.config
         self._check(x, context, guidance, modes)
         b = x.shape[0]
-        k = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (b,)) * self.num_train_timesteps - 1.0
+        k = diffusers_timestep(jnp.broadcast_to(jnp.asarray(t, jnp.float32), (b,)), self.num_train_timesteps)
         temb = timestep_embedding(k, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift).astype(self.dtype)
         temb = nn.Dense(4 * c.block_out_channels[0], dtype=self.dtype, name="time_embedding_linear_1")(temb)
         temb = nn.Dense(4 * c.block_out_channels[0], dtype=self.dtype, name="time_embedding_linear_2")(nn.silu(temb))

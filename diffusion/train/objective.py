@@ -29,7 +29,9 @@ def drop_labels(key: jax.Array, labels: jax.Array, prob: float, null_label: int)
 
 def make_diffusion_loss(denoiser: Denoiser, weighting: str = "eps", cond_drop_prob: float = 0.0,
                         num_classes: int | None = None):
-    """The denoising objective for ``batch = {"image": [B, ...], "label": [B]}``.
+    """The denoising objective for ``batch = {"image": [B, ...], "label": [B]}`` (or, for a
+    text model, ``"context": [B, L, D]``: captions were already dropped to the empty
+    prompt in the input pipeline).
 
     ``x_t = alpha(t) x0 + sigma(t) eps`` at ``t`` from :func:`sample_times`; the label is
     dropped to the null label ``num_classes`` with probability ``cond_drop_prob``.
@@ -43,7 +45,7 @@ def make_diffusion_loss(denoiser: Denoiser, weighting: str = "eps", cond_drop_pr
         t = sample_times(k_t, x0.shape[:1], schedule)
         eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
         x_t = forward_noise(schedule, x0, eps, t)
-        cond = {}
+        cond = {"context": batch["context"]} if "context" in batch else {}
         if num_classes is not None:
             cond["label"] = drop_labels(k_drop, batch["label"], cond_drop_prob, num_classes)
         pred, _ = denoiser(params, x_t, t, cond, rng=k_net, train=True)

@@ -18,7 +18,9 @@ from sampling.registry import Knob, TransformPart, fmt, number, register
 class Guided:
     """``x0 = x0_u + scale (x0_c - x0_u)`` and likewise ``eps``, from one batched call.
 
-    The conditional and unconditional (null label) branches run as one ``[2B]`` batch;
+    The conditional and unconditional branches run as one ``[2B]`` batch; the
+    unconditional branch gets the null label (class-conditional models) or, for a text
+    model, ``cond["null_context"]`` (the negative or empty prompt's context) as its context;
     the same affine combination of x0 and eps keeps ``x_t = alpha x0 + sigma eps``.
     ``scale = 1`` is the conditional model, ``0`` the unconditional one. ``scale`` is a
     traced leaf: sweeping it does not recompile. The cache covers the ``[2B]`` batch, so
@@ -27,7 +29,7 @@ class Guided:
     Attributes:
       denoiser: the wrapped denoiser (static structure).
       scale: guidance scale ``w`` (scalar or ``[B]``).
-      null_label: the unconditional label (the UNet's ``num_classes``).
+      null_label: the unconditional label (the UNet's ``num_classes``); unused by text models.
     """
 
     denoiser: Any
@@ -46,8 +48,17 @@ class Guided:
         return Prediction(x0=mix(both.x0), eps=mix(both.eps)), cache
 
     def _both(self, cond):
-        if not cond or "label" not in cond:
-            raise ValueError("classifier-free guidance needs cond['label'] (a class-conditional model)")
+        cond = dict(cond or {})
+        if "context" in cond:
+            if "null_context" not in cond:
+                raise ValueError("classifier-free guidance of a text model needs cond['null_context'] (the context "
+                                 "of the negative or empty prompt)")
+            null = cond.pop("null_context")
+            both = {k: jnp.concatenate([v, v]) for k, v in cond.items()}
+            return {**both, "context": jnp.concatenate([cond["context"], null])}
+        if "label" not in cond:
+            raise ValueError("classifier-free guidance needs cond['label'] (a class-conditional model) or "
+                             "cond['context'] and cond['null_context'] (a text model)")
         both = {k: jnp.concatenate([v, v]) for k, v in cond.items()}  # every [B, ...] input, e.g. a guidance scale
         return {**both, "label": jnp.concatenate([cond["label"], jnp.full_like(cond["label"], self.null_label)])}
 
@@ -80,9 +91,11 @@ class GuidanceInput:
 def _build(denoiser, knobs: dict, ctx):
     if ctx.caps.w_conditioned:
         return GuidanceInput(denoiser, knobs["w"])
+    if ctx.caps.text:
+        return Guided(denoiser, knobs["w"], null_label=-1)
     if ctx.caps.null_label is None:
-        raise ValueError("guidance needs a class-conditional model (or a w-conditioned student); this one has no "
-                         "labels")
+        raise ValueError("guidance needs a class-conditional or text model (or a w-conditioned student); this one "
+                         "has neither labels nor text")
     return Guided(denoiser, knobs["w"], null_label=ctx.caps.null_label)
 
 

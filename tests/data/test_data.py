@@ -37,7 +37,7 @@ def test_upsampling_keeps_levels_and_pools_back():
 
 
 def test_unknown_names_list_the_choices():
-    with pytest.raises(ValueError, match="available: digits, synthetic, cifar10"):
+    with pytest.raises(ValueError, match="available: digits, scenes, synthetic, cifar10"):
         make_source("imagenet64", "train")
     with pytest.raises(ValueError, match="train, heldout, all"):
         load_digits("test")
@@ -76,3 +76,15 @@ def test_processes_read_disjoint_shards():
         it = make_train_iterator(src, 20, seed=0, process_index=p, process_count=2)
         seen.append({tuple(np.round(b.ravel()[:4], 5)) for b in next(it)["image"]})
     assert len(seen[0]) == 10 and seen[0].isdisjoint(seen[1])
+
+
+def test_scenes_and_none_sources():
+    source, info = make_source("scenes", "heldout")
+    assert info.image_shape == (32, 32, 1) and len(source) == info.size == 2000
+    assert isinstance(source[0]["caption"], np.str_)
+    with pytest.raises(ValueError, match="config.data.resolution=32"):
+        make_source("scenes", "train", resolution=16)
+    with pytest.raises(ValueError, match="unknown scenes split 'test'"):
+        make_source("scenes", "test")
+    empty, info = make_source("none", "train", resolution=64)
+    assert len(empty) == 0 and info.image_shape == (64, 64, 3) and info.num_classes is None

