@@ -111,6 +111,7 @@ def main(argv):
     from launch.sweep import parse_sweep
 
     run = load_run(FLAGS.workdir)
+    run.refuse_text("launch.evaluate")
     cells = parse_sweep(FLAGS.sweep if FLAGS.sweep is not None else default_sweep(run.config))
     ckpts = run.select(FLAGS.ckpts)
     out_dir = pathlib.Path(FLAGS.workdir) / "eval"

@@ -157,9 +157,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
         reader.close()
         if lost:
             raise FileNotFoundError(lost)
+        write_config(workdir, config_json)  # first: a directory with files but no config.json is refused later
         if exp.before_training is not None:
             exp.before_training(workdir)
-        write_config(workdir, config_json)
         return _run_locked(config, config_json, workdir, exp, mesh, progress)
 
 

@@ -53,6 +53,7 @@ def main(argv):
         raise ValueError(f"launch.phast searches a reuse schedule for a sampler without reuse or caching: leave out "
                          f"{', '.join('--' + k for k in caching)}")
     run = load_run(FLAGS.workdir)
+    run.refuse_text("launch.phast")
     spec = reference(SamplerSpec.parse(run.config.sample.sampler).merged(overrides))
     path = schedule_path(FLAGS.workdir, spec, FLAGS.k)
     if path.exists() and not FLAGS.overwrite:

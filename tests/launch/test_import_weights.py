@@ -154,6 +154,8 @@ def test_import_and_sample_from_the_command_line(imported, tmp_path):
     assert data["images"].shape == (3, 16, 16, 3) and data["images"].dtype == np.uint8  # decoded by the VAE
     assert data["prompts"].tolist() == ["a horse", "a cat", "a dog"]
     assert json.loads(str(data["settings"]))["negative_prompt"] == "blurry"
+    with pytest.raises(ValueError, match="launch.evaluate does not take prompts yet"):
+        load_run(w).refuse_text("launch.evaluate")  # what launch.evaluate and launch.phast call first
 
 
 def test_an_imported_config_is_not_trainable_without_a_dataset_and_kinds_are_checked(imported):
