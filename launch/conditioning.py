@@ -124,6 +124,10 @@ def text_encoder_from(source: str):
 def _vae_from(source: str):
     """``(config, params)`` of a Kairos VAE work directory or a diffusers AutoencoderKL folder."""
     folder = resolve_source(source)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"config.latent.vae={source!r}: {folder} does not exist; train the VAE first "
+                                "(python -m launch.train --config configs/scenes_vae.py --workdir ...) or name a "
+                                "diffusers AutoencoderKL folder")
     if (folder / "checkpoints").is_dir():
         from launch.vae_experiment import trained_vae
 
@@ -148,17 +152,21 @@ def with_frozen_parts(exp, config: ml_collections.ConfigDict, workdir: pathlib.P
     frozen, parts, to_write = {}, {}, []
     unet = sd_unet_config(config.model)
     if config.get("text") is not None:
-        if components.exists(component_dir(workdir, "text_encoder")):
+        stored = [components.exists(component_dir(workdir, name)) for name in ("text_encoder", "tokenizer")]
+        if all(stored):
             enc = prompt_encoder(workdir, config)
-        else:
+        else:  # a first run (or one killed between the two writes): the missing ones from the sources
             kind, enc_config, params = text_encoder_from(config.text.encoder)
             from diffusion.nn.text.tokenizer import load_tokenizer
 
             tok_source = resolve_source(config.text.get("tokenizer") or config.text.encoder)
             enc = PromptEncoder(kind, load_tokenizer(tok_source), enc_config, params, int(config.text.max_length),
                                 int(config.text.get("clip_skip", 0) or 0))
-            to_write += [lambda w: components.save_params(component_dir(w, "text_encoder"), kind, enc_config, params),
-                         lambda w: components.save_tokenizer(component_dir(w, "tokenizer"), tok_source)]
+            if not stored[0]:
+                to_write.append(lambda w: components.save_params(component_dir(w, "text_encoder"), kind, enc_config,
+                                                                 params))
+            if not stored[1]:
+                to_write.append(lambda w: components.save_tokenizer(component_dir(w, "tokenizer"), tok_source))
         if enc.width != unet.cross_attention_dim:
             raise ValueError(f"the text encoder's width is {enc.width} but config.model.sd_unet.cross_attention_dim="
                              f"{unet.cross_attention_dim}; set it to {enc.width}")

@@ -71,6 +71,14 @@ def cycled_prompts(num: int, prompts: list[str]) -> list[str]:
     return [prompts[i % len(prompts)] for i in range(num)]
 
 
+def check_prompts(run: Any, prompts: list[str] | None) -> None:
+    """A text model needs prompts; any other model takes none."""
+    if run.caps.text and not prompts:
+        raise ValueError(f"{run.workdir} is a text-to-image model: give --prompt \"...\" or --prompts_file")
+    if prompts and not run.caps.text:
+        raise ValueError(f"{run.workdir} is not a text-conditioned model; --prompt and --prompts_file do not apply")
+
+
 def draw(run: Any, params: Any, spec: SamplerSpec, num: int, *, seed: int = 0, batch_size: int = 500,
          prompts: list[str] | None = None, negative_prompt: str = "", x_T: np.ndarray | None = None,
          progress: bool = False, external: Mapping[str, Callable[..., Any]] | None = None
@@ -80,15 +88,12 @@ def draw(run: Any, params: Any, spec: SamplerSpec, num: int, *, seed: int = 0, b
     class-conditional model; a text model needs ``prompts`` (cycled to ``num``), with
     ``negative_prompt`` as guidance's null condition; a latent model's samples are decoded
     through its VAE. ``x_T`` replaces the initial noise (``[num, *run.sample_shape]``)."""
+    check_prompts(run, prompts)
     conds: dict[str, np.ndarray] = {}
     if run.caps.text:
-        if not prompts:
-            raise ValueError(f"{run.workdir} is a text-to-image model: give --prompt or --prompts_file")
         from launch.conditioning import text_conds
 
         conds = text_conds(run.prompt_encoder(), cycled_prompts(num, prompts), negative_prompt)
-    elif prompts:
-        raise ValueError(f"{run.workdir} is not a text-conditioned model; --prompt and --prompts_file do not apply")
     labels = class_labels(num, run.num_classes)
     out = generate(run.denoiser, params, run.sample_shape, num, spec, run.caps, batch_size=batch_size, seed=seed,
                    labels=labels, progress=progress, external=external, conds=conds, x_T=x_T)

@@ -2,8 +2,9 @@
 
 The folder (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
 ``scheduler/``) is read and converted whole before anything is written; the work
-directory is assembled in a temporary folder beside the target and renamed into place,
-so an import either leaves a complete work directory or none. It holds:
+directory is assembled in a temporary folder beside the target (``.<name>-import-*``) and
+renamed into place, so an import either leaves a complete work directory or none (an
+import killed with SIGKILL leaves only that hidden folder, which may be deleted). It holds:
 
 * ``config.json``: ``model.kind = "sd_unet"`` with the UNet's fields, the scheduler's
   betas, training steps and prediction type, a default sampler on the scheduler's
@@ -16,6 +17,7 @@ so an import either leaves a complete work directory or none. It holds:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -123,8 +125,6 @@ def convert_pipeline(folder: str | pathlib.Path) -> dict:
 
 def _config(unet_config, vae_config, diffusion: dict, grid: str, max_length: int, folder: pathlib.Path
             ) -> ml_collections.ConfigDict:
-    import dataclasses
-
     c = base_config()
     c.data.name = "none"
     c.data.resolution = unet_config.sample_size * vae_config.downscale

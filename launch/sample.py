@@ -81,7 +81,7 @@ def sample_name(spec_tag: str, step: int, prompts: list[str], negative_prompt: s
 
 def main(argv):
     from diffusion.metrics.grid import save_grid, to_uint8
-    from launch.generate import cycled_prompts, draw
+    from launch.generate import check_prompts, cycled_prompts, draw
     from launch.phast_files import external_for
     from launch.records import record_fields
     from launch.run_loader import load_run
@@ -91,10 +91,7 @@ def main(argv):
         raise ValueError(f"--num and --batch_size must be >= 1, got {FLAGS.num} and {FLAGS.batch_size}")
     prompts = read_prompts()
     run = load_run(FLAGS.workdir)
-    if run.caps.text and not prompts:
-        raise ValueError(f"{FLAGS.workdir} is a text-to-image model: give --prompt \"...\" or --prompts_file")
-    if prompts and not run.caps.text:
-        raise ValueError(f"{FLAGS.workdir} is not a text-conditioned model; --prompt and --prompts_file do not apply")
+    check_prompts(run, prompts)  # before the parameters are read
     spec = SamplerSpec.parse(run.config.sample.sampler).merged(cli.sampler_overrides())
     spec.build(run.denoiser, run.caps, external_for(run.workdir, spec))  # a bad sampler fails now
     step = run.select(FLAGS.ckpt)[0]

@@ -72,6 +72,7 @@ def validate_config(config: ml_collections.ConfigDict, command: str) -> None:
     for field, options in CHOICES.items():
         if _get(config, field) not in options:
             raise ValueError(f"config.{field} is {_get(config, field)!r}; expected one of {', '.join(options)}")
+    _validate_text_latent_betas(config)
     name = config.data.name
     if name == "none":
         raise ValueError("config.data.name='none': this config holds a model without a dataset (imported weights); "
@@ -80,3 +81,31 @@ def validate_config(config: ml_collections.ConfigDict, command: str) -> None:
         raise ValueError(f"unknown dataset config.data.name={name!r}; available: {', '.join(DATASETS)}")
     if not config.model.channel_mult or any(not isinstance(m, int) or m < 1 for m in config.model.channel_mult):
         raise ValueError(f"config.model.channel_mult must be positive integers, got {config.model.channel_mult!r}")
+
+
+def _number(value, low: float, high: float) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and low <= value <= high)
+
+
+def _validate_text_latent_betas(config: ml_collections.ConfigDict) -> None:
+    """The fields of text-to-image, VAE and imported-schedule configs."""
+    text = config.get("text")
+    if text is not None:
+        for field, low in (("max_length", 1), ("clip_skip", 0)):
+            value = text.get(field, low)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"config.text.{field} must be an integer >= {low}, got {value!r}")
+        if not text.get("encoder"):
+            raise ValueError("config.text.encoder must name the text encoder's folder (or package:<module>/<folder>)")
+    latent = config.get("latent")
+    if latent is not None and not latent.get("vae"):
+        raise ValueError("config.latent.vae must name a Kairos VAE work directory or a diffusers AutoencoderKL folder")
+    if config.model.get("kind") == "vae" and not _number(config.train.get("kl_weight", 1e-4), 0.0, math.inf):
+        raise ValueError(f"config.train.kl_weight must be a finite number >= 0, got {config.train.get('kl_weight')!r}")
+    start, end = config.diffusion.get("beta_start"), config.diffusion.get("beta_end")
+    for field, value in (("beta_start", start), ("beta_end", end)):
+        if value is not None and not (_number(value, 0.0, 1.0) and 0.0 < value < 1.0):
+            raise ValueError(f"config.diffusion.{field} must be a finite number in (0, 1), got {value!r}")
+    if start is not None and end is not None and not start < end:
+        raise ValueError(f"config.diffusion.beta_start={start} must be below beta_end={end}")

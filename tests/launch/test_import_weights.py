@@ -96,6 +96,14 @@ def test_import_then_sample_matches_the_diffusers_pipeline(imported):
     with torch.no_grad():
         ctx = pipe.text_encoder(ids)[0].numpy()
     np.testing.assert_allclose(conds["context"][0], ctx[0], atol=1e-5)
+    # every sampling part works on an imported model (what the README promises)
+    for variant in ("solver=dpmpp2m", "solver=ddim;time_shift=80:300", "solver=ddim;attention_reuse=hurry:3",
+                    "solver=ddim;feature_cache=uniform:2"):
+        other = SamplerSpec.parse(f"{variant};steps=10;grid=leading;guidance=7.5")
+        varied, _ = draw(run, run.params(0), other, 2, prompts=[PROMPT, "a small 3"],
+                         x_T=latents.permute(0, 2, 3, 1).numpy())
+        change = np.abs(varied - images).max()
+        assert np.isfinite(varied).all() and 0 < change < 1.0, (variant, change)
 
 
 def test_import_refuses_to_overwrite_and_bad_folders_write_nothing(imported, tmp_path):
@@ -130,25 +138,40 @@ def test_import_and_sample_from_the_command_line(imported, tmp_path):
     _, root = imported
     not_a_pipeline = tmp_path / "empty"
     not_a_pipeline.mkdir()
-    made, refused = probe("launch.import_weights", ["--diffusers", str(root / "pipe"), "--workdir", str(tmp_path / "w")],
-                          ["--diffusers", str(not_a_pipeline), "--workdir", str(tmp_path / "w2")])
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    made, refused, file_given, again = probe(
+        "launch.import_weights", ["--diffusers", str(root / "pipe"), "--workdir", str(tmp_path / "w")],
+        ["--diffusers", str(not_a_pipeline), "--workdir", str(tmp_path / "w2")],
+        ["--diffusers", str(a_file), "--workdir", str(tmp_path / "w3")],
+        ["--diffusers", str(root / "pipe"), "--workdir", str(tmp_path / "w")])
     assert made["code"] == 0 and "grid=leading" in made["stdout"], made
     assert_one_line_error(refused, "has no model_index.json")
-    prompts_file, empty_file = tmp_path / "prompts.txt", tmp_path / "blank.txt"
+    assert_one_line_error(file_given, "is not a directory")
+    assert_one_line_error(again, "exists and is not empty; nothing is overwritten")
+    prompts_file, empty_file, binary = tmp_path / "prompts.txt", tmp_path / "blank.txt", tmp_path / "bin.txt"
     prompts_file.write_text("a cat\n\n  a dog  \n")
     empty_file.write_text("\n \n")
+    binary.write_bytes(b"\xff\xfe\x00garbage")
     w = str(tmp_path / "w")
     results = probe("launch.sample",
                     ["--workdir", w, "--steps", "3", "--num", "3", "--prompt", "a horse", "--prompts_file",
                      str(prompts_file), "--negative_prompt", "blurry"],
                     ["--workdir", w, "--steps", "3", "--num", "3"],
                     ["--workdir", w, "--prompts_file", str(empty_file)],
-                    ["--workdir", w, "--prompts_file", str(tmp_path / "missing.txt")])
-    ok, no_prompt, blank, missing = results
+                    ["--workdir", w, "--prompts_file", str(tmp_path / "missing.txt")],
+                    ["--workdir", w, "--prompts_file", str(binary)],
+                    ["--workdir", w, "--prompt", "a cat", "--num", "0"],
+                    ["--workdir", w, "--prompt", "a cat", "--guidance", "nan"])
+    ok, no_prompt, blank, missing, not_text, zero, nan = results
     assert ok["code"] == 0, ok
     assert_one_line_error(no_prompt, "is a text-to-image model: give --prompt")
     assert_one_line_error(blank, "holds no prompt")
     assert_one_line_error(missing, "cannot be read")
+    assert_one_line_error(not_text, "cannot be read as UTF-8 text")
+    assert_one_line_error(zero, "--num and --batch_size must be >= 1, got 0")
+    assert_one_line_error(nan, "bad guidance 'nan'")
+    assert len(list((tmp_path / "w" / "samples").glob("*.npz"))) == 1  # the failures wrote nothing
     (npz,) = (tmp_path / "w" / "samples").glob("*.npz")
     data = np.load(npz)
     assert data["images"].shape == (3, 16, 16, 3) and data["images"].dtype == np.uint8  # decoded by the VAE
@@ -171,3 +194,36 @@ def test_an_imported_config_is_not_trainable_without_a_dataset_and_kinds_are_che
     config.data.name, config.model.kind = "scenes", "dit"
     with pytest.raises(ValueError, match="config.model.kind is 'dit'"):
         validate_config(config, "train")
+
+
+def test_a_failed_or_killed_import_leaves_no_work_directory(imported, tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from diffusion.train import checkpoint
+    from tests.conftest import ROOT
+
+    _, root = imported
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        import_pipeline(root / "pipe", tmp_path / "w")
+    assert list(tmp_path.iterdir()) == []  # neither the work directory nor its temporary folder
+    monkeypatch.undo()
+    # SIGKILL once the temporary folder holds something: the target never appears half-written
+    code = f"from launch.importer import import_pipeline; import_pipeline({str(root / 'pipe')!r}, {str(tmp_path / 'k')!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not any((p / "components").exists() for p in tmp_path.glob(".k-import-*")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "k").exists()
+    import_pipeline(root / "pipe", tmp_path / "k")  # the same command again completes
+    assert load_run(tmp_path / "k").steps == [0]
