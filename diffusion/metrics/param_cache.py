@@ -22,13 +22,36 @@ def cache_path(name: str, recipe: dict) -> pathlib.Path:
     return cache_dir() / f"{name}_{key}.npz"
 
 
-def cached_params(name: str, recipe: dict, train: Callable[[], dict]) -> dict:
-    """The params cached for ``(name, recipe)``, or ``train()``'s, written atomically
-    (concurrent first uses never see half a file)."""
+def _read(path: pathlib.Path) -> dict:
+    with np.load(path) as f:
+        return traverse_util.unflatten_dict({tuple(k.split("/")): f[k] for k in f.files})
+
+
+def sha256_of(path: pathlib.Path) -> str:
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+def cached_params(name: str, recipe: dict, train: Callable[[], dict], bundled: dict[str, str] | None = None) -> dict:
+    """The params of ``(name, recipe)``: a file shipped beside the code, the cached ones,
+    or ``train()``'s, written to the cache atomically (concurrent first uses never see
+    half a file).
+
+    Args:
+      bundled: ``{path: sha256}`` of shipped params (what ``train()`` wrote to the cache,
+        committed under the cache file's name, so a changed recipe never uses it). A
+        shipped file that does not match its hash is an error naming it, never used.
+    """
     path = cache_path(name, recipe)
+    for shipped, digest in (bundled or {}).items():
+        shipped = pathlib.Path(shipped)
+        if shipped.name == path.name and shipped.exists():
+            if sha256_of(shipped) != digest:
+                raise ValueError(f"{shipped} does not match its recorded SHA-256 (damaged or replaced): restore it "
+                                 f"with `git checkout -- {shipped.name}`, or delete it to retrain the {name} "
+                                 "from its recipe")
+            return _read(shipped)
     if path.exists():
-        with np.load(path) as f:
-            return traverse_util.unflatten_dict({tuple(k.split("/")): f[k] for k in f.files})
+        return _read(path)
     params = train()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")

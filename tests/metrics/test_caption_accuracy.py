@@ -1,6 +1,7 @@
 """Caption accuracy on digit scenes: the matching rule on hand-made detections, and the
 trained parser's separation of real scenes from wrong captions, blur and noise."""
 
+import jax
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
@@ -52,3 +53,27 @@ def test_the_parser_separates_real_scenes_from_wrong_captions_blur_and_noise(hel
         score_scenes(x[:2], ["a 3", "three"])
     with pytest.raises(ValueError, match="2 images but 1 captions"):
         score_scenes(x[:2], ["a 3"])
+
+
+def test_the_shipped_parser_is_checked_and_training_is_deterministic(tmp_path, monkeypatch):
+    """The shipped params load only when their hash matches (a damaged file is named, never
+    used); training (here a small recipe) gives bit-identical params twice, which is what
+    lets the shipped file stand for the recipe."""
+    from diffusion.metrics import scene_parser
+    from diffusion.metrics.param_cache import cache_path, cached_params, sha256_of
+
+    assert sha256_of(scene_parser.SHIPPED) == scene_parser.SHIPPED_SHA256
+    assert scene_parser.SHIPPED.name == cache_path("scene_parser", scene_parser.RECIPE).name
+    damaged = tmp_path / scene_parser.SHIPPED.name
+    data = bytearray(scene_parser.SHIPPED.read_bytes())
+    data[-100] ^= 1
+    damaged.write_bytes(bytes(data))
+    monkeypatch.setenv("KAIROS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=f"{damaged.name} does not match its recorded SHA-256"):
+        cached_params("scene_parser", scene_parser.RECIPE, lambda: pytest.fail("must not train"),
+                      {damaged: scene_parser.SHIPPED_SHA256})
+    for key, value in dict(scenes=256, epochs=2, width=8, features=16).items():
+        monkeypatch.setitem(scene_parser.RECIPE, key, value)
+    a, b = scene_parser.train_parser(), scene_parser.train_parser()
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
