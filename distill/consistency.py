@@ -21,7 +21,7 @@ from flax import struct
 from diffusion.contract import COMPUTE, Modes
 from diffusion.param import Prediction, ddim_renoise, forward_noise
 from diffusion.schedules import bcast_right
-from distill.method import Method
+from distill.method import Method, batch_cond
 from distill.registry import Distiller, Teacher, TeacherError, register
 from sampling.grids import trailing_time
 from sampling.transforms.guidance import Guided
@@ -74,7 +74,7 @@ class ConsistencyState:
 
 def consistency_distillation(teacher: Any, student: ConsistencyFunction, *, num_skip: int = 50,
                              target_decay: float = 0.95, teacher_guidance: float = 1.0, loss: str = "l2",
-                             num_classes: int | None = None) -> Method:
+                             num_classes: int | None = None, text: bool = False) -> Method:
     """Consistency distillation of ``teacher`` (a denoiser) into ``student``.
 
     Args:
@@ -86,6 +86,7 @@ def consistency_distillation(teacher: Any, student: ConsistencyFunction, *, num_
       loss: ``"l2"`` (mean squared error) or ``"huber"`` (``sqrt(mse + c^2) - c`` per image,
         ``c = HUBER_C``).
       num_classes: class count (labels in the batch) or None.
+      text: a text model (``context`` and ``null_context`` in the batch).
     """
     if loss not in ("l2", "huber"):
         raise ValueError(f"unknown consistency loss {loss!r}; expected 'l2' or 'huber'")
@@ -93,8 +94,8 @@ def consistency_distillation(teacher: Any, student: ConsistencyFunction, *, num_
     if not 1 <= num_skip <= T:
         raise ValueError(f"distill.num_skip must be in [1, {T}], got {num_skip}")
     guided = teacher_guidance != 1.0
-    if guided and num_classes is None:
-        raise ValueError("distill.teacher_guidance != 1 needs a class-conditional teacher")
+    if guided and num_classes is None and not text:
+        raise ValueError("distill.teacher_guidance != 1 needs a class- or text-conditional teacher")
 
     def loss_fn(params, batch, rng, state):
         x0 = batch["image"]
@@ -105,7 +106,7 @@ def consistency_distillation(teacher: Any, student: ConsistencyFunction, *, num_
         t_lo = trailing_time(num_skip - n, num_skip, T)
         eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
         z = forward_noise(schedule, x0, eps, t_hi)
-        cond = {"label": batch["label"]} if num_classes is not None else {}
+        cond = batch_cond(batch, num_classes)
         den = Guided(teacher, teacher_guidance, null_label=num_classes) if guided else teacher
         z_lo = ddim_renoise(den(state.extra.teacher, z, t_hi, cond)[0], *schedule.alpha_sigma(t_lo))
         target = jax.lax.stop_gradient(student(state.extra.target, z_lo, t_lo, cond)[0].x0)
@@ -125,8 +126,9 @@ def consistency_distillation(teacher: Any, student: ConsistencyFunction, *, num_
 
 
 def _check_teacher(settings, teacher: Teacher) -> None:
-    if settings.teacher_guidance != 1.0 and teacher.null_label is None:
-        raise TeacherError(f"distill.teacher_guidance={settings.teacher_guidance} needs a class-conditional teacher")
+    if settings.teacher_guidance != 1.0 and teacher.null_label is None and not teacher.text:
+        raise TeacherError(f"distill.teacher_guidance={settings.teacher_guidance} needs a class- or text-conditional "
+                           "teacher")
 
 
 register(Distiller(
@@ -143,4 +145,4 @@ register(Distiller(
     build=lambda a: consistency_distillation(a.teacher, a.student, num_skip=a.settings.num_skip,
                                              target_decay=a.settings.target_decay,
                                              teacher_guidance=a.settings.teacher_guidance, loss=a.settings.loss,
-                                             num_classes=a.null_label)))
+                                             num_classes=a.null_label, text=a.text)))

@@ -9,6 +9,16 @@ from diffusion.train.state import TrainState
 from diffusion.train.step import LossFn
 
 
+def batch_cond(batch: dict, num_classes: int | None) -> dict:
+    """The conditions a distillation batch hands the networks: a text model's ``context``
+    ``[B, L, D]`` and ``null_context`` (the empty prompt's, for guidance), a
+    class-conditional model's ``label [B]`` (only when ``num_classes``)."""
+    cond = {k: batch[k] for k in ("context", "null_context") if k in batch}
+    if num_classes is not None:
+        cond["label"] = batch["label"]
+    return cond
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
     """A distiller.

@@ -22,7 +22,7 @@ from diffusion.losses import denoising_loss
 from diffusion.nn.denoiser import Denoiser
 from diffusion.param import ddim_renoise, forward_noise
 from diffusion.schedules import bcast_right
-from distill.method import Method
+from distill.method import Method, batch_cond
 from distill.registry import Distiller, Teacher, TeacherError, register
 from sampling.grids import trailing_time
 from sampling.transforms.guidance import Guided
@@ -115,11 +115,12 @@ def progressive_distillation(student: Denoiser, *, start_steps: int, steps_per_r
 
     ``student`` is the teacher's network (the student starts as the teacher, whose
     params the caller puts in both ``params`` and ``extra.teacher``). Batches are
-    ``{"image": [B, H, W, C], "label": [B]}`` (labels only when ``num_classes``).
+    ``{"image": [B, H, W, C], "label": [B]}`` (labels only when ``num_classes``; a text
+    model's ``context`` instead, see :func:`~distill.method.batch_cond`).
     """
 
     def student_cond(batch, key):
-        return {"student": {"label": batch["label"]} if num_classes is not None else {}}
+        return {"student": batch_cond(batch, num_classes)}
 
     def teacher_fn(params, x, t, draws, extra):
         return student(params, x, t, draws["student"])[0]
@@ -128,7 +129,7 @@ def progressive_distillation(student: Denoiser, *, start_steps: int, steps_per_r
 
 
 def guided_distillation(student: Denoiser, *, start_steps: int, steps_per_round: int, rounds: int,
-                        num_classes: int, w_range: tuple[float, float] = (1.0, 4.0), p_guided: float = 1.0,
+                        num_classes: int | None, w_range: tuple[float, float] = (1.0, 4.0), p_guided: float = 1.0,
                         weighting: str = "snr_trunc") -> Method:
     """Progressive halving of a **w-conditioned** student of a guided teacher.
 
@@ -146,11 +147,11 @@ def guided_distillation(student: Denoiser, *, start_steps: int, steps_per_round:
 
     def student_cond(batch, key):
         k_w, k_p = jax.random.split(key)
-        b = batch["label"].shape[0]
+        b = batch["image"].shape[0]
         w = jax.random.uniform(k_w, (b,), minval=lo, maxval=hi)
         w_target = jnp.where(jax.random.uniform(k_p, (b,)) < p_guided, w, 1.0)
-        return {"student": {"label": batch["label"], "guidance": w},
-                "teacher": {"label": batch["label"], "guidance": w_target}, "w_target": w_target}
+        cond = batch_cond(batch, num_classes)
+        return {"student": {**cond, "guidance": w}, "teacher": {**cond, "guidance": w_target}, "w_target": w_target}
 
     def teacher_fn(params, x, t, draws, extra):
         guided = Guided(student, draws["w_target"], null_label=num_classes)
@@ -171,6 +172,10 @@ def _needs_v_or_x0(settings, teacher: Teacher) -> None:
 
 def _check_guided_teacher(settings, teacher: Teacher) -> None:
     _needs_v_or_x0(settings, teacher)
+    if teacher.text:
+        raise TeacherError(f"{teacher.workdir} is a text-to-image model, and guided distillation's w-conditioned "
+                           "student needs a guidance embedding the SD UNet does not have yet; distil it with "
+                           "distill.method=progressive, or consistency with distill.teacher_guidance")
     if teacher.null_label is None or not teacher.cond_drop_prob > 0:
         raise TeacherError(f"guided distillation needs a class-conditional teacher trained with label dropout "
                            f"(diffusion.cond_drop_prob > 0); {teacher.workdir} has num_classes={teacher.null_label}, "

@@ -30,6 +30,8 @@ class Teacher:
       null_label: its unconditional label when class-conditional, else None.
       cond_drop_prob: its training label dropout (classifier-free guidance needs > 0).
       w_conditioned: it is itself a w-conditioned (guided-distillation) student.
+      text: it is a text-to-image model (prompts, not labels; its null condition is the
+        empty prompt's context).
     """
 
     workdir: str
@@ -37,6 +39,7 @@ class Teacher:
     null_label: int | None
     cond_drop_prob: float
     w_conditioned: bool
+    text: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +51,14 @@ class BuildArgs:
       student: the student's denoiser (``Distiller.wrap`` applied).
       teacher: the teacher run's denoiser.
       null_label: the unconditional label when class-conditional, else None.
+      text: a text-to-image model (batches hold ``context`` and ``null_context``).
     """
 
     settings: ml_collections.ConfigDict
     student: Any
     teacher: Any
     null_label: int | None
+    text: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

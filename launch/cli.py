@@ -205,3 +205,26 @@ def sampler_overrides() -> dict:
 
     names = (*registry.CORE_KEYS, *registry.keys())
     return {k: flags.FLAGS[k].value for k in names if flags.FLAGS[k].value is not None}
+
+
+def define_prompt_flags(what: str = "") -> None:
+    """``--prompt`` (repeatable), ``--prompts_file`` and ``--negative_prompt``."""
+    flags.DEFINE_multi_string("prompt", [], f"A prompt (text-to-image models); repeat for several{what}.")
+    flags.DEFINE_string("prompts_file", None, "A UTF-8 file of prompts, one per line (blank lines skipped).")
+    flags.DEFINE_string("negative_prompt", "", "Guidance's null condition for text models (default: the empty "
+                        "prompt).")
+
+
+def read_prompts() -> list[str]:
+    """``--prompt`` values, then the lines of ``--prompts_file``."""
+    prompts = list(flags.FLAGS.prompt)
+    if flags.FLAGS.prompts_file:
+        path = pathlib.Path(flags.FLAGS.prompts_file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--prompts_file {path} cannot be read as UTF-8 text: {e}") from None
+        prompts += [line.strip() for line in lines if line.strip()]
+        if not any(line.strip() for line in lines):
+            raise ValueError(f"--prompts_file {path} holds no prompt (one per line)")
+    return prompts

@@ -137,12 +137,15 @@ def _vae_from(source: str):
     return load_vae(folder)
 
 
-def with_frozen_parts(exp, config: ml_collections.ConfigDict, workdir: pathlib.Path):
+def with_frozen_parts(exp, config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                      components_from: pathlib.Path | None = None):
     """``exp`` with the frozen text encoder and VAE of ``config.text`` / ``config.latent``:
-    the pipeline's caption transforms, the batch preprocessing (tokens -> context, images
-    -> latents, under jit with the frozen params as arguments), text sample grids, and
-    the components written into ``workdir`` before training (read back from there on a
-    resume, so a changed source never changes a running model)."""
+    the pipeline's caption transforms, the batch preprocessing (tokens -> context and the
+    empty prompt's ``null_context``, images -> latents, under jit with the frozen params as
+    arguments), text sample grids, and the components written into ``workdir`` before
+    training (read back from there on a resume, so a changed source never changes a
+    running model). ``components_from``: a work directory whose components are copied
+    instead of converting the config's sources (a distilled student takes its teacher's)."""
     import dataclasses
 
     from diffusion.data.captions import DropCaption, Tokenize
@@ -151,10 +154,21 @@ def with_frozen_parts(exp, config: ml_collections.ConfigDict, workdir: pathlib.P
 
     frozen, parts, to_write = {}, {}, []
     unet = sd_unet_config(config.model)
+    stored = lambda name: components.exists(component_dir(workdir, name))  # noqa: E731
+
+    def copy_missing(names) -> None:
+        for name in names:
+            if not stored(name):
+                to_write.append(lambda w, name=name: components.copy(component_dir(components_from, name),
+                                                                     component_dir(w, name)))
+
     if config.get("text") is not None:
-        stored = [components.exists(component_dir(workdir, name)) for name in ("text_encoder", "tokenizer")]
-        if all(stored):
+        names = ("text_encoder", "tokenizer")
+        if all(stored(n) for n in names):
             enc = prompt_encoder(workdir, config)
+        elif components_from is not None:
+            enc = prompt_encoder(components_from, config)
+            copy_missing(names)
         else:  # a first run (or one killed between the two writes): the missing ones from the sources
             kind, enc_config, params = text_encoder_from(config.text.encoder)
             from diffusion.nn.text.tokenizer import load_tokenizer
@@ -162,21 +176,22 @@ def with_frozen_parts(exp, config: ml_collections.ConfigDict, workdir: pathlib.P
             tok_source = resolve_source(config.text.get("tokenizer") or config.text.encoder)
             enc = PromptEncoder(kind, load_tokenizer(tok_source), enc_config, params, int(config.text.max_length),
                                 int(config.text.get("clip_skip", 0) or 0))
-            if not stored[0]:
+            if not stored(names[0]):
                 to_write.append(lambda w: components.save_params(component_dir(w, "text_encoder"), kind, enc_config,
                                                                  params))
-            if not stored[1]:
+            if not stored(names[1]):
                 to_write.append(lambda w: components.save_tokenizer(component_dir(w, "tokenizer"), tok_source))
         if enc.width != unet.cross_attention_dim:
             raise ValueError(f"the text encoder's width is {enc.width} but config.model.sd_unet.cross_attention_dim="
                              f"{unet.cross_attention_dim}; set it to {enc.width}")
         frozen["text"] = jax.tree.map(jnp.asarray, enc.params)
+        frozen["null_ids"] = tuple(jnp.asarray(a) for a in enc.ids([""]))
         parts["text"] = enc
     if config.get("latent") is not None:
-        path = component_dir(workdir, "vae")
-        if components.exists(path):
-            comp = _load(workdir, "vae", ("vae",))
+        if stored("vae") or components_from is not None:
+            comp = _load(workdir if stored("vae") else components_from, "vae", ("vae",))
             vae_config, vae_params = comp.config, comp.params
+            copy_missing(("vae",))
         else:
             vae_config, vae_params = _vae_from(config.latent.vae)
             to_write.append(lambda w: components.save_params(component_dir(w, "vae"), "vae", vae_config, vae_params))
@@ -196,6 +211,9 @@ def with_frozen_parts(exp, config: ml_collections.ConfigDict, workdir: pathlib.P
         out = {"image": batch["image"] if vae is None else latents_from_images(vae, frozen["vae"], batch["image"])}
         if enc is not None:
             out["context"] = enc.context(frozen["text"], batch["ids"], batch["mask"])
+            ids, mask = frozen["null_ids"]
+            null = enc.context(frozen["text"], ids, mask)
+            out["null_context"] = jnp.broadcast_to(null, out["context"].shape)
         return out
 
     transforms = ()

@@ -1,8 +1,10 @@
 """Runs a distillation experiment: a teacher work directory -> a student work directory.
 
 Used by ``python -m launch.distill`` and the tests. The student's config is the
-distillation config with ``data``, ``model`` and ``diffusion`` copied from the teacher's
-``config.json`` (docs/design/distillation.md), so the student work directory loads,
+distillation config with ``data``, ``model``, ``diffusion``, ``text`` and ``latent`` copied
+from the teacher's ``config.json`` (docs/design/distillation.md); a text or latent
+teacher's frozen components (text encoder, tokenizer, VAE) are copied from its work
+directory into the student's, so the student work directory loads,
 samples and evaluates like any other. No method is named here: each is a
 ``distill.registry.Distiller`` registered in its own file.
 """
@@ -44,7 +46,8 @@ def load_teacher(config: ml_collections.ConfigDict) -> LoadedRun:
         raise TeacherError(f"teacher {d.teacher_workdir} is a {teacher.config.distill.method} student; "
                            "distil from a diffusion model or a progressive student")
     distiller.check_teacher(d, Teacher(str(d.teacher_workdir), teacher.config.model.pred_type, teacher.caps.null_label,
-                                       teacher.config.diffusion.cond_drop_prob, teacher.caps.w_conditioned))
+                                       teacher.config.diffusion.cond_drop_prob, teacher.caps.w_conditioned,
+                                       teacher.caps.text))
     return teacher
 
 
@@ -53,8 +56,9 @@ def student_config(config: ml_collections.ConfigDict, teacher: LoadedRun) -> ml_
     makes of it (``Distiller.student``: run length, model, the student's solver and steps,
     which ``sample`` and ``eval`` use on the trailing grid with the config's transforms)."""
     c = ml_collections.ConfigDict(to_json_dict(config))
-    for section in ("data", "model", "diffusion"):
-        c[section] = ml_collections.ConfigDict(to_json_dict(teacher.config[section]))
+    for section in ("data", "model", "diffusion", "text", "latent"):
+        value = teacher.config.get(section)
+        c[section] = None if value is None else ml_collections.ConfigDict(to_json_dict(value))
     c.model.dropout = 0.0  # the same architecture; distillation targets are deterministic
     sampler = registry.get(c.distill.method).student(c)
     for section in (c.sample, c.eval):
@@ -78,7 +82,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, p
     source, info = build_source(config)
     student, caps = build_denoiser(config, info), model_caps(config, info)
     method = registry.get(config.distill.method).build(BuildArgs(config.distill, student, teacher.denoiser,
-                                                                 caps.null_label))
+                                                                 caps.null_label, caps.text))
     optimizer = make_optimizer_from(config.train, round_steps=config.distill.get("steps_per_round") or 0)
     teacher_params = teacher.params(teacher.steps[-1])
 
@@ -89,6 +93,10 @@ def distill(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, p
 
     exp = Experiment(student, caps, source, info, optimizer, make, method.loss_fn, (teacher_params,),
                      method.after_update)
+    if config.get("text") is not None or config.get("latent") is not None:
+        from launch.conditioning import with_frozen_parts
+
+        exp = with_frozen_parts(exp, config, pathlib.Path(workdir), components_from=teacher.workdir)
     return run_experiment(config, workdir, exp, progress=progress, devices=devices)
 
 

@@ -4,7 +4,9 @@ r"""Evaluates checkpoints of a work directory over a sweep of samplers.
         [--sweep "solver=ddim,dpmpp2m;steps=5,10,20,50;time_shift=off,80:300"] [--num 1000]
 
 For each checkpoint and each sweep cell (``launch/sweep.py``) it draws ``--num`` samples
-and scores them with FD-digits (and class accuracy for class-conditional models).
+and scores them (``launch/scoring.py``): a digits model with FD-digits (and class accuracy
+when class-conditional); a text-to-image digit-scenes model with caption accuracy and the
+scenes FD, prompted with the captions of ``--captions heldout|novel``.
 Writes ``<workdir>/eval/report.json`` (one record per cell: settings, seed, wall time),
 ``report.md`` (tables) and ``fd_vs_steps_*.png``. Cells already in ``report.json`` are
 skipped, so an interrupted evaluation resumes where it stopped.
@@ -26,59 +28,69 @@ flags.DEFINE_string("ckpts", "latest", "'latest', 'all', or comma-separated chec
 flags.DEFINE_string("sweep", None, "Inline sweep spec or a .json file (see launch/sweep.py).")
 flags.DEFINE_integer("num", 1000, "Samples per cell.")
 flags.DEFINE_integer("batch_size", 500, "Samples per compiled batch.")
+flags.DEFINE_enum("captions", "heldout", ["heldout", "novel"],
+                  "A text-to-image scenes model's prompts: the captions of this split (novel: caption combinations "
+                  "never trained on).")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
 def run_cells(run, ckpts: list[int], cells: list, out_dir: pathlib.Path, num: int, batch_size: int = 500,
-              command: str = "", progress: bool = True) -> list[dict]:
+              command: str = "", progress: bool = True, captions: str = "heldout") -> list[dict]:
     """Evaluates every (checkpoint, cell) not yet in ``out_dir/report.json``; returns all records.
-    Everything is checked first; ``out_dir`` is locked while it runs (one writer)."""
+    Everything is checked first; ``out_dir`` is locked while it runs (one writer).
+    ``captions`` is a text model's prompt split (``launch/scoring.py``)."""
     from launch.records import load_records
+    from launch.scoring import scoring_for
 
-    if run.config.data.name != "digits":
-        raise ValueError(f"launch.evaluate scores with FD-digits, which needs a digits model; this work directory "
-                         f"trained on {run.config.data.name!r}")
     if num < 1 or batch_size < 1:
         raise ValueError(f"--num and --batch_size must be >= 1, got {num} and {batch_size}")
+    if num < 2:
+        raise ValueError("--num must be >= 2: an FD needs at least two samples (use >= 1000 for a stable one)")
     check_cells(run, cells)
     path = out_dir / "report.json"
     load_records(path, log=lambda _: None)  # a damaged report fails now, before the lock
+    scoring = scoring_for(run, num, captions)
     with lock(out_dir, "evaluation directory"):  # one evaluation at a time writes report.json
-        return _run_cells(run, ckpts, cells, path, num, batch_size, command, progress)
+        return _run_cells(run, ckpts, cells, path, num, batch_size, command, progress, scoring)
 
 
-def _run_cells(run, ckpts, cells, path: pathlib.Path, num, batch_size, command, progress) -> list[dict]:
-    from diffusion.metrics.fd_digits import fd_digits
-    from launch.generate import class_labels, generate
+def _run_cells(run, ckpts, cells, path: pathlib.Path, num, batch_size, command, progress, scoring) -> list[dict]:
+    from launch.generate import generate
     from launch.phast_files import external_for
     from launch.records import load_records, record_fields, save_records
+    from launch.scoring import METRICS
 
     records = load_records(path)
     done = {r["id"] for r in records}
     meta = {"workdir": str(run.workdir), "command": command}
-    todo = [(c, cell) for c in ckpts for cell in cells if cell.key(c, num) not in done]
+    key = lambda ckpt, cell: cell.key(ckpt, num) + scoring.tag  # noqa: E731
+    todo = [(c, cell) for c in ckpts for cell in cells if key(c, cell) not in done]
     if progress:
         print(f"{len(todo)} cells to run, {len(ckpts) * len(cells) - len(todo)} already in {path}", flush=True)
-    labels = class_labels(num, run.num_classes)
+    fd_name, acc_name = METRICS[scoring.kind]
     params, params_step = None, None
     for i, (ckpt, cell) in enumerate(todo):
         if params_step != ckpt:
             params, params_step = run.params(ckpt), ckpt
         t0 = time.perf_counter()
-        images = generate(run.denoiser, params, run.info.image_shape, num, cell.spec, run.caps, batch_size=batch_size,
-                          seed=cell.seed, labels=labels, external=external_for(run.workdir, cell.spec))
+        images = generate(run.denoiser, params, run.sample_shape, num, cell.spec, run.caps, batch_size=batch_size,
+                          seed=cell.seed, labels=scoring.labels, conds=scoring.conds,
+                          external=external_for(run.workdir, cell.spec))
+        if scoring.decode is not None:
+            images = scoring.decode(images)
         seconds = time.perf_counter() - t0
-        scores = fd_digits(images, labels)
-        record = {"id": cell.key(ckpt, num), "ckpt": ckpt, "seed": cell.seed, "num": num, **record_fields(cell.spec),
-                  "network_calls": cell.spec.network_calls(run.denoiser.schedule),
-                  "fd_digits": scores["fd_digits"], "class_accuracy": scores.get("class_accuracy"),
+        scores = scoring.score(images)
+        record = {"id": key(ckpt, cell), "ckpt": ckpt, "seed": cell.seed, "num": num, **record_fields(cell.spec),
+                  "network_calls": cell.spec.network_calls(run.denoiser.schedule), **scoring.fields,
+                  fd_name: scores[fd_name], acc_name: scores.get(acc_name),
                   "sample_seconds_incl_compile": seconds, "date": datetime.date.today().isoformat()}
         records.append(record)
         save_records(path, records, meta)
         if progress:
-            acc = f", acc {record['class_accuracy']:.3f}" if record["class_accuracy"] is not None else ""
-            print(f"[{i + 1}/{len(todo)}] {record['id']}: FD {record['fd_digits']:.3f}{acc} ({seconds:.1f}s)", flush=True)
+            acc = f", {acc_name} {record[acc_name]:.3f}" if record[acc_name] is not None else ""
+            print(f"[{i + 1}/{len(todo)}] {record['id']}: {fd_name} {record[fd_name]:.3f}{acc} ({seconds:.1f}s)",
+                  flush=True)
     return records
 
 
@@ -111,11 +123,11 @@ def main(argv):
     from launch.sweep import parse_sweep
 
     run = load_run(FLAGS.workdir)
-    run.refuse_text("launch.evaluate")
     cells = parse_sweep(FLAGS.sweep if FLAGS.sweep is not None else default_sweep(run.config))
     ckpts = run.select(FLAGS.ckpts)
     out_dir = pathlib.Path(FLAGS.workdir) / "eval"
-    records = run_cells(run, ckpts, cells, out_dir, FLAGS.num, FLAGS.batch_size, command=" ".join(sys.argv))
+    records = run_cells(run, ckpts, cells, out_dir, FLAGS.num, FLAGS.batch_size, command=" ".join(sys.argv),
+                        captions=FLAGS.captions)
     write_report(records, out_dir, f"Evaluation of {FLAGS.workdir}")
     print(f"wrote {out_dir / 'report.json'}, {out_dir / 'report.md'} and plots")
 

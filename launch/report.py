@@ -34,13 +34,30 @@ def _ts_label(r: dict) -> str:
         return ", ".join(shown) or "off"
 
 
+GROUPS = ("ckpt", "guidance", "grid", "captions")  # a table (and a plot) each
+_NAMES = {"fd_digits": "FD-digits", "scenes_fd": "scenes FD", "class_accuracy": "class accuracy",
+          "caption_accuracy": "caption accuracy"}
+
+
+def metric_names(records: list[dict]) -> tuple[str, str]:
+    """``(FD field, accuracy field)`` of the records (``launch.scoring.METRICS``)."""
+    from launch.scoring import METRICS
+
+    return next((m for m in METRICS.values() if records and m[0] in records[0]), METRICS["digits"])
+
+
+def _heading(ckpt, guidance, grid, captions) -> str:
+    return f"checkpoint {ckpt}, guidance {guidance}, grid {grid}" + ("" if captions == "None" else f", {captions} captions")
+
+
 def markdown(records: list[dict], title: str) -> str:
-    """Tables: one per (checkpoint, guidance, grid); rows solver x transforms, columns steps;
-    cells mean ± std of FD-digits over seeds (and class accuracy)."""
-    lines = [f"# {title}", "", "FD-digits (lower is better; mean ± std over seeds), then class accuracy.", ""]
-    for (ckpt, guidance, grid), recs in sorted(_group(records, ("ckpt", "guidance", "grid")).items()):
+    """Tables: one per (checkpoint, guidance, grid, captions); rows solver x transforms,
+    columns steps; cells mean ± std of the FD over seeds (and the accuracy)."""
+    fd, acc = metric_names(records)
+    lines = [f"# {title}", "", f"{_NAMES[fd]} (lower is better; mean ± std over seeds), then {_NAMES[acc]}.", ""]
+    for group, recs in sorted(_group(records, GROUPS).items()):
         steps = sorted({r["steps"] for r in recs})
-        lines += [f"## checkpoint {ckpt}, guidance {guidance}, grid {grid}", "",
+        lines += [f"## {_heading(*group)}", "",
                   "| solver | transforms | " + " | ".join(f"{s} steps" for s in steps) + " |",
                   "|---|---|" + "---|" * len(steps)]
         rows = _group(recs, ("solver",))
@@ -53,9 +70,9 @@ def markdown(records: list[dict], title: str) -> str:
                     if not rs:
                         cells.append("—")
                         continue
-                    text = _mean_std([r["fd_digits"] for r in rs])
-                    if rs[0].get("class_accuracy") is not None:
-                        text += f" ({100 * np.mean([r['class_accuracy'] for r in rs]):.0f}%)"
+                    text = _mean_std([r[fd] for r in rs])
+                    if rs[0].get(acc) is not None:
+                        text += f" ({100 * np.mean([r[acc] for r in rs]):.0f}%)"
                     cells.append(text)
                 lines.append(f"| {solver} | {ts} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -70,7 +87,7 @@ def _group_by_ts(records: list[dict]) -> dict:
 
 
 def plots(records: list[dict], out_dir: pathlib.Path) -> list[pathlib.Path]:
-    """``fd_vs_steps_ckpt<N>[_w<g>][_<grid>].png``: FD-digits vs steps, a colour per solver,
+    """``fd_vs_steps_ckpt<N>[_w<g>][_<grid>][_<captions>].png``: the FD vs steps, a colour per solver,
     solid without and dashed with sampling transforms (time shift, reuse, caching;
     error bars: std over seeds)."""
     import matplotlib
@@ -78,14 +95,15 @@ def plots(records: list[dict], out_dir: pathlib.Path) -> list[pathlib.Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fd_name = metric_names(records)[0]
     paths = []
-    for (ckpt, guidance, grid), recs in sorted(_group(records, ("ckpt", "guidance", "grid")).items()):
+    for (ckpt, guidance, grid, captions), recs in sorted(_group(records, GROUPS).items()):
         fig, ax = plt.subplots(figsize=(6, 4))
         colors = {}
         for (solver,), srecs in sorted(_group(recs, ("solver",)).items()):
             for ts, trecs in sorted(_group_by_ts(srecs).items()):
                 steps = sorted({r["steps"] for r in trecs})
-                fd = [[r["fd_digits"] for r in trecs if r["steps"] == s] for s in steps]
+                fd = [[r[fd_name] for r in trecs if r["steps"] == s] for s in steps]
                 mean = [np.mean(f) for f in fd]
                 err = [np.std(f, ddof=1) if len(f) > 1 else 0.0 for f in fd]
                 color = colors.setdefault(solver, f"C{len(colors)}")
@@ -94,12 +112,12 @@ def plots(records: list[dict], out_dir: pathlib.Path) -> list[pathlib.Path]:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("sampling steps")
-        ax.set_ylabel("FD-digits")
-        ax.set_title(f"checkpoint {ckpt}, guidance {guidance}, grid {grid}")
+        ax.set_ylabel(_NAMES[fd_name])
+        ax.set_title(_heading(ckpt, guidance, grid, captions), fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
         name = f"fd_vs_steps_ckpt{ckpt}" + ("" if guidance == "None" else f"_w{guidance}") + \
-            ("" if grid == "trailing" else f"_{grid}") + ".png"
+            ("" if grid == "trailing" else f"_{grid}") + ("" if captions == "None" else f"_{captions}") + ".png"
         fig.savefig(out_dir / name, dpi=120)
         plt.close(fig)
         paths.append(out_dir / name)

@@ -43,12 +43,6 @@ class LoadedRun:
 
         return latent_decoder(self.workdir, self.config, self.sample_shape)
 
-    def refuse_text(self, command: str) -> None:
-        """``command`` knows no prompts yet: a text-to-image run is a clear error."""
-        if self.caps.text:
-            raise ValueError(f"{command} does not take prompts yet, and {self.workdir} is a text-to-image model; sample "
-                             "it with `python -m launch.sample --prompt ...`")
-
     @property
     def num_classes(self) -> int | None:
         """The class count of a class-conditional model (its null label), else None."""

@@ -33,9 +33,7 @@ flags.DEFINE_integer("num", 1000, "Number of samples.")
 flags.DEFINE_string("ckpt", "latest", "Checkpoint step, or 'latest'.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("batch_size", 500, "Samples per compiled batch.")
-flags.DEFINE_multi_string("prompt", [], "A prompt (text-to-image models); repeat for several.")
-flags.DEFINE_string("prompts_file", None, "A UTF-8 file of prompts, one per line (blank lines skipped).")
-flags.DEFINE_string("negative_prompt", "", "Guidance's null condition for text models (default: the empty prompt).")
+cli.define_prompt_flags()
 flags.DEFINE_bool("overwrite", False, "Replace an existing output file of the same sampler, checkpoint, seed and num.")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
@@ -50,21 +48,6 @@ def check_writable(directory: pathlib.Path) -> None:
         tempfile.NamedTemporaryFile(dir=directory).close()
     except OSError as e:
         raise OSError(f"cannot write the samples to {directory}: {e.strerror or e}") from None
-
-
-def read_prompts() -> list[str]:
-    """``--prompt`` values, then the lines of ``--prompts_file``."""
-    prompts = list(FLAGS.prompt)
-    if FLAGS.prompts_file:
-        path = pathlib.Path(FLAGS.prompts_file)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"--prompts_file {path} cannot be read as UTF-8 text: {e}") from None
-        prompts += [line.strip() for line in lines if line.strip()]
-        if not any(line.strip() for line in lines):
-            raise ValueError(f"--prompts_file {path} holds no prompt (one per line)")
-    return prompts
 
 
 def sample_name(spec_tag: str, step: int, prompts: list[str], negative_prompt: str) -> str:
@@ -89,7 +72,7 @@ def main(argv):
 
     if FLAGS.num < 1 or FLAGS.batch_size < 1:
         raise ValueError(f"--num and --batch_size must be >= 1, got {FLAGS.num} and {FLAGS.batch_size}")
-    prompts = read_prompts()
+    prompts = cli.read_prompts()
     run = load_run(FLAGS.workdir)
     check_prompts(run, prompts)  # before the parameters are read
     spec = SamplerSpec.parse(run.config.sample.sampler).merged(cli.sampler_overrides())

@@ -36,3 +36,15 @@ def test_registering_a_generic_field_or_a_taken_name_is_an_error():
         registry.register(Distiller("progressive", "again", {}, build=lambda a: None, student=lambda c: {}))
     with pytest.raises(ValueError, match="unknown distill.method 'lcm'; expected one of consistency, guided"):
         registry.get("lcm")
+
+
+def test_batch_cond_hands_the_networks_exactly_their_conditions():
+    import numpy as np
+
+    from distill.method import batch_cond
+
+    img, lab, ctx, null = np.zeros((2, 4, 4, 1)), np.array([3, 1]), np.ones((2, 5, 8)), np.zeros((2, 5, 8))
+    assert batch_cond({"image": img, "label": lab}, None) == {}
+    assert batch_cond({"image": img, "label": lab}, 10) == {"label": lab}
+    assert batch_cond({"image": img, "context": ctx, "null_context": null, "ids": lab}, None) == {
+        "context": ctx, "null_context": null}

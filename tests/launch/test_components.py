@@ -70,3 +70,18 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         components.save_params(tmp_path / "y", "vae", CONFIG, {"a": np.zeros(3)})
     assert list(tmp_path.iterdir()) == []  # neither the component nor its temporary folder
+
+
+def test_a_copy_is_byte_identical_and_a_damaged_source_writes_nothing(saved, tmp_path):
+    path, _ = saved
+    components.copy(path, tmp_path / "student" / "vae")
+    for name in ("component.json", "params.safetensors"):
+        assert (tmp_path / "student" / "vae" / name).read_bytes() == (path / name).read_bytes()
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        components.copy(path, tmp_path / "student" / "vae")
+    data = bytearray((path / "params.safetensors").read_bytes())
+    data[-5] ^= 0x01
+    (path / "params.safetensors").write_bytes(bytes(data))
+    with pytest.raises(components.DamagedComponent, match="params.safetensors does not match the hash"):
+        components.copy(path, tmp_path / "other" / "vae")
+    assert not (tmp_path / "other").exists()

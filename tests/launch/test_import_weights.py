@@ -177,8 +177,14 @@ def test_import_and_sample_from_the_command_line(imported, tmp_path):
     assert data["images"].shape == (3, 16, 16, 3) and data["images"].dtype == np.uint8  # decoded by the VAE
     assert data["prompts"].tolist() == ["a horse", "a cat", "a dog"]
     assert json.loads(str(data["settings"]))["negative_prompt"] == "blurry"
-    with pytest.raises(ValueError, match="launch.evaluate does not take prompts yet"):
-        load_run(w).refuse_text("launch.evaluate")  # what launch.evaluate and launch.phast call first
+    from launch.reuse_search import calibration_prompts
+    from launch.scoring import scoring_for
+
+    with pytest.raises(ValueError, match="give calibration prompts with --prompt"):
+        calibration_prompts(load_run(w), 4)  # what launch.phast checks first: no caption split to default to
+    assert calibration_prompts(load_run(w), 3, ["a", "b"]) == ["a", "b", "a"]
+    with pytest.raises(ValueError, match="scores digits models .* and text-to-image digit-scenes models"):
+        scoring_for(load_run(w), 10)  # what launch.evaluate calls before it writes: no metric for 'none' data
 
 
 def test_an_imported_config_is_not_trainable_without_a_dataset_and_kinds_are_checked(imported):

@@ -198,6 +198,12 @@ def test_evaluate_records_cells_and_resumes(workdir, tmp_path):
     write_report(recs, out, "test")
     md = (out / "report.md").read_text()
     assert "| spndm | time_shift 10:300 |" in md and "| ddim | off |" in md
+    assert "FD-digits (lower is better" in md and "captions" not in md  # a digits report, as before
+    for num, captions, message in ((1, "heldout", "an FD needs at least two samples"),
+                                   (8, "novel", "--captions applies to text-to-image scenes models only")):
+        with pytest.raises(ValueError, match=message):
+            run_cells(run, run.select("latest"), first, tmp_path / "refused", num=num, captions=captions)
+    assert not (tmp_path / "refused").exists()
     assert sorted(p.name for p in out.glob("*.png")) == ["fd_vs_steps_ckpt10.png", "fd_vs_steps_ckpt20.png"]
 
 

@@ -34,6 +34,15 @@ def vae_workdir(tmp_path_factory):
     return wd
 
 
+@pytest.fixture(scope="module")
+def trained(vae_workdir):
+    """The smoke UNet trained 6 steps (v-prediction, as configs/scenes.py): the run the
+    resume, evaluation and distillation tests share."""
+    wd = vae_workdir.parent / "one"
+    train(unet_config(vae_workdir, 6), wd, progress=False, devices=jax.devices()[:1])
+    return wd
+
+
 def unet_config(vae_workdir, steps):
     c = scenes.get_config("smoke")
     c.latent.vae = str(vae_workdir)
@@ -67,11 +76,13 @@ def test_the_loss_sees_the_frozen_encoders_outputs(vae_workdir, tmp_path):
     np.testing.assert_allclose(np.asarray(batch["context"]), np.asarray(encoder.encode_ids(raw["ids"], raw["mask"])),
                                rtol=1e-5, atol=1e-5)
     assert np.abs(np.asarray(batch["context"])).max() > 0.1 and float(np.std(np.asarray(batch["image"]))) > 0.1
+    # guidance's null condition in every row: the empty prompt's context (distillation teachers use it)
+    np.testing.assert_allclose(np.asarray(batch["null_context"]), np.broadcast_to(encoder([""]), batch["context"].shape),
+                               rtol=1e-5, atol=1e-5)
 
 
-def test_resumed_equals_uninterrupted_and_samples_from_prompts(vae_workdir, tmp_path):
-    one = tmp_path / "one"
-    train(unet_config(vae_workdir, 6), one, progress=False, devices=jax.devices()[:1])
+def test_resumed_equals_uninterrupted_and_samples_from_prompts(vae_workdir, trained, tmp_path):
+    one = trained
     two = tmp_path / "two"
     train(unet_config(vae_workdir, 3), two, progress=False, devices=jax.devices()[:1])
     train(unet_config(vae_workdir, 6), two, progress=False, devices=jax.devices()[:1])
@@ -84,3 +95,63 @@ def test_resumed_equals_uninterrupted_and_samples_from_prompts(vae_workdir, tmp_
     assert images.shape == (3, 32, 32, 1) and np.isfinite(images).all()
     assert conds["context"].shape == (3, 20, 384)
     np.testing.assert_array_equal(conds["context"][0], conds["context"][2])  # prompts cycle
+
+
+def test_evaluate_scores_a_scenes_model_on_caption_splits(trained, tmp_path):
+    from diffusion.metrics.caption_accuracy import score_scenes
+    from diffusion.data.scenes import HELDOUT_PAIRS, parse_caption
+    from launch.evaluate import run_cells, write_report
+    from launch.scoring import split_captions
+    from launch.sweep import parse_sweep
+
+    run = load_run(trained)
+    cells = parse_sweep("solver=ddim;steps=2;guidance=3")
+    out = tmp_path / "eval"
+    (heldout,) = run_cells(run, [6], cells, out, num=6, batch_size=4, progress=False)
+    records = run_cells(run, [6], cells, out, num=6, batch_size=4, progress=False, captions="novel")
+    novel = records[-1]
+    assert heldout["id"] + "/novel" == novel["id"] and (heldout["captions"], novel["captions"]) == ("heldout", "novel")
+    prompts = split_captions(run.config, "novel", 6)
+    pairs = [tuple(m.digit for m in parse_caption(p).mentions) for p in prompts]
+    assert any(len(p) == 2 for p in pairs) and all(p in HELDOUT_PAIRS for p in pairs if len(p) == 2)
+    # the record is the metric of exactly what draw() makes from those prompts
+    images, _ = draw(run, run.params(6), cells[0].spec, 6, batch_size=4, prompts=prompts)
+    want = score_scenes(images, prompts)
+    assert (novel["caption_accuracy"], novel["scenes_fd"]) == (want["caption_accuracy"], want["scenes_fd"])
+    assert heldout["scenes_fd"] != novel["scenes_fd"]
+    write_report(records, out, "scenes")
+    text = (out / "report.md").read_text()
+    assert "scenes FD" in text and "novel captions" in text and "heldout captions" in text
+    assert run_cells(run, [6], cells, out, num=6, batch_size=4, progress=False) == records  # nothing re-run
+
+
+def test_a_text_teacher_distils_into_a_student_with_its_components(trained, tmp_path):
+    """Progressive distillation of a text/latent v teacher: the student's work directory
+    holds the teacher's components byte for byte, its text/latent config, and before any
+    update the student samples the teacher's images from the same prompts."""
+    from configs import scenes_progressive
+    from launch.distill_experiment import distill
+
+    d = scenes_progressive.get_config("smoke")
+    d.distill.teacher_workdir = str(trained)
+    d.train.lr = 1e-12  # the student stays the teacher (Adam moves each weight by ~lr): the images must agree
+    distill(d, tmp_path / "student", progress=False, devices=jax.devices()[:1])
+    teacher, student = load_run(trained), load_run(tmp_path / "student")
+    assert teacher.config.model.pred_type == "v"
+    for name in ("text_encoder", "tokenizer", "vae"):
+        a, b = (json.loads((r.workdir / "components" / name / "component.json").read_text()) for r in (teacher, student))
+        assert a == b
+    assert student.config.text.to_dict() == teacher.config.text.to_dict()
+    assert student.config.latent.vae == teacher.config.latent.vae and student.steps == [4, 8]
+    spec = SamplerSpec.parse("solver=ddim;steps=2;grid=trailing;guidance=2")
+    prompts = ["a small 4 above a 2", "a 9"]
+    want, _ = draw(teacher, teacher.params(6), spec, 2, prompts=prompts)
+    got, _ = draw(student, student.params(8), spec, 2, prompts=prompts)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    from launch.distill_experiment import TeacherError
+    from configs.common import distill_config
+
+    g = distill_config("guided", teacher_workdir=str(trained))
+    with pytest.raises(TeacherError, match="guidance embedding the SD UNet does not have yet"):
+        distill(g, tmp_path / "guided", progress=False, devices=jax.devices()[:1])
+    assert not (tmp_path / "guided").exists()
