@@ -88,6 +88,7 @@ def write_keeping_verdict(path, text: str) -> None:
     import pathlib
 
     path = pathlib.Path(path)
-    if path.exists() and "VERDICT" not in path.read_text():
-        text = text.replace("## Verdict\n\nVERDICT\n", "## Verdict" + path.read_text().split("## Verdict", 1)[-1])
+    old = path.read_text() if path.exists() else ""
+    if "## Verdict" in old and "VERDICT" not in old:
+        text = text.replace("## Verdict\n\nVERDICT\n", "## Verdict" + old.split("## Verdict", 1)[-1])
     path.write_text(text)

@@ -15,10 +15,10 @@ def get_config(arg: str | None = None):
     c.data.name = "scenes"
     c.data.resolution = 32
     c.model.kind = "vae"
-    c.model.vae = dict(block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16)
+    c.model.vae = dict(block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8)
     c.train.kl_weight = 1e-4  # per-element KL against a per-pixel L1: latents stay near unit scale, detail kept
     c.train.num_steps = 3000
-    c.train.batch_size = 64
+    c.train.batch_size = 32
     c.train.lr = 1e-3
     c.train.ema_decay = 0.999
     c.train.sample_every = 1000

@@ -32,13 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import flops_of, machine, time_interleaved, write_keeping_verdict
-from diffusion.metrics.fd_digits import fd_digits
 from diffusion.metrics.psnr import mean_psnr
 from diffusion.contract import COMPUTE, Modes
-from launch.generate import class_labels
 from launch.phast_files import external_for
 from launch.reuse_search import search_for_run
 from launch.run_loader import load_run
+from launch.scoring import METRICS, scoring_for
 from sampling.loop import sample
 from sampling.spec import SamplerSpec, make_spec
 from sampling.transforms import AttentionReuse
@@ -48,38 +47,52 @@ TIME_SHIFT = "20:300"  # DDIM's calibrated setting on the 8x8 model (docs/result
 
 
 class Bench:
-    """Samples the fixed noises with a spec; caches outputs; times against the reference."""
+    """Samples the fixed noises with a spec; caches outputs; times against the reference.
 
-    def __init__(self, run, params, num: int, steps: int):
-        self.run, self.params, self.steps = run, params, steps
+    The run's ``launch.scoring`` conditions the samples (a digits model's labels, a scenes
+    model's held-out captions) and scores them (FD-digits or the scenes FD, and the
+    accuracy); ``base`` holds knobs every spec gets (a text model's ``guidance``). PSNR is
+    taken on images (a latent model's samples decoded); latency times ``sample()`` only."""
+
+    def __init__(self, run, params, num: int, steps: int, base: dict | None = None):
+        self.run, self.params, self.steps, self.base = run, params, steps, dict(base or {})
+        self.scoring = scoring_for(run, num)
+        self.fd_name, self.acc_name = METRICS[self.scoring.kind]
         k_noise, self.key = jax.random.split(jax.random.PRNGKey(0))
-        self.x_T = jax.random.normal(k_noise, (num, *run.info.image_shape))
-        self.labels = class_labels(num, run.num_classes)
-        self.cond = {"label": jnp.asarray(self.labels)}
-        self.reference_spec = make_spec("ddim", steps)
+        self.x_T = jax.random.normal(k_noise, (num, *run.sample_shape))
+        self.cond = {k: jnp.asarray(v) for k, v in self.scoring.conds.items()}
+        if self.scoring.labels is not None:
+            self.cond["label"] = jnp.asarray(self.scoring.labels)
+        self.reference_spec = self.spec("ddim", steps)
         self.reference = self.images(self.reference_spec)
         self.timed = []
+
+    def spec(self, solver: str, steps: int, **values) -> SamplerSpec:
+        return make_spec(solver, steps, **{**self.base, **values})
 
     def fn(self, spec: SamplerSpec, reuse=None, batch: int | None = None):
         """A blocking call of ``sample()`` on the fixed noises (the first ``batch`` of them)."""
         den, solver, grid = spec.build(self.run.denoiser, self.run.caps, external_for(self.run.workdir, spec))
         if reuse is not None:
             den = AttentionReuse(den, jnp.asarray(reuse))
-        x_T, cond = self.x_T[:batch], {"label": self.cond["label"][:batch]}
+        x_T, cond = self.x_T[:batch], {k: v[:batch] for k, v in self.cond.items()}
         return lambda: jax.block_until_ready(sample(den, self.params, solver, grid, x_T, cond, self.key))
 
     def images(self, spec: SamplerSpec, reuse=None) -> np.ndarray:
-        return np.asarray(self.fn(spec, reuse)())
+        out = np.asarray(self.fn(spec, reuse)())
+        return out if self.scoring.decode is None else self.scoring.decode(out)
+
+    def metrics(self, images: np.ndarray) -> dict:
+        scores = self.scoring.score(images)
+        return {self.fd_name: scores[self.fd_name], self.acc_name: scores.get(self.acc_name)}
 
     def score(self, name: str, spec: SamplerSpec, reuse=None, timed: bool = True) -> dict:
-        """PSNR and FD-digits now; latency later, in one interleaved round (:meth:`time_all`)."""
+        """PSNR, the FD and the accuracy now; latency later, in one interleaved round (:meth:`time_all`)."""
         images = self.images(spec, reuse)
-        fd = fd_digits(images, self.labels)
-        out = {"name": name, "spec": spec.tag(), "psnr_db": mean_psnr(images, self.reference),
-               "fd_digits": fd["fd_digits"], "class_accuracy": fd["class_accuracy"]}
+        out = {"name": name, "spec": spec.tag(), "psnr_db": mean_psnr(images, self.reference), **self.metrics(images)}
         if timed:
             self.timed.append((out, self.fn(spec, reuse, TIME_BATCH)))
-        print(f"  {name}: PSNR {out['psnr_db']:.2f} dB, FD {out['fd_digits']:.3f}", flush=True)
+        print(f"  {name}: PSNR {out['psnr_db']:.2f} dB, FD {out[self.fd_name]:.3f}", flush=True)
         return out
 
     def time_all(self, repeats: int = 3) -> float:
@@ -95,11 +108,14 @@ class Bench:
         return med["reference"]
 
 
-def cost_table(run, params, batch: int = 16) -> dict:
-    """FLOPs per image of one network call in each mode, attention share, cache bytes."""
+def cost_table(bench: Bench, batch: int = 16) -> dict:
+    """FLOPs per image of one network call in each mode, attention share (the digits UNet
+    only: it is measured by dropping the attention blocks), cache bytes."""
+    run, params = bench.run, bench.params
     den = run.denoiser
-    x = jnp.zeros((batch, *run.info.image_shape))
-    cond = {"label": jnp.zeros((batch,), jnp.int32)}
+    x = jnp.zeros((batch, *run.sample_shape))
+    cond = {k: v[:batch] for k, v in bench.cond.items()}
+    one = {k: v[:1] for k, v in cond.items()}
     t = jnp.full((batch,), 0.5)
 
     def stored(modes: Modes) -> Modes:  # the mode that writes what ``modes`` reads
@@ -112,7 +128,7 @@ def cost_table(run, params, batch: int = 16) -> dict:
         return flops_of(jax.jit(fn).lower(params, cache).compile()) / batch
 
     def timed_call(modes: Modes = COMPUTE):
-        xb, cb, tb = jnp.zeros((TIME_BATCH, *run.info.image_shape)), {"label": jnp.zeros((TIME_BATCH,), jnp.int32)}, \
+        xb, cb, tb = jnp.zeros((TIME_BATCH, *run.sample_shape)), {k: v[:TIME_BATCH] for k, v in bench.cond.items()}, \
             jnp.full((TIME_BATCH,), 0.5)
         cache = den.init_cache(params, xb, cb, modes=stored(modes))
         fn = jax.jit(lambda p, c: den(p, xb, tb, cb, cache=c, modes=modes)[0])
@@ -125,63 +141,62 @@ def cost_table(run, params, batch: int = 16) -> dict:
     out = {"full_gflops": full / 1e9, "attention_reuse_gflops": flops(Modes(attention="reuse")) / 1e9,
            "call_seconds": wall}
     out["attention_reuse_saves"] = 1 - out["attention_reuse_gflops"] * 1e9 / full
-    no_attn = run.denoiser.module.clone(attn_resolutions=())
-    p_no = no_attn.init(jax.random.PRNGKey(0), x[:1], t[:1], label=cond["label"][:1])["params"]
-    from diffusion.nn.denoiser import Denoiser
+    out["attention_share"] = None
+    if hasattr(run.denoiser.module, "attn_resolutions"):
+        no_attn = run.denoiser.module.clone(attn_resolutions=())
+        p_no = no_attn.init(jax.random.PRNGKey(0), x[:1], t[:1], label=cond["label"][:1])["params"]
+        from diffusion.nn.denoiser import Denoiser
 
-    d_no = Denoiser(no_attn, den.schedule, den.pred_type)
-    attn_free = flops_of(jax.jit(lambda p: d_no(p, x, t, cond)[0]).lower(p_no).compile()) / batch
-    out["attention_share"] = 1 - attn_free / full
+        d_no = Denoiser(no_attn, den.schedule, den.pred_type)
+        attn_free = flops_of(jax.jit(lambda p: d_no(p, x, t, cond)[0]).lower(p_no).compile()) / batch
+        out["attention_share"] = 1 - attn_free / full
     out["feature_retrieve_gflops"] = {}
     for b in range(run.caps.feature_branches):
         out["feature_retrieve_gflops"][b] = flops(Modes(features="retrieve", feature_branch=b)) / 1e9
-    maps = den.init_cache(params, x[:1], {"label": cond["label"][:1]}, modes=Modes(attention="store"))
+    maps = den.init_cache(params, x[:1], one, modes=Modes(attention="store"))
     out["attention_cache_bytes_per_image"] = int(sum(leaf.nbytes for leaf in jax.tree.leaves(maps)))
     out["feature_cache_bytes_per_image"] = {
         b: int(sum(leaf.nbytes for leaf in jax.tree.leaves(
-            den.init_cache(params, x[:1], {"label": cond["label"][:1]},
-                           modes=Modes(features="store", feature_branch=b)))))
+            den.init_cache(params, x[:1], one, modes=Modes(features="store", feature_branch=b)))))
         for b in range(run.denoiser.module.num_branches)}
     return out
 
 
 def fewer_steps(bench: Bench, steps: int) -> list[dict]:
     """DDIM at fewer steps: the latency-matched baselines."""
-    return [bench.score(f"ddim {m} steps", make_spec("ddim", m))
+    return [bench.score(f"ddim {m} steps", bench.spec("ddim", m))
             for m in range(max(2, steps // 5), steps, max(3, steps // 6))]
 
 
-def matched(entry: dict, baselines: list[dict]) -> dict:
+def matched(entry: dict, baselines: list[dict], fd_name: str = "fd_digits") -> dict:
     """The fewer-step DDIM whose measured latency is closest to ``entry``'s."""
     best = min(baselines, key=lambda b: abs(b["latency_ratio"] - entry["latency_ratio"]))
     return {"baseline": best["name"], "baseline_latency_ratio": best["latency_ratio"],
-            "baseline_psnr_db": best["psnr_db"], "baseline_fd_digits": best["fd_digits"],
+            "baseline_psnr_db": best["psnr_db"], f"baseline_{fd_name}": best[fd_name],
             "psnr_gain_db": entry["psnr_db"] - best["psnr_db"]}
 
 
-def experiments(run, params, num: int, steps: int, phast_evals: int, full: bool) -> dict:
+def experiments(bench: Bench, phast_evals: int, full: bool) -> dict:
     """One reference of ``steps`` DDIM steps: 5 block positions, HURRY at K = N/4 and N/2,
     PHAST at both K (``full``), caching at branch 0 (uniform 2/3/5, plus non-uniform and
     the combinations when ``full``). Sized to the CPU: a 16x16 call at batch 256 takes ~4 s."""
+    run, params, steps = bench.run, bench.params, bench.steps
     print(f"== DDIM {steps} steps", flush=True)
-    bench = Bench(run, params, num, steps)
-    ref_fd = fd_digits(bench.reference, bench.labels)
-    result = {"steps": steps, "reference_fd_digits": ref_fd["fd_digits"],
-              "reference_class_accuracy": ref_fd["class_accuracy"]}
+    result = {"steps": steps, **{f"reference_{k}": v for k, v in bench.metrics(bench.reference).items()}}
     k = steps // 4
     result["sliding_block"] = [
-        {**bench.score(f"block K={k} from step {s}", make_spec("ddim", steps, attention_reuse=f"block:{k},{s}"),
+        {**bench.score(f"block K={k} from step {s}", bench.spec("ddim", steps, attention_reuse=f"block:{k},{s}"),
                        timed=False), "start": s}
         for s in range(1, steps - k + 1, max(1, (steps - k) // 4))]
     result["fewer_steps"] = fewer_steps(bench, steps)
     result["reuse"] = []
     for kk in (steps // 4, steps // 2):
-        result["reuse"].append(bench.score(f"HURRY K={kk}", make_spec("ddim", steps, attention_reuse=f"hurry:{kk}")))
+        result["reuse"].append(bench.score(f"HURRY K={kk}", bench.spec("ddim", steps, attention_reuse=f"hurry:{kk}")))
         if not full:
             continue
-        schedule, _, history = search_for_run(run, params, make_spec("ddim", steps), kk, max_evals=phast_evals,
+        schedule, _, history = search_for_run(run, params, bench.spec("ddim", steps), kk, max_evals=phast_evals,
                                               log=None)
-        phast = bench.score(f"PHAST K={kk}", make_spec("ddim", steps), reuse=schedule)
+        phast = bench.score(f"PHAST K={kk}", bench.spec("ddim", steps), reuse=schedule)
         phast.update(reuse_steps=np.flatnonzero(schedule).tolist(), search_evaluations=len(history))
         result["reuse"].append(phast)
     result["feature_cache"] = []
@@ -189,11 +204,11 @@ def experiments(run, params, num: int, steps: int, phast_evals: int, full: bool)
     for branch in (0,):
         for text in caches:
             result["feature_cache"].append(bench.score(
-                f"cache {text} branch {branch}", make_spec("ddim", steps, feature_cache=text, cache_branch=branch)))
+                f"cache {text} branch {branch}", bench.spec("ddim", steps, feature_cache=text, cache_branch=branch)))
     half = f"hurry:{steps // 2}"
-    combos = [("HURRY K=N/2 + cache uniform:2", make_spec("ddim", steps, attention_reuse=half,
+    combos = [("HURRY K=N/2 + cache uniform:2", bench.spec("ddim", steps, attention_reuse=half,
                                                            feature_cache="uniform:2")),
-              ("HURRY K=N/2 + cache uniform:2 + TS", make_spec("ddim", steps, attention_reuse=half,
+              ("HURRY K=N/2 + cache uniform:2 + TS", bench.spec("ddim", steps, attention_reuse=half,
                                                                 feature_cache="uniform:2", time_shift=TIME_SHIFT))
               ] if full else []
     result["combined"] = [bench.score(name, spec) for name, spec in combos]
@@ -201,7 +216,7 @@ def experiments(run, params, num: int, steps: int, phast_evals: int, full: bool)
     result["reference_seconds"] = bench.time_all()
     for group in ("reuse", "feature_cache", "combined"):
         for e in result[group]:
-            e.update(matched(e, result["fewer_steps"]))
+            e.update(matched(e, result["fewer_steps"], bench.fd_name))
     return result
 
 
@@ -297,10 +312,13 @@ def main():
     t0 = time.time()
     result = {"command": f"python -m scripts.reuse_and_caching_results --workdir {args.workdir} --num {args.num}"
                          f" --steps {args.steps} --phast_evals {args.phast_evals}",
-              "workdir": args.workdir, "ckpt": ckpt, "num": args.num, "machine": machine(),
-              "cost": cost_table(run, params)}
-    result["runs"] = [experiments(run, params, args.num, int(n), args.phast_evals, full=i == 0)
-                      for i, n in enumerate(args.steps.split(","))]
+              "workdir": args.workdir, "ckpt": ckpt, "num": args.num, "machine": machine()}
+    result["runs"] = []
+    for i, n in enumerate(args.steps.split(",")):
+        bench = Bench(run, params, args.num, int(n))
+        if i == 0:
+            result["cost"] = cost_table(bench)
+        result["runs"].append(experiments(bench, args.phast_evals, full=i == 0))
     result["wall_s"] = time.time() - t0
     (out / "reuse_and_caching.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     plot(result["runs"], out)
