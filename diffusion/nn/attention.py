@@ -95,3 +95,31 @@ class AttentionBlock(nn.Module):
         normed = group_norm(c, "norm", self.dtype)(x).reshape(b, h * w, c)
         tokens = tokens + MultiHeadAttention(self.num_heads, self.dtype, name="self_attn")(normed, attention)
         return tokens.reshape(b, h, w, c)
+
+
+class TemporalAttentionBlock(nn.Module):
+    """Residual self-attention across frames at each location (factorized space-time):
+    ``x: [B * F, H, W, C]`` (frames folded into the batch, sample-major) -> the same shape.
+
+    Tokens are the ``F`` frames of one pixel; a parameter-free sinusoidal frame-position
+    embedding is added to the normalised tokens, so attention knows frame order while no
+    weight depends on ``F`` (the same weights run on 8 or 16 frames). The output
+    projection starts at zero, so a fresh block is the identity. Its maps
+    ``[B * H * W, heads, F, F]`` are stored and reused like spatial ones (``attention``).
+    """
+
+    num_heads: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, frames: int, attention: str = "compute") -> jnp.ndarray:
+        from diffusion.nn.embeddings import sinusoidal_embedding
+
+        bf, h, w, c = x.shape
+        b = bf // frames
+        tokens = x.reshape(b, frames, h * w, c).transpose(0, 2, 1, 3).reshape(b * h * w, frames, c)
+        normed = nn.LayerNorm(dtype=self.dtype, name="norm")(tokens)
+        position = sinusoidal_embedding(jnp.arange(frames), c, scale=1.0).astype(normed.dtype)
+        tokens = tokens + MultiHeadAttention(self.num_heads, self.dtype, name="temporal_attn")(
+            normed + position, attention)
+        return tokens.reshape(b, h * w, frames, c).transpose(0, 2, 1, 3).reshape(bf, h, w, c)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from diffusion.contract import COMPUTE, Modes
 from diffusion.nn.deep_feature import hand_over
-from diffusion.nn.attention import AttentionBlock
+from diffusion.nn.attention import AttentionBlock, TemporalAttentionBlock
 from diffusion.nn.blocks import Downsample, ResBlock, Upsample, conv3, group_norm
 from diffusion.nn.embeddings import GuidanceEmbedding, TimeEmbedding
 
@@ -38,6 +38,11 @@ class UNet(nn.Module):
       guidance_embed: conditioned on a guidance scale ``guidance [B]`` (w-conditioned
         students of guided distillation; the embedding starts at zero).
       out_channels: output channels (defaults to the input's).
+      temporal: a video UNet (docs/design/video.md): ``x [B, F, H, W, C]`` with per-frame
+        times; frames are folded into the batch for the 2D blocks, each frame's features
+        modulated by its own time embedding, and a temporal attention block
+        (:class:`~diffusion.nn.attention.TemporalAttentionBlock`) follows every residual
+        block. No parameter depends on ``F``.
       dtype: compute dtype (``bfloat16`` on accelerators); parameters stay float32.
     """
 
@@ -51,6 +56,7 @@ class UNet(nn.Module):
     num_classes: int | None = None
     guidance_embed: bool = False
     out_channels: int | None = None
+    temporal: bool = False
     dtype: jnp.dtype = jnp.float32
 
     def down_blocks(self) -> list[tuple[str, int | None]]:
@@ -82,7 +88,9 @@ class UNet(nn.Module):
     def __call__(self, x: jnp.ndarray, t: jnp.ndarray, label: jnp.ndarray | None = None,
                  guidance: jnp.ndarray | None = None, train: bool = False, modes: Modes = COMPUTE) -> jnp.ndarray:
         """``x: [B, H, W, C]``, ``t: [B]`` or ``[]`` in ``[0, 1]``, ``label: [B]`` int,
-        ``guidance: [B]`` -> ``[B, H, W, out_channels or C]`` in float32.
+        ``guidance: [B]`` -> ``[B, H, W, out_channels or C]`` in float32. A video UNet
+        (``temporal``) takes ``x: [B, F, H, W, C]`` and ``t: [B, F]`` (or ``[B]`` / ``[]``,
+        shared by the frames) -> ``[B, F, H, W, out_channels or C]``.
 
         ``modes`` (static; docs/design/caching.md): ``modes.attention`` applies to every
         self-attention map; ``modes.features`` to the deep feature entering the shallow
@@ -90,15 +98,22 @@ class UNet(nn.Module):
         ``conv_in``, the down blocks of skips ``1..branch`` and the last ``branch + 1``
         up blocks on the cached feature.
         """
+        video_shape = x.shape
+        x, t, label, guidance, frames = self._fold_frames(x, t, label, guidance)
         self._check_input(x, modes)
         emb = self._embedding(t, label, guidance, x.shape[0])
         retrieve = modes.features == "retrieve"
+
+        def temporal(h, name):
+            if frames is None:
+                return h
+            return TemporalAttentionBlock(self.num_heads, self.dtype, name=name)(h, frames, modes.attention)
 
         def res_attn(h, width, name):  # a residual block, then attention at the chosen resolutions
             h = ResBlock(width, self.dropout, self.scale_shift, self.dtype, name=name)(h, emb, train)
             if h.shape[1] in self.attn_resolutions:
                 h = AttentionBlock(self.num_heads, self.dtype, name=name.replace("_res_", "_attn_"))(h, modes.attention)
-            return h
+            return temporal(h, name.replace("_res_", "_temporal_"))
 
         h = conv3(self.channels, "conv_in", self.dtype)(x.astype(self.dtype))
         skips = [h]
@@ -110,6 +125,7 @@ class UNet(nn.Module):
         if not retrieve:  # the middle block
             h = ResBlock(h.shape[-1], self.dropout, self.scale_shift, self.dtype, name="mid_res_0")(h, emb, train)
             h = AttentionBlock(self.num_heads, self.dtype, name="mid_attn")(h, modes.attention)
+            h = temporal(h, "mid_temporal")
             h = ResBlock(h.shape[-1], self.dropout, self.scale_shift, self.dtype, name="mid_res_1")(h, emb, train)
 
         first_shallow = self.num_branches - 1 - modes.feature_branch
@@ -124,7 +140,30 @@ class UNet(nn.Module):
 
         h = nn.silu(group_norm(h.shape[-1], "norm_out", self.dtype)(h))
         out = conv3(self.out_channels or x.shape[-1], "conv_out", self.dtype, zero=True)(h)
+        if frames is not None:
+            out = out.reshape(*video_shape[:2], *out.shape[1:])
         return out.astype(jnp.float32)
+
+    def _fold_frames(self, x, t, label, guidance):
+        """A video's frames folded into the batch: ``x [B * F, H, W, C]``, ``t [B * F]`` (a
+        ``[B]`` or ``[]`` time shared by a sample's frames), label and guidance repeated per
+        frame; ``frames`` is ``F`` (None for an image UNet, which gets its inputs back)."""
+        if not self.temporal:
+            if x.ndim != 4:
+                raise ValueError(f"this UNet takes images [B, H, W, C]; got x of shape {x.shape} (a video needs "
+                                 "config.model.temporal=True)")
+            return x, t, label, guidance, None
+        if x.ndim != 5:
+            raise ValueError(f"a video UNet takes x [B, F, H, W, C]; got shape {x.shape}")
+        b, frames = x.shape[:2]
+        t = jnp.asarray(t)
+        if t.ndim == 1:
+            t = t[:, None]
+        if t.ndim > 2 or t.shape not in ((), (b, 1), (1, 1), (b, frames), (1, frames)):
+            raise ValueError(f"a video UNet takes t of shape [], [B] or [B, F] = [{b}, {frames}]; got {t.shape}")
+        t = jnp.broadcast_to(t, (b, frames)).reshape(b * frames)
+        per_frame = lambda a: None if a is None else jnp.repeat(jnp.broadcast_to(a, (b,)), frames)  # noqa: E731
+        return x.reshape(b * frames, *x.shape[2:]), t, per_frame(label), per_frame(guidance), frames
 
     def _check_input(self, x: jnp.ndarray, modes: Modes) -> None:
         if x.shape[1] % 2 ** (len(self.channel_mult) - 1):

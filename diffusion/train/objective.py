@@ -20,6 +20,17 @@ def sample_times(key: jax.Array, shape: tuple[int, ...], schedule: Schedule) -> 
     return 1.0 - jax.random.uniform(key, shape)  # (0, 1]
 
 
+def video_times(key: jax.Array, batch: int, frames: int, per_frame_prob: float, schedule: Schedule) -> jax.Array:
+    """FVDM's probabilistic timestep sampling: ``[batch, frames]`` times. With probability
+    ``per_frame_prob``, decided once for the whole batch (as in the reference code), every
+    frame of every sample draws its own time; otherwise each sample draws one, shared by
+    its frames. ``per_frame_prob = 0`` is a standard video model."""
+    k_coin, k_frames, k_shared = jax.random.split(key, 3)
+    own = sample_times(k_frames, (batch, frames), schedule)
+    shared = jnp.broadcast_to(sample_times(k_shared, (batch, 1), schedule), (batch, frames))
+    return jnp.where(jax.random.uniform(k_coin) < per_frame_prob, own, shared)
+
+
 def drop_labels(key: jax.Array, labels: jax.Array, prob: float, null_label: int) -> jax.Array:
     """Replaces each label by ``null_label`` with probability ``prob`` (classifier-free guidance)."""
     if prob <= 0:
@@ -28,13 +39,15 @@ def drop_labels(key: jax.Array, labels: jax.Array, prob: float, null_label: int)
 
 
 def make_diffusion_loss(denoiser: Denoiser, weighting: str = "eps", cond_drop_prob: float = 0.0,
-                        num_classes: int | None = None):
+                        num_classes: int | None = None, per_frame_prob: float = 0.0):
     """The denoising objective for ``batch = {"image": [B, ...], "label": [B]}`` (or, for a
     text model, ``"context": [B, L, D]``: captions were already dropped to the empty
     prompt in the input pipeline).
 
-    ``x_t = alpha(t) x0 + sigma(t) eps`` at ``t`` from :func:`sample_times`; the label is
-    dropped to the null label ``num_classes`` with probability ``cond_drop_prob``.
+    ``x_t = alpha(t) x0 + sigma(t) eps`` at ``t`` from :func:`sample_times` (``[B]``), or
+    for video ``image [B, F, H, W, C]`` at per-frame times ``[B, F]`` from
+    :func:`video_times` with ``per_frame_prob``, the loss per frame at its own time; the
+    label is dropped to the null label ``num_classes`` with probability ``cond_drop_prob``.
     Returns ``loss_fn(params, batch, rng, state) -> (loss, {})``.
     """
     schedule = denoiser.schedule
@@ -42,7 +55,10 @@ def make_diffusion_loss(denoiser: Denoiser, weighting: str = "eps", cond_drop_pr
     def loss_fn(params, batch, rng, state: TrainState):
         x0 = batch["image"]
         k_t, k_eps, k_drop, k_net = jax.random.split(rng, 4)
-        t = sample_times(k_t, x0.shape[:1], schedule)
+        if x0.ndim == 5:
+            t = video_times(k_t, x0.shape[0], x0.shape[1], per_frame_prob, schedule)
+        else:
+            t = sample_times(k_t, x0.shape[:1], schedule)
         eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
         x_t = forward_noise(schedule, x0, eps, t)
         cond = {"context": batch["context"]} if "context" in batch else {}
