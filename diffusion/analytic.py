@@ -127,3 +127,37 @@ def probability_flow_reference(mixture: GaussianMixtureDenoiser, x_start, t_star
     if not sol.success:
         raise RuntimeError(f"reference ODE solve failed: {sol.message}")
     return alpha_sigma(lam1)[1] * sol.y[:, -1].reshape(shape)
+
+
+@struct.dataclass
+class SharedLatentVideoDenoiser(Stateless):
+    """The exact denoiser of a Gaussian video whose frames share a latent: frame ``i`` is
+    ``x0_i = z + n_i`` with ``z ~ N(0, s_shared^2 I_D)`` and ``n_i ~ N(0, s_frame^2 I_D)``
+    independent, so each pixel's ``F`` values are ``N(0, Sigma)``, ``Sigma = s_shared^2 11^T
+    + s_frame^2 I``. With per-frame times, ``x_t = A x0 + S^{1/2} eps`` (``A = diag(alpha_i)``,
+    ``S = diag(sigma_i^2)``) and ``E[x0 | x_t] = Sigma A (A Sigma A + S)^{-1} x_t``: the
+    closed form a frame plan is tested against (a clean frame, ``t_i = 0``, conditions the
+    others exactly). Inputs ``x_t: [B, F, ...]``, ``t: [] | [B] | [B, F]``."""
+
+    s_shared: float
+    s_frame: float
+    schedule: Schedule = struct.field(pytree_node=False)
+
+    def __call__(self, params, x_t: jax.Array, t: jax.Array, cond=None, **_) -> tuple[Prediction, dict]:
+        b, f = x_t.shape[:2]
+        t = jnp.asarray(t, jnp.float32)
+        t = jnp.broadcast_to(t[:, None] if t.ndim == 1 else t, (b, f))
+        alpha, sigma = self.schedule.alpha_sigma(t)  # [B, F]
+        cov = self.s_shared**2 * jnp.ones((f, f)) + self.s_frame**2 * jnp.eye(f)
+        a = alpha[:, :, None]
+        system = a * cov[None] * alpha[:, None, :] + jax.vmap(jnp.diag)(sigma**2)  # A Sigma A + S, [B, F, F]
+        y = x_t.reshape(b, f, -1)
+        x0 = jnp.einsum("ij,bj,bjd->bid", cov, alpha, jnp.linalg.solve(system, y)).reshape(x_t.shape)
+        eps = (x_t - bcast_right(alpha, x_t) * x0) / bcast_right(jnp.maximum(sigma, 1e-6), x_t)
+        return Prediction(x0=x0, eps=eps), {}
+
+    def given_one_frame(self) -> tuple[float, float]:
+        """``(gain, variance)`` of any other frame given one clean frame ``x_g``:
+        ``E[x_i | x_g] = gain * x_g`` and ``Var[x_i | x_g] = variance`` per pixel."""
+        total = self.s_shared**2 + self.s_frame**2
+        return self.s_shared**2 / total, total - self.s_shared**4 / total
