@@ -47,7 +47,7 @@ def cached_params(name: str, recipe: dict, train: Callable[[], dict], bundled: d
         if shipped.name == path.name and shipped.exists():
             if sha256_of(shipped) != digest:
                 raise ValueError(f"{shipped} does not match its recorded SHA-256 (damaged or replaced): restore it "
-                                 f"with `git checkout -- {shipped.name}`, or delete it to retrain the {name} "
+                                 f"with `git checkout -- {shipped}`, or delete it to retrain the {name} "
                                  "from its recipe")
             return _read(shipped)
     if path.exists():
