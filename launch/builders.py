@@ -59,11 +59,14 @@ def sample_shape(config: ml_collections.ConfigDict, info: DatasetInfo) -> tuple[
     if model_kind(config) == "sd_unet":
         c = sd_unet_config(config.model)
         return (c.sample_size, c.sample_size, c.in_channels)
-    return info.image_shape
+    return info.image_shape if info.num_frames is None else (info.num_frames, *info.image_shape)
 
 
 def build_network(config: ml_collections.ConfigDict, info: DatasetInfo):
     """The run's network module (``config.model.kind``)."""
+    if info.num_frames is not None and model_kind(config) != "unet":
+        raise ValueError(f"a video dataset ({config.data.name}) needs config.model.kind='unet' (the video UNet); "
+                         f"got {model_kind(config)!r}")
     if model_kind(config) == "unet":
         if config.get("text") is not None or config.get("latent") is not None:
             raise ValueError("text conditioning and latent diffusion need config.model.kind='sd_unet'")
@@ -95,6 +98,7 @@ def build_unet(model: ml_collections.ConfigDict, info: DatasetInfo) -> UNet:
         num_classes=info.num_classes if model.class_conditional else None,
         guidance_embed=model.guidance_embed,
         out_channels=info.image_shape[-1],
+        temporal=info.num_frames is not None,  # a video dataset gets the video UNet (docs/design/video.md)
         dtype=DTYPES[model.dtype],
     )
 
@@ -121,7 +125,8 @@ def model_caps(config: ml_collections.ConfigDict, info: DatasetInfo) -> ModelCap
 
 def build_source(config: ml_collections.ConfigDict, split: str = "train"):
     """``(source, DatasetInfo)`` of ``config.data``."""
-    return make_source(config.data.name, split, resolution=config.data.resolution, data_dir=config.data.data_dir)
+    return make_source(config.data.name, split, resolution=config.data.resolution, data_dir=config.data.data_dir,
+                       frames=config.data.get("frames"))
 
 
 def init_params(config: ml_collections.ConfigDict, info: DatasetInfo, key: jax.Array):

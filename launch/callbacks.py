@@ -28,10 +28,14 @@ def sample_grid_callback(denoiser, caps: ModelCaps, info: DatasetInfo, config: m
     spec = SamplerSpec.parse(config.sample.sampler)
 
     def fn(step: int, state: TrainState):
-        images = generate(denoiser, state.ema_params, info.image_shape, config.sample.num, spec, caps,
+        shape = info.image_shape if info.num_frames is None else (info.num_frames, *info.image_shape)
+        images = generate(denoiser, state.ema_params, shape, config.sample.num, spec, caps,
                           batch_size=config.sample.num, seed=config.seed, labels=class_labels(config.sample.num, classes),
                           external=external_for(workdir, spec))
-        if jax.process_index() == 0:  # labels cycle 0..9, so column j shows class j
+        if jax.process_index() == 0 and info.num_frames is not None:  # a filmstrip: one video per row
+            save_grid(images.reshape(-1, *images.shape[2:]), workdir / "samples" / f"step_{step:06d}.png",
+                      nrow=info.num_frames, scale=max(1, 32 // info.image_shape[0]))
+        elif jax.process_index() == 0:  # labels cycle 0..9, so column j shows class j
             save_grid(images, workdir / "samples" / f"step_{step:06d}.png", nrow=classes or None,
                       scale=max(1, 32 // info.image_shape[0]))
         return None

@@ -96,8 +96,11 @@ def main(argv):
                         labels=conds.get("label", np.zeros(0, np.int32)),
                         prompts=np.asarray(cycled_prompts(FLAGS.num, prompts) if prompts else [], dtype=str),
                         settings=json.dumps(settings))
-    save_grid(images[:100], png, nrow=run.num_classes or None,
-              scale=max(1, 32 // images.shape[1]))
+    if images.ndim == 5:  # videos [N, F, H, W, C]: a filmstrip, one video per row
+        save_grid(images[:16].reshape(-1, *images.shape[2:]), png, nrow=images.shape[1],
+                  scale=max(1, 32 // images.shape[2]))
+    else:
+        save_grid(images[:100], png, nrow=run.num_classes or None, scale=max(1, 32 // images.shape[1]))
     print(f"wrote {npz} and {png} ({FLAGS.num} samples, {seconds:.1f}s)")
 
 

@@ -73,6 +73,10 @@ def validate_config(config: ml_collections.ConfigDict, command: str) -> None:
         if _get(config, field) not in options:
             raise ValueError(f"config.{field} is {_get(config, field)!r}; expected one of {', '.join(options)}")
     _validate_text_latent_betas(config)
+    per_frame = config.diffusion.get("per_frame_prob", 0.0)
+    if isinstance(per_frame, bool) or not isinstance(per_frame, (int, float)) or not 0.0 <= per_frame <= 1.0:
+        raise ValueError(f"config.diffusion.per_frame_prob must be a number in [0, 1] (FVDM's probability that a "
+                         f"batch draws a time per frame), got {per_frame!r}")
     name = config.data.name
     if name == "none":
         raise ValueError("config.data.name='none': this config holds a model without a dataset (imported weights); "

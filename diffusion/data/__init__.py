@@ -4,7 +4,8 @@
 (bundled), ``scenes`` (captioned digit scenes, ``diffusion/data/scenes.py``: splits
 train / heldout / novel), ``synthetic`` (benchmarks), ``none`` (a model without data, e.g. imported
 weights: its shape from ``resolution``, RGB), ``cifar10`` / ``mnist`` / ``fashion_mnist`` or any
-``tfds:<name>`` (prepared TFDS data, no download).
+``tfds:<name>`` (prepared TFDS data, no download), ``moving_digits`` (videos of bouncing digits,
+``diffusion/data/moving_digits.py``: splits train / heldout, ``frames`` per video).
 """
 
 from __future__ import annotations
@@ -13,11 +14,28 @@ from diffusion.data.sources import DatasetInfo, digits_source, synthetic_source
 
 TFDS_ALIASES = ("cifar10", "mnist", "fashion_mnist")
 SCENES_SIZES = {"train": 60_000, "heldout": 2_000, "novel": 2_000}
-DATASETS = ("digits", "scenes", "synthetic", *TFDS_ALIASES, "tfds:<name>")
+MOVING_DIGITS_SIZES = {"train": 20_000, "heldout": 1_000}
+DATASETS = ("digits", "scenes", "moving_digits", "synthetic", *TFDS_ALIASES, "tfds:<name>")
 
 
-def make_source(name: str, split: str, *, resolution: int | None = None, data_dir: str | None = None):
-    """Builds a data source by name (see module docstring)."""
+def make_source(name: str, split: str, *, resolution: int | None = None, data_dir: str | None = None,
+                frames: int | None = None):
+    """Builds a data source by name (see module docstring); ``frames``: a video dataset's
+    frames per example."""
+    if frames is not None and name != "moving_digits":
+        raise ValueError(f"config.data.frames applies to video datasets (moving_digits); {name!r} holds images: "
+                         "leave it unset")
+    if name == "moving_digits":
+        from diffusion.data.moving_digits import CANVAS, MovingDigitsSource
+
+        if resolution not in (None, CANVAS):
+            raise ValueError(f"moving digits are {CANVAS}x{CANVAS}; set config.data.resolution={CANVAS}")
+        if split not in MOVING_DIGITS_SIZES:
+            raise ValueError(f"unknown moving_digits split {split!r}; expected one of {', '.join(MOVING_DIGITS_SIZES)}")
+        if frames is None or isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
+            raise ValueError(f"moving_digits needs config.data.frames, an integer >= 2 (frames per video), got {frames!r}")
+        size = MOVING_DIGITS_SIZES[split]
+        return MovingDigitsSource(split, size, frames), DatasetInfo((CANVAS, CANVAS, 1), 10, size, frames)
     if name == "digits":
         return digits_source(split, resolution or 8)
     if name == "scenes":

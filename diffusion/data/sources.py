@@ -19,6 +19,7 @@ class DatasetInfo:
     image_shape: tuple[int, int, int]
     num_classes: int | None
     size: int
+    num_frames: int | None = None  # a video dataset's frames per example (its examples are [F, H, W, C])
 
 
 class ArraySource:

@@ -37,7 +37,7 @@ def test_upsampling_keeps_levels_and_pools_back():
 
 
 def test_unknown_names_list_the_choices():
-    with pytest.raises(ValueError, match="available: digits, scenes, synthetic, cifar10"):
+    with pytest.raises(ValueError, match="available: digits, scenes, moving_digits, synthetic, cifar10"):
         make_source("imagenet64", "train")
     with pytest.raises(ValueError, match="train, heldout, all"):
         load_digits("test")

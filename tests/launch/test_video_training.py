@@ -1,0 +1,82 @@
+"""A video run end to end at smoke size: moving digits through the loop with FVDM's
+per-frame times, a filmstrip of samples, an exact resume; and the video config errors."""
+
+import jax
+import numpy as np
+import pytest
+
+from configs.common import base_config, shrink_for_smoke
+from diffusion.data import make_source
+from launch.experiment import train
+from launch.run_loader import load_run
+from launch.validation import validate_config
+from tests.launch.test_experiment import latest_params
+
+
+def video_config(steps=4):
+    c = shrink_for_smoke(base_config())
+    c.data.name, c.data.resolution, c.data.frames = "moving_digits", 16, 4
+    c.model.class_conditional = False
+    c.model.attn_resolutions = (8,)
+    c.model.num_res_blocks = 1
+    c.diffusion.per_frame_prob = 0.5
+    c.train.num_steps, c.train.batch_size, c.train.ckpt_every, c.train.sample_every = steps, 4, 2, steps
+    c.sample.num = 2
+    c.eval.fd_digits = False
+    return c
+
+
+def test_a_video_run_trains_samples_a_filmstrip_and_resumes_exactly(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(video_config(4), one, progress=False, devices=jax.devices()[:1])
+    train(video_config(2), two, progress=False, devices=jax.devices()[:1])
+    train(video_config(4), two, progress=False, devices=jax.devices()[:1])
+    for a, b in zip(jax.tree.leaves(latest_params(one)), jax.tree.leaves(latest_params(two))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    run = load_run(one)
+    assert run.sample_shape == (4, 16, 16, 1) and run.denoiser.module.temporal
+    from PIL import Image
+
+    strip = np.asarray(Image.open(one / "samples" / "step_000004.png"))
+    assert strip.shape[:2] == (2 * 33 + 1, 4 * 33 + 1)  # 2 videos as rows of 4 frames, 32-pixel tiles
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c: setattr(c.data, "frames", 1), "config.data.frames, an integer >= 2"),
+    (lambda c: setattr(c.diffusion, "per_frame_prob", 1.5), "per_frame_prob must be a number in \\[0, 1\\]"),
+])
+def test_bad_video_configs_are_named(change, match, tmp_path):
+    c = video_config()
+    change(c)
+    with pytest.raises(ValueError, match=match):
+        validate_config(c, "train")
+        train(c, tmp_path / "w", progress=False, devices=jax.devices()[:1])
+    assert not (tmp_path / "w").exists()
+
+
+def test_frames_on_an_image_dataset_is_refused():
+    with pytest.raises(ValueError, match="config.data.frames applies to video datasets"):
+        make_source("digits", "train", frames=8)
+    src, info = make_source("moving_digits", "heldout", frames=6)
+    assert info.num_frames == 6 and src[0]["image"].shape == (6, 16, 16, 1)
+
+
+def test_launch_sample_writes_a_video_run_as_a_filmstrip(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tests.launch.test_cli import _env
+
+    wd = tmp_path / "v"
+    c = video_config(1)
+    c.train.sample_every = 0
+    train(c, wd, progress=False, devices=jax.devices()[:1])
+    out = subprocess.run([sys.executable, "-m", "launch.sample", "--workdir", str(wd), "--num", "3", "--steps", "2"],
+                         capture_output=True, text=True, env=_env(), timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (png,) = (wd / "samples").glob("*_n3*.png")
+    (npz,) = (wd / "samples").glob("*_n3*.npz")
+    assert np.asarray(Image.open(png)).shape[:2] == (3 * 33 + 1, 4 * 33 + 1)
+    assert np.load(npz)["images"].shape == (3, 4, 16, 16, 1)
