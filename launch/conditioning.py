@@ -185,7 +185,7 @@ def with_frozen_parts(exp, config: ml_collections.ConfigDict, workdir: pathlib.P
             raise ValueError(f"the text encoder's width is {enc.width} but config.model.sd_unet.cross_attention_dim="
                              f"{unet.cross_attention_dim}; set it to {enc.width}")
         frozen["text"] = jax.tree.map(jnp.asarray, enc.params)
-        frozen["null_ids"] = tuple(jnp.asarray(a) for a in enc.ids([""]))
+        frozen["null_context"] = enc.encode_ids(*enc.ids([""]))  # [1, L, D], once: the same every batch
         parts["text"] = enc
     if config.get("latent") is not None:
         if stored("vae") or components_from is not None:
@@ -211,9 +211,7 @@ def with_frozen_parts(exp, config: ml_collections.ConfigDict, workdir: pathlib.P
         out = {"image": batch["image"] if vae is None else latents_from_images(vae, frozen["vae"], batch["image"])}
         if enc is not None:
             out["context"] = enc.context(frozen["text"], batch["ids"], batch["mask"])
-            ids, mask = frozen["null_ids"]
-            null = enc.context(frozen["text"], ids, mask)
-            out["null_context"] = jnp.broadcast_to(null, out["context"].shape)
+            out["null_context"] = jnp.broadcast_to(frozen["null_context"], out["context"].shape)
         return out
 
     transforms = ()

@@ -213,6 +213,8 @@ def main():
     ap.add_argument("--reuse_num", type=int, default=128)
     ap.add_argument("--out", default="docs/results")
     args = ap.parse_args()
+    if args.num < 2 or args.reuse_num < 2:
+        ap.error(f"--num and --reuse_num must be >= 2 (an FD needs two samples), got {args.num} and {args.reuse_num}")
     teacher, student = load_run(args.teacher), load_run(args.student)
     vae = str(teacher.config.latent.vae)
     out = pathlib.Path(args.out)

@@ -43,7 +43,12 @@ def test_a_video_run_trains_samples_a_filmstrip_and_resumes_exactly(tmp_path):
 
 @pytest.mark.parametrize("change, match", [
     (lambda c: setattr(c.data, "frames", 1), "config.data.frames, an integer >= 2"),
+    (lambda c: setattr(c.data, "frames", 0), "config.data.frames, an integer >= 2"),
+    (lambda c: setattr(c.data, "frames", -3), "config.data.frames, an integer >= 2"),
     (lambda c: setattr(c.diffusion, "per_frame_prob", 1.5), "per_frame_prob must be a number in \\[0, 1\\]"),
+    (lambda c: setattr(c.diffusion, "per_frame_prob", -0.1), "per_frame_prob must be a number in \\[0, 1\\]"),
+    (lambda c: setattr(c.diffusion, "per_frame_prob", float("nan")), "per_frame_prob must be a number in \\[0, 1\\]"),
+    (lambda c: setattr(c.data, "resolution", 32), "moving digits are 16x16"),
 ])
 def test_bad_video_configs_are_named(change, match, tmp_path):
     c = video_config()
