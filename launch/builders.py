@@ -120,6 +120,7 @@ def model_caps(config: ml_collections.ConfigDict, info: DatasetInfo) -> ModelCap
         self_attention=True,  # every UNet has its middle attention block
         feature_branches=build_network(config, info).num_branches,
         text=config.get("text") is not None,
+        frames=info.num_frames,
     )
 
 

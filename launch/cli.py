@@ -14,6 +14,7 @@ import os
 import pathlib
 import sys
 import traceback
+import warnings
 
 from absl import app, flags, logging
 
@@ -106,6 +107,8 @@ def with_clean_errors(main):
         except (ValueError, OSError) as e:
             if flags.FLAGS["verbosity"].present:
                 raise
+            # orbax's writer coroutines, abandoned by a failed save, would each print a warning at exit
+            warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
             print(f"error: {e}\n(add --verbosity=1 for the traceback)", file=sys.stderr, flush=True)
             sys.exit(2)
 

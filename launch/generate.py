@@ -13,6 +13,7 @@ from jax.experimental import multihost_utils
 from sampling.loop import sample
 from sampling.registry import ModelCaps
 from sampling.spec import SamplerSpec
+from sampling.transforms.plan import FramePlan
 
 
 def class_labels(num: int, num_classes: int | None) -> np.ndarray | None:
@@ -23,7 +24,8 @@ def class_labels(num: int, num_classes: int | None) -> np.ndarray | None:
 def generate(denoiser: Any, params: Any, image_shape: tuple[int, ...], num: int, spec: SamplerSpec, caps: ModelCaps,
              *, batch_size: int = 500, seed: int = 0, labels: np.ndarray | None = None, progress: bool = False,
              external: Mapping[str, Callable[..., Any]] | None = None, conds: Mapping[str, np.ndarray] | None = None,
-             x_T: np.ndarray | None = None) -> np.ndarray:
+             x_T: np.ndarray | None = None, given: tuple[np.ndarray, np.ndarray] | None = None,
+             key: jax.Array | None = None) -> np.ndarray:
     """Returns ``[num, *image_shape]`` float32 samples in (about) ``[-1, 1]``.
 
     Batch ``i`` uses noise and solver keys from ``fold_in(PRNGKey(seed), i)``, so results
@@ -32,7 +34,9 @@ def generate(denoiser: Any, params: Any, image_shape: tuple[int, ...], num: int,
     (a text model's ``context`` and ``null_context``). ``x_T [num, *image_shape]`` replaces
     the drawn initial noise (to reproduce another sampler's output from its latents).
     Every batch is padded to ``batch_size``. ``external`` holds what parts read from a work
-    directory (``launch.phast_files.external_for``).
+    directory (``launch.phast_files.external_for``). A video plan's given frames come as
+    ``given = (mask [num, F] bool, frames [num, F, H, W, C])`` (traced: no recompile per
+    batch or per mask). ``key`` replaces ``PRNGKey(seed)`` as the base key.
     """
     if num < 1 or batch_size < 1:
         raise ValueError(f"need num >= 1 and batch_size >= 1 samples, got num={num}, batch_size={batch_size}")
@@ -45,19 +49,31 @@ def generate(denoiser: Any, params: Any, image_shape: tuple[int, ...], num: int,
     if x_T is not None and tuple(np.shape(x_T)) != (num, *image_shape):
         raise ValueError(f"initial noise x_T has shape {np.shape(x_T)}, expected {(num, *image_shape)}")
     den, solver, grid = spec.build(denoiser, caps, external)
+    planned = isinstance(solver, FramePlan)
+    if given is not None and not planned:
+        raise ValueError("given frames need a video plan (--plan i2v, interp, ...)")
+    if planned:
+        mask, frames = given if given is not None else (
+            np.broadcast_to(np.asarray(solver.given), (num, image_shape[0])), np.zeros((num, *image_shape), np.float32))
+        if tuple(np.shape(mask)) != (num, image_shape[0]) or tuple(np.shape(frames)) != (num, *image_shape):
+            raise ValueError(f"given frames: mask {np.shape(mask)} and frames {np.shape(frames)} do not match "
+                             f"{num} videos of shape {image_shape}")
+    base = jax.random.PRNGKey(seed) if key is None else key
     batch_size = min(batch_size, num)
     out = []
     starts = range(0, num, batch_size)
     pad = lambda a, start, n: jnp.asarray(np.resize(np.asarray(a[start:start + n]), (batch_size, *np.shape(a)[1:])))  # noqa: E731
     for i, start in enumerate(tqdm.tqdm(starts, desc="sample", disable=not progress, leave=False)):
         n = min(batch_size, num - start)
-        k_noise, k_solver = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), i))
+        k_noise, k_solver = jax.random.split(jax.random.fold_in(base, i))
         if x_T is None:
             x_init = jax.random.normal(k_noise, (batch_size, *image_shape), jnp.float32)
         else:
             x_init = pad(np.asarray(x_T, np.float32), start, n)
         cond = {name: pad(value, start, n) for name, value in conds.items()} or None
-        x = sample(den, params, solver, grid, x_init, cond, k_solver)
+        batch_solver = solver.replace(given=pad(mask, start, n), x_given=pad(np.asarray(frames, np.float32), start, n)) \
+            if planned else solver
+        x = sample(den, params, batch_solver, grid, x_init, cond, k_solver)
         if jax.process_count() > 1:
             x = multihost_utils.process_allgather(x, tiled=True)
         out.append(np.asarray(x)[:n])
@@ -81,13 +97,15 @@ def check_prompts(run: Any, prompts: list[str] | None) -> None:
 
 def draw(run: Any, params: Any, spec: SamplerSpec, num: int, *, seed: int = 0, batch_size: int = 500,
          prompts: list[str] | None = None, negative_prompt: str = "", x_T: np.ndarray | None = None,
-         progress: bool = False, external: Mapping[str, Callable[..., Any]] | None = None
-         ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+         progress: bool = False, external: Mapping[str, Callable[..., Any]] | None = None,
+         truth: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Samples a loaded run (``launch.run_loader.LoadedRun``): ``(images [num, H, W, C]
     float32 in about [-1, 1], conditions)``. Labels cycle through the classes of a
     class-conditional model; a text model needs ``prompts`` (cycled to ``num``), with
     ``negative_prompt`` as guidance's null condition; a latent model's samples are decoded
-    through its VAE. ``x_T`` replaces the initial noise (``[num, *run.sample_shape]``)."""
+    through its VAE. ``x_T`` replaces the initial noise (``[num, *run.sample_shape]``).
+    A video model samples under the spec's plan (``launch.video.generate_video``; ``truth``:
+    the ground-truth videos its given frames come from)."""
     check_prompts(run, prompts)
     conds: dict[str, np.ndarray] = {}
     if run.caps.text:
@@ -95,6 +113,14 @@ def draw(run: Any, params: Any, spec: SamplerSpec, num: int, *, seed: int = 0, b
 
         conds = text_conds(run.prompt_encoder(), cycled_prompts(num, prompts), negative_prompt)
     labels = class_labels(num, run.num_classes)
+    if run.caps.frames is not None:
+        if x_T is not None or prompts:
+            raise ValueError("video models take neither prompts nor initial noise")
+        from launch.video import generate_video
+
+        out = generate_video(run.denoiser, params, run.sample_shape, num, spec, run.caps, truth=truth, seed=seed,
+                             batch_size=batch_size, labels=labels, progress=progress, external=external)
+        return out, ({"label": labels} if labels is not None else {})
     out = generate(run.denoiser, params, run.sample_shape, num, spec, run.caps, batch_size=batch_size, seed=seed,
                    labels=labels, progress=progress, external=external, conds=conds, x_T=x_T)
     decode = run.decoder()

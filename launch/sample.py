@@ -5,6 +5,8 @@ r"""Samples a trained work directory with any solver and sampling transform.
         [--attention_reuse hurry:5] [--feature_cache uniform:3 --cache_branch 0]
     python -m launch.sample --workdir runs/sd15 --prompt "a photo of a cat" [--prompt ...] \
         [--prompts_file prompts.txt] [--negative_prompt "blurry"] --guidance 7.5 --num 4
+    python -m launch.sample --workdir runs/moving_digits --plan i2v [--given_frames 0] \
+        [--source heldout]    # also --plan sync, interp, long:64, pyramid:2
 
 Unset sampler flags keep the run's ``config.sample.sampler``; one flag exists per
 registered sampling part and knob (``--helpfull`` lists them). Writes
@@ -12,7 +14,10 @@ registered sampling part and knob (``--helpfull`` lists them). Writes
 ``labels [N]``, ``prompts [N]`` of a text model, and the settings) and a PNG grid of the
 first 100 beside it; an existing file is kept unless ``--overwrite``. A text model's
 samples cycle through the prompts; guidance's null condition is the negative prompt
-(empty by default); a latent model's samples are decoded through its VAE.
+(empty by default); a latent model's samples are decoded through its VAE. A video model
+writes ``images [N, L, H, W, C]``, a filmstrip PNG (one video per row) and an animated GIF;
+a plan that gives frames takes them from the ``--source`` split's first ``N`` videos and
+stores them as ``truth`` (the ground truth, as long as the samples).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ flags.DEFINE_string("ckpt", "latest", "Checkpoint step, or 'latest'.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("batch_size", 500, "Samples per compiled batch.")
 cli.define_prompt_flags()
+flags.DEFINE_string("source", "heldout", "A video plan's given frames come from this split of the run's dataset.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output file of the same sampler, checkpoint, seed and num.")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
@@ -68,6 +74,7 @@ def main(argv):
     from launch.phast_files import external_for
     from launch.records import record_fields
     from launch.run_loader import load_run
+    from launch.video import needs_truth, save_gif, truth_videos, video_length
     from sampling.spec import SamplerSpec
 
     if FLAGS.num < 1 or FLAGS.batch_size < 1:
@@ -77,8 +84,16 @@ def main(argv):
     check_prompts(run, prompts)  # before the parameters are read
     spec = SamplerSpec.parse(run.config.sample.sampler).merged(cli.sampler_overrides())
     spec.build(run.denoiser, run.caps, external_for(run.workdir, spec))  # a bad sampler fails now
+    truth = None
+    if run.caps.frames is not None and needs_truth(spec, run.caps.frames):
+        truth = truth_videos(run.config, FLAGS.source, FLAGS.num, video_length(spec, run.caps.frames))
+    elif FLAGS["source"].present:
+        raise ValueError("--source names the split a video plan's given frames come from; this sampler gives none "
+                         "(use --plan i2v, interp, or --given_frames)")
     step = run.select(FLAGS.ckpt)[0]
     name = sample_name(spec.tag(), step, prompts, FLAGS.negative_prompt)  # tags may hold dots (eta0.5)
+    if truth is not None:
+        name += f"_{FLAGS.source}"
     npz, png = (pathlib.Path(FLAGS.workdir) / "samples" / f"{name}.{ext}" for ext in ("npz", "png"))
     if npz.exists() and not FLAGS.overwrite:
         raise FileExistsError(f"{npz} exists; pass --overwrite to sample it again and replace it")
@@ -87,20 +102,26 @@ def main(argv):
     t0 = time.perf_counter()
     images, conds = draw(run, params, spec, FLAGS.num, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
                          prompts=prompts, negative_prompt=FLAGS.negative_prompt, progress=True,
-                         external=external_for(run.workdir, spec))
+                         external=external_for(run.workdir, spec), truth=truth)
     seconds = time.perf_counter() - t0
     settings = {"ckpt": step, "seed": FLAGS.seed, "num": FLAGS.num, "seconds": seconds, **record_fields(spec)}
     if prompts:
         settings["negative_prompt"] = FLAGS.negative_prompt
-    np.savez_compressed(npz, images=to_uint8(images),
+    if truth is not None:
+        settings["source"] = FLAGS.source
+    extra = {} if truth is None else {"truth": to_uint8(truth)}
+    np.savez_compressed(npz, images=to_uint8(images), **extra,
                         labels=conds.get("label", np.zeros(0, np.int32)),
                         prompts=np.asarray(cycled_prompts(FLAGS.num, prompts) if prompts else [], dtype=str),
                         settings=json.dumps(settings))
-    if images.ndim == 5:  # videos [N, F, H, W, C]: a filmstrip, one video per row
+    if images.ndim == 5:  # videos [N, F, H, W, C]: a filmstrip, one video per row, and a GIF
         save_grid(images[:16].reshape(-1, *images.shape[2:]), png, nrow=images.shape[1],
                   scale=max(1, 32 // images.shape[2]))
-    else:
-        save_grid(images[:100], png, nrow=run.num_classes or None, scale=max(1, 32 // images.shape[1]))
+        gif = png.with_suffix(".gif")
+        save_gif(to_uint8(images), gif)
+        print(f"wrote {npz}, {png} and {gif} ({FLAGS.num} videos, {seconds:.1f}s)")
+        return
+    save_grid(images[:100], png, nrow=run.num_classes or None, scale=max(1, 32 // images.shape[1]))
     print(f"wrote {npz} and {png} ({FLAGS.num} samples, {seconds:.1f}s)")
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 CORE_KEYS = ("solver", "steps", "grid")
 # flags of the commands that take sampler flags, and the sweep's own key: no part may use them
 RESERVED_KEYS = ("seed", "num", "ckpt", "ckpts", "batch_size", "overwrite", "workdir", "sweep", "k", "max_evals",
-                 "config", "multihost", "helpfull", "help", "verbosity")
+                 "config", "multihost", "helpfull", "help", "verbosity", "source")
 OFF = ("off", "none", "")  # a transform key with one of these values is not applied
 
 
@@ -123,6 +123,7 @@ class ModelCaps:
       feature_branches: skip branches a feature cache can use (0: none).
       text: the network takes ``cond["context"]`` (text-encoder hidden states); guidance's
         null condition is ``cond["null_context"]``.
+      frames: frames per video of a video model (``x [B, F, H, W, C]``), else None.
     """
 
     null_label: int | None = None
@@ -130,6 +131,7 @@ class ModelCaps:
     self_attention: bool = False
     feature_branches: int = 0
     text: bool = False
+    frames: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +142,7 @@ class BuildContext:
       steps: sampling steps (schedules over steps have this length).
       caps: the model's capabilities.
       schedule: the model's noise schedule.
+      grid: the sampler's time grid name (``sampling.grids.GRIDS``).
       external: data that ``launch/`` reads from a work directory for a part, by name
         (``{"phast": k -> bool [steps]}``); the sampling floor reads no files.
     """
@@ -147,6 +150,7 @@ class BuildContext:
     steps: int
     caps: ModelCaps
     schedule: Any = None
+    grid: str = "trailing"
     external: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
 
 
@@ -178,6 +182,8 @@ class TransformPart:
       tag: ``knobs -> str`` file-name fragment (default: name and values).
       implicit: ``caps -> knobs or None``: knobs to apply this part with when the model
         needs it but the spec does not ask for it.
+      loop_grid: ``(grid, knobs, BuildContext) -> grid``: the grid the sampling loop walks,
+        when the part needs another one than the sampler's (a pyramid plan runs longer).
     """
 
     name: str
@@ -190,6 +196,7 @@ class TransformPart:
     format: Callable[[dict], str] | None = None
     tag: Callable[[dict], str] | None = None
     implicit: Callable[[ModelCaps], dict | None] | None = None
+    loop_grid: Callable[[Any, dict, BuildContext], Any] | None = None
 
     def spec_knobs(self) -> tuple[Knob, ...]:
         return tuple(k for k in self.knobs if k.flag is None)

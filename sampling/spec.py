@@ -203,7 +203,7 @@ class SamplerSpec:
         e.g. the guidance input of a w-conditioned student) is applied even if not asked
         for. ``external`` holds data read from a work directory (``launch/``)."""
         schedule = denoiser.schedule
-        ctx = BuildContext(self.steps, caps, schedule, external or {})
+        ctx = BuildContext(self.steps, caps, schedule, self.grid, external or {})
         solver = registry.solver(self.solver).make(schedule, **dict(self.solver_knobs))
         applied = {name: dict(knobs) for name, knobs in self.transforms}
         for part in registry.transforms().values():
@@ -216,7 +216,12 @@ class SamplerSpec:
                 denoiser = part.build(denoiser, applied[name], ctx)
             else:
                 solver = part.build(solver, applied[name], ctx)
-        return denoiser, solver, make_grid(self.grid, self.steps, schedule)
+        grid = make_grid(self.grid, self.steps, schedule)
+        for name in applied:
+            part = registry.transform(name)
+            if part.loop_grid is not None:
+                grid = part.loop_grid(grid, applied[name], ctx)
+        return denoiser, solver, grid
 
     def network_calls(self, schedule) -> int:
         """Network evaluations of one sample (without guidance's batch doubling)."""

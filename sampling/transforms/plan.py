@@ -25,6 +25,7 @@ from flax import struct
 
 from diffusion.param import Prediction
 from diffusion.schedules import Schedule, bcast_right
+from sampling.registry import Knob, TransformPart, choice, integer, register
 from sampling.solvers.base import Model, Solver, SolverState
 
 ONE_STEP_SOLVERS = ("DDIM",)
@@ -99,9 +100,131 @@ def pyramid_loop_grid(grid: jax.Array, frames: int, max_lag: int) -> jax.Array:
     return jnp.concatenate([grid, jnp.zeros((max_lag * (frames - 1),), grid.dtype)])
 
 
+def base_solver(solver):
+    """The innermost solver under any solver wrappers (``.solver`` attributes)."""
+    while hasattr(solver, "solver"):
+        solver = solver.solver
+    return solver
+
+
 def check_pyramid_solver(solver, lag: int) -> None:
-    """A pyramid (``lag > 0``) needs a one-step solver: a clear error otherwise."""
-    name = type(solver).__name__
+    """A pyramid (``lag > 0``) needs a one-step base solver: a clear error otherwise."""
+    name = type(base_solver(solver)).__name__
     if lag > 0 and name not in ONE_STEP_SOLVERS:
         raise ValueError(f"the pyramid plan needs a one-step solver ({', '.join(ONE_STEP_SOLVERS).lower()}); "
                          f"{name} keeps a multistep history whose order ramps per run, not per frame")
+
+
+# ------------------------------------------------------------------------------------------
+# The registered part: --plan sync | i2v | interp | long:LENGTH | pyramid:LAG
+
+PLANS = ("sync", "i2v", "interp", "long", "pyramid")
+
+
+def parse_given_frames(text) -> tuple[int, ...] | None:
+    """``"0"``, ``"0,15"`` (``/`` for ``,`` in a spec) -> sorted frame indices; ``"default"``
+    -> None (the plan's own: i2v frame 0, interpolation the first and the last)."""
+    text = str(text).strip().replace("/", ",")
+    if text in ("default", ""):
+        return None
+    try:
+        frames = sorted({int(f) for f in text.split(",")})
+    except ValueError:
+        raise ValueError(f"expected frame indices like 0 or 0,15, got {text!r}") from None
+    if frames and frames[0] < 0:
+        raise ValueError(f"frame indices count from 0, got {frames[0]}")
+    return tuple(frames)
+
+
+def format_given_frames(frames) -> str:
+    return "default" if frames is None else ",".join(str(f) for f in frames)
+
+
+def _parse_plan(text: str) -> dict:
+    kind, _, arg = text.partition(":")
+    kind = kind.strip()
+    if kind not in PLANS:
+        raise ValueError(f"unknown plan {kind!r}")
+    if kind in ("long", "pyramid"):
+        if not arg:
+            raise ValueError(f"{kind} needs a number: {kind}:{'64' if kind == 'long' else '2'}")
+        value = integer(1)(arg)
+        return {"kind": kind, "length": value if kind == "long" else 0, "lag": value if kind == "pyramid" else 0}
+    if arg:
+        raise ValueError(f"{kind} takes no value, got {arg!r}")
+    return {"kind": kind, "length": 0, "lag": 0}
+
+
+def _format_plan(knobs: dict) -> str:
+    arg = {"long": knobs["length"], "pyramid": knobs["lag"]}.get(knobs["kind"])
+    return knobs["kind"] + ("" if arg is None else f":{arg}")
+
+
+def given_frames(knobs: dict, frames: int) -> tuple[int, ...]:
+    """The frames a plan gives (of the first window for long video): the ``given_frames``
+    knob, or the plan's default."""
+    chosen = parse_given_frames(knobs["given_frames"])
+    if chosen is not None:
+        return chosen
+    return {"i2v": (0,), "interp": (0, frames - 1)}.get(knobs["kind"], ())
+
+
+def _check(knobs: dict, frames: int | None) -> None:
+    kind = knobs["kind"]
+    if frames is None:
+        raise ValueError(f"the {kind} plan samples videos, and this model makes images: use --plan off")
+    given = given_frames(knobs, frames)
+    if given and given[-1] >= frames:
+        raise ValueError(f"--given_frames {format_given_frames(given)}: frame {given[-1]} is outside the model's "
+                         f"{frames}-frame video (frames 0..{frames - 1})")
+    if kind in ("i2v", "interp") and not given:
+        raise ValueError(f"the {kind} plan needs at least one given frame")
+    if len(given) == frames:
+        raise ValueError(f"--given_frames gives all {frames} frames: nothing is left to generate")
+    if kind == "long" and knobs["length"] <= frames:
+        raise ValueError(f"long:{knobs['length']} is no longer than the model's {frames}-frame window: "
+                         f"ask for more than {frames} frames")
+    if kind == "long" and frames < 2:
+        raise ValueError("long video needs a model of at least 2 frames")
+
+
+def _build(solver, knobs: dict, ctx):
+    frames = ctx.caps.frames
+    _check(knobs, frames)
+    check_pyramid_solver(solver, knobs["lag"])
+    mask = jnp.zeros((frames,), bool).at[jnp.asarray(given_frames(knobs, frames), jnp.int32)].set(True)
+    from sampling.grids import make_grid
+
+    grid = make_grid(ctx.grid, ctx.steps, ctx.schedule)
+    return FramePlan(solver, mask, jnp.zeros((), jnp.float32), grid, jnp.asarray(knobs["lag"], jnp.int32))
+
+
+def _loop_grid(grid, knobs: dict, ctx):
+    max_lag = max(knobs["lag"], knobs["max_lag"]) if knobs["kind"] == "pyramid" else 0
+    return pyramid_loop_grid(grid, ctx.caps.frames, max_lag) if max_lag else grid
+
+
+def _tag(knobs: dict) -> str:
+    out = "plan-" + _format_plan(knobs).replace(":", "")
+    if knobs["given_frames"] != "default":
+        out += "-given" + knobs["given_frames"].replace(",", "-")
+    return out + (f"-max{knobs['max_lag']}" if knobs["kind"] == "pyramid" and knobs["max_lag"] else "")
+
+
+def _given_knob(text) -> str:
+    return format_given_frames(parse_given_frames(text))
+
+
+register(TransformPart(
+    name="plan", wraps="solver", order=100, build=_build, loop_grid=_loop_grid,
+    help="a per-frame sampling plan for video models (FVDM): sync, i2v, interp, long:LENGTH or pyramid:LAG",
+    knobs=(Knob("kind", choice(*PLANS), traced=False, help="the plan", examples=("i2v", "long")),
+           Knob("length", integer(0), 0, traced=False, help="frames of a long video", examples=(32, 64)),
+           # traced inside FramePlan, but the loop's length follows it unless --plan_max_lag covers it
+           Knob("lag", integer(0), 0, traced=False, help="grid steps by which frame i trails frame i-1 (pyramid)",
+                examples=(1, 2)),
+           Knob("given_frames", _given_knob, "default", flag="given_frames",
+                help="frames given from --source (e.g. 0 or 0,15); default: i2v 0, interp the first and last"),
+           Knob("max_lag", integer(0), 0, traced=False, flag="plan_max_lag",
+                help="size the pyramid loop for this lag, so any lag up to it runs without a recompile")),
+    parse=_parse_plan, format=_format_plan, tag=_tag))

@@ -40,14 +40,22 @@ from sampling.solvers.base import Model, Solver, SolverState
 MODES = ("query", "destination")
 
 
-def sample_variance(x: jax.Array) -> jax.Array:
-    """``[B]`` unbiased variance (``ddof = 1``) of each sample over all its elements."""
-    return jnp.var(x.reshape(x.shape[0], -1), axis=1, ddof=1)
+def sample_variance(x: jax.Array, lead: int = 1) -> jax.Array:
+    """Unbiased variance (``ddof = 1``) over all but the ``lead`` leading axes: ``[B]`` per
+    sample (``lead = 1``), ``[B, F]`` per frame of a video ``[B, F, H, W, C]`` (``lead = 2``)."""
+    return jnp.var(x.reshape(*x.shape[:lead], -1), axis=-1, ddof=1)
 
 
 def closest_time(schedule: Schedule, variance: jax.Array, center: jax.Array, window) -> jax.Array:
-    """``[B]`` training times ``n / T`` within ``|n - center * T| <= window / 2`` whose
-    ``1 - alpha_bar`` is closest to ``variance [B]`` (``center``: ``[]`` or ``[B]``)."""
+    """Training times ``n / T`` within ``|n - center * T| <= window / 2`` whose
+    ``1 - alpha_bar`` is closest to ``variance`` (any shape ``S``; ``center``: ``[]`` or ``S``);
+    returns shape ``S``."""
+    shape = variance.shape
+    center = jnp.broadcast_to(jnp.asarray(center, jnp.float32), shape).reshape(-1)
+    return _closest_time(schedule, variance.reshape(-1), center, window).reshape(shape)
+
+
+def _closest_time(schedule: Schedule, variance: jax.Array, center: jax.Array, window) -> jax.Array:
     T = schedule.T
     n = jnp.arange(T + 1, dtype=jnp.float32)
     noise_var = 1.0 - schedule.alpha_bar(n / T)  # [T + 1]
@@ -67,12 +75,15 @@ class TimeShift(Solver):
         steps, 30 for DPM-Solver at 5, 80 for DDIM at 5).
       cutoff: shift only while the grid time (in training steps) is above it (550 / 300).
       mode: ``"query"`` or ``"destination"`` (static).
+      lead: leading axes the shift is chosen over (static): 1 per sample, 2 per frame of
+        a video model (its times are ``[B, F]``; a plan may set them per frame).
     """
 
     solver: object
     window: jax.Array | float = 5.0
     cutoff: jax.Array | float = 550.0
     mode: str = struct.field(pytree_node=False, default="query")
+    lead: int = struct.field(pytree_node=False, default=1)
 
     @property
     def schedule(self) -> Schedule:
@@ -82,7 +93,7 @@ class TimeShift(Solver):
         if self.mode not in MODES:
             raise ValueError(f"unknown time-shift mode {self.mode!r}; expected one of {MODES}")
         inner = self.solver.init(x, key)
-        shifted = jnp.full(x.shape[:1], -1.0, jnp.float32)  # < 0: no shift chosen yet
+        shifted = jnp.full(x.shape[:self.lead], -1.0, jnp.float32)  # < 0: no shift chosen yet
         return inner.replace(aux={"inner": inner.aux, "shifted": shifted})
 
     def network_calls(self, steps: int) -> int:
@@ -93,16 +104,17 @@ class TimeShift(Solver):
 
     def step(self, state: SolverState, model: Model, t: jax.Array, t_next: jax.Array) -> SolverState:
         T = self.schedule.T
-        t_b = jnp.broadcast_to(jnp.asarray(t, jnp.float32), state.x.shape[:1])
-        next_b = jnp.broadcast_to(jnp.asarray(t_next, jnp.float32), state.x.shape[:1])
+        lead = state.x.shape[:self.lead]
+        t_b = jnp.broadcast_to(jnp.asarray(t, jnp.float32), lead)
+        next_b = jnp.broadcast_to(jnp.asarray(t_next, jnp.float32), lead)
         if self.mode == "query":
             shifted = state.aux["shifted"]
             query = jnp.where((jnp.round(t_b * T) > self.cutoff) & (shifted >= 0), shifted, t_b)
             inner = self._inner_step(state, model, query, next_b)
-            tau = closest_time(self.schedule, sample_variance(inner.x), next_b, self.window)
+            tau = closest_time(self.schedule, sample_variance(inner.x, self.lead), next_b, self.window)
             new_shift = jnp.where(next_b > 0, tau, -1.0)
         else:
-            tau = closest_time(self.schedule, sample_variance(state.x), next_b, self.window)
+            tau = closest_time(self.schedule, sample_variance(state.x, self.lead), next_b, self.window)
             use = (state.i > 0) & (jnp.round(next_b * T) > self.cutoff)
             inner = self._inner_step(state, model, t_b, jnp.where(use, tau, next_b))
             new_shift = jnp.where(use, tau, -1.0)
@@ -114,7 +126,7 @@ def _build(solver, knobs: dict, ctx):
     if knobs["window"] > T or knobs["cutoff"] > T:
         raise ValueError(f"time_shift window {fmt(knobs['window'])} and cutoff {fmt(knobs['cutoff'])} are training "
                          f"steps: both must lie in [0, T = {T}] of this model's schedule")
-    return TimeShift(solver, knobs["window"], knobs["cutoff"], knobs["mode"])
+    return TimeShift(solver, knobs["window"], knobs["cutoff"], knobs["mode"], lead=2 if ctx.caps.frames else 1)
 
 
 register(TransformPart(

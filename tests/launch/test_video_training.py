@@ -66,7 +66,7 @@ def test_frames_on_an_image_dataset_is_refused():
     assert info.num_frames == 6 and src[0]["image"].shape == (6, 16, 16, 1)
 
 
-def test_launch_sample_writes_a_video_run_as_a_filmstrip(tmp_path):
+def test_launch_sample_writes_an_i2v_run_as_a_filmstrip_a_gif_and_the_truth(tmp_path):
     import subprocess
     import sys
 
@@ -78,10 +78,16 @@ def test_launch_sample_writes_a_video_run_as_a_filmstrip(tmp_path):
     c = video_config(1)
     c.train.sample_every = 0
     train(c, wd, progress=False, devices=jax.devices()[:1])
-    out = subprocess.run([sys.executable, "-m", "launch.sample", "--workdir", str(wd), "--num", "3", "--steps", "2"],
-                         capture_output=True, text=True, env=_env(), timeout=600)
+    out = subprocess.run([sys.executable, "-m", "launch.sample", "--workdir", str(wd), "--num", "3", "--steps", "2",
+                          "--plan", "i2v", "--given_frames", "1"], capture_output=True, text=True, env=_env(), timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    (png,) = (wd / "samples").glob("*_n3*.png")
-    (npz,) = (wd / "samples").glob("*_n3*.npz")
+    (png,) = (wd / "samples").glob("*plan-i2v-given1*_n3_heldout.png")
+    npz = np.load(png.with_suffix(".npz"))
     assert np.asarray(Image.open(png)).shape[:2] == (3 * 33 + 1, 4 * 33 + 1)
-    assert np.load(npz)["images"].shape == (3, 4, 16, 16, 1)
+    images, truth = npz["images"], npz["truth"]
+    assert images.shape == truth.shape == (3, 4, 16, 16, 1)
+    np.testing.assert_array_equal(images[:, 1], truth[:, 1])  # the given frame, exactly
+    heldout, _ = make_source("moving_digits", "heldout", frames=4)
+    np.testing.assert_array_equal(truth[2], np.round((heldout[2]["image"] + 1) * 127.5).astype(np.uint8))
+    gif = Image.open(png.with_suffix(".gif"))
+    assert gif.n_frames == 4

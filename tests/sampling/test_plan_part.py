@@ -1,0 +1,168 @@
+"""The registered ``plan`` part (``--plan sync|i2v|interp|long:N|pyramid:L``): built from a
+spec, sampled through ``generate`` with per-batch given frames, the long-video window loop
+against the closed-form conditional, the per-frame time shift, and its errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import struct
+
+from diffusion.analytic import SharedLatentVideoDenoiser, make_mixture
+from diffusion.contract import Stateless
+from diffusion.schedules import make_schedule
+from launch.generate import generate
+from launch.video import generate_video
+from sampling import loop
+from sampling.registry import ModelCaps
+from sampling.spec import make_spec
+from sampling.transforms.plan import FramePlan
+
+SCHED = make_schedule("cosine", 1000)
+ORACLE = SharedLatentVideoDenoiser(1.0, 0.5, SCHED)
+F = 4
+SHAPE = (F, 2, 2, 1)
+CAPS = ModelCaps(frames=F)
+
+
+def test_the_plan_part_builds_a_frame_plan_that_generate_feeds_per_batch():
+    spec = make_spec("ddim", 8, plan="i2v")
+    _, solver, grid = spec.build(ORACLE, CAPS)
+    assert isinstance(solver, FramePlan) and np.asarray(solver.given).tolist() == [True, False, False, False]
+    assert grid.shape == (9,)
+    truth = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (6, *SHAPE)))
+    mask = np.zeros((6, F), bool)
+    mask[:, 0] = True
+    out = generate(ORACLE, None, SHAPE, 6, spec, CAPS, batch_size=4, given=(mask, truth))
+    np.testing.assert_array_equal(out[:, 0], truth[:, 0])  # both batches, the padded one too
+    assert np.abs(out[:, 1:] - truth[:, 1:]).min() > 0
+
+
+def test_pyramid_loop_is_longer_and_max_lag_sizes_it():
+    assert make_spec("ddim", 8, plan="pyramid:2").build(ORACLE, CAPS)[2].shape == (8 + 2 * (F - 1) + 1,)
+    assert make_spec("ddim", 8, plan="pyramid:1", plan_max_lag=3).build(ORACLE, CAPS)[2].shape == (8 + 3 * 3 + 1,)
+    # the time shift wraps the base solver: the pyramid checks the solver under it
+    make_spec("ddim", 8, plan="pyramid:1", time_shift="20,300").build(ORACLE, CAPS)
+
+
+def test_changing_the_given_frames_or_the_lag_does_not_recompile():
+    x = jnp.zeros((2, *SHAPE))
+    runs = []
+    for given, lag in [("0", 1), ("0,3", 2), ("1", 0)]:
+        spec = make_spec("ddim", 6, plan="pyramid:" + str(max(lag, 1)), plan_max_lag=2, given_frames=given)
+        den, solver, grid = spec.build(ORACLE, CAPS)
+        solver = solver.replace(lag=jnp.asarray(lag, jnp.int32), x_given=x + 0.5,
+                                given=jnp.broadcast_to(solver.given, (2, F)))
+        runs.append(np.asarray(loop.sample(den, None, solver, grid, jax.random.normal(jax.random.PRNGKey(0), x.shape))))
+        if len(runs) == 1:
+            size = loop._chain_jit._cache_size()
+    assert loop._chain_jit._cache_size() == size
+    assert np.abs(runs[0] - runs[1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("values, caps, match", [
+    ({"plan": "i2v"}, ModelCaps(), "this model makes images"),
+    ({"plan": "i2v", "given_frames": "4"}, CAPS, "frame 4 is outside the model's 4-frame video"),
+    ({"plan": "interp", "given_frames": "0,1,2,3"}, CAPS, "nothing is left to generate"),
+    ({"plan": "long:4"}, CAPS, "no longer than the model's 4-frame window"),
+    ({"plan": "pyramid:1", "solver": "dpmpp2m"}, CAPS, "needs a one-step solver"),
+])
+def test_bad_plans_are_named(values, caps, match):
+    values = {"steps": 8, **values}
+    with pytest.raises(ValueError, match=match):
+        make_spec(**values).build(ORACLE, caps)
+
+
+@pytest.mark.parametrize("text, match", [("long", "long needs a number"), ("long:0", "out of range"),
+                                         ("i2v:3", "takes no value"), ("video", "unknown plan")])
+def test_bad_plan_specs_are_named(text, match):
+    with pytest.raises(ValueError, match=match):
+        make_spec("ddim", 8, plan=text)
+    with pytest.raises(ValueError, match="frame indices"):
+        make_spec("ddim", 8, plan="i2v", given_frames="-1")
+
+
+def test_long_video_windows_continue_the_previous_frames_by_the_closed_form():
+    """Window 2 of a long video gives its first 2 frames (window 1's last two): in the shared-
+    latent Gaussian its new frames regress on their mean with gain ``2 a^2 / (2 a^2 + b^2)``
+    and residual variance ``a^2 b^2 / (2 a^2 + b^2) + b^2``. The first window is the plain
+    synchronous sample of the same seed."""
+    n = 3000
+    spec = make_spec("ddim", 200, plan="long:6")
+    video = generate_video(ORACLE, None, SHAPE, n, spec, CAPS, seed=3, batch_size=n)
+    assert video.shape == (n, 6, 2, 2, 1)
+    sync = generate(ORACLE, None, SHAPE, n, make_spec("ddim", 200, plan="sync"), CAPS, seed=3, batch_size=n)
+    np.testing.assert_array_equal(video[:, :F], sync)
+    given = video[:, 2:4].mean(axis=1).reshape(-1)  # window 2's given frames
+    a2, b2 = 1.0, 0.25
+    gain, variance = 2 * a2 / (2 * a2 + b2), a2 * b2 / (2 * a2 + b2) + b2
+    for frame in (4, 5):
+        new = video[:, frame].reshape(-1)
+        slope = (given * new).mean() / (given**2).mean()
+        np.testing.assert_allclose(slope, gain, atol=0.03)
+        np.testing.assert_allclose((new - slope * given).var(), variance, rtol=0.08)
+
+
+@struct.dataclass
+class FramesAsImages(Stateless):
+    """A video denoiser whose frames are independent images of ``image`` (a per-image oracle)."""
+
+    image: object
+
+    @property
+    def schedule(self):
+        return self.image.schedule
+
+    def __call__(self, params, x_t, t, cond=None, **_):
+        b, f = x_t.shape[:2]
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32).reshape(jnp.shape(t) + (1,) * (2 - jnp.ndim(t))), (b, f))
+        pred, _ = self.image(params, x_t.reshape(b * f, *x_t.shape[2:]), t.reshape(-1))
+        return jax.tree.map(lambda v: v.reshape(x_t.shape), pred), {}
+
+
+@pytest.mark.parametrize("mode", ["query", "destination"])
+def test_the_time_shift_acts_per_frame(mode):
+    """On a video of independent frames, the per-frame time shift under a plan equals the
+    image time shift on the frames as separate images, frame by frame."""
+    mixture = make_mixture(SCHED, [[-1.0] * 4, [1.0] * 4], [0.3, 0.6])
+    video = FramesAsImages(mixture)
+    x_T = jax.random.normal(jax.random.PRNGKey(1), (3, *SHAPE))
+    spec = make_spec("ddim", 10, plan="sync", time_shift="80,300", time_shift_mode=mode)
+    den, solver, grid = spec.build(video, CAPS)
+    out = np.asarray(loop.sample(den, None, solver, grid, x_T))
+    image_spec = make_spec("ddim", 10, time_shift="80,300", time_shift_mode=mode)
+    den_i, solver_i, grid_i = image_spec.build(mixture, ModelCaps())
+    ref = np.asarray(loop.sample(den_i, None, solver_i, grid_i, x_T.reshape(3 * F, 2, 2, 1))).reshape(out.shape)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    den_0, solver_0, grid_0 = make_spec("ddim", 10, plan="sync").build(video, CAPS)
+    unshifted = np.asarray(loop.sample(den_0, None, solver_0, grid_0, x_T))
+    assert np.abs(out - unshifted).max() > 1e-3  # the shift did something
+
+
+def test_a_plan_composes_with_guidance_attention_reuse_and_the_time_shift_on_the_video_unet():
+    """i2v on a class-conditional video UNet under guidance, HURRY-style reuse of spatial
+    and temporal maps and the per-frame time shift: one jitted scan; the given frame comes
+    out exactly; reuse changes the result (maps were reused) and so does guidance."""
+    from diffusion.nn.denoiser import Denoiser
+    from diffusion.nn.unet import UNet
+    from tests.nn.test_unet import TINY, _randomize_zero_layers
+
+    module = UNet(**TINY, temporal=True, num_classes=10)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 8, 8, 1))
+    p = module.init(jax.random.PRNGKey(0), x, jnp.zeros((2, 3)), label=jnp.zeros((2,), jnp.int32))["params"]
+    p = _randomize_zero_layers(p, jax.random.PRNGKey(4))
+    den = Denoiser(module, SCHED, "eps")
+    caps = ModelCaps(null_label=10, self_attention=True, frames=3)
+    truth = np.asarray(jax.random.uniform(jax.random.PRNGKey(2), x.shape, minval=-1, maxval=1))
+    mask = np.array([[True, False, False]] * 2)
+    labels = np.array([3, 7])
+    outs = {}
+    for name, values in {"all": dict(guidance=2, attention_reuse="hurry:2", time_shift="80,300"),
+                         "no_reuse": dict(guidance=2, time_shift="80,300"),
+                         "w1": dict(guidance=1, attention_reuse="hurry:2", time_shift="80,300")}.items():
+        spec = make_spec("ddim", 6, plan="i2v", **values)
+        outs[name] = generate(den, p, x.shape[1:], 2, spec, caps, labels=labels, given=(mask, truth))
+        np.testing.assert_array_equal(outs[name][:, 0], truth[:, 0])
+        assert np.isfinite(outs[name]).all()
+    assert np.abs(outs["all"] - outs["no_reuse"]).max() > 1e-4
+    assert np.abs(outs["all"] - outs["w1"]).max() > 1e-4
