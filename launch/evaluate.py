@@ -58,6 +58,7 @@ def run_cells(run, ckpts: list[int], cells: list, out_dir: pathlib.Path, num: in
 def _run_cells(run, ckpts, cells, path: pathlib.Path, num, batch_size, command, progress, scoring) -> list[dict]:
     from launch.generate import generate
     from launch.phast_files import external_for
+    from launch.video import generate_video
     from launch.records import load_records, record_fields, save_records
     from launch.scoring import METRICS
 
@@ -74,16 +75,22 @@ def _run_cells(run, ckpts, cells, path: pathlib.Path, num, batch_size, command, 
         if params_step != ckpt:
             params, params_step = run.params(ckpt), ckpt
         t0 = time.perf_counter()
-        images = generate(run.denoiser, params, run.sample_shape, num, cell.spec, run.caps, batch_size=batch_size,
-                          seed=cell.seed, labels=scoring.labels, conds=scoring.conds,
-                          external=external_for(run.workdir, cell.spec))
+        if run.caps.frames is not None:
+            images = generate_video(run.denoiser, params, run.sample_shape, num, cell.spec, run.caps,
+                                    truth=scoring.truth(cell.spec), seed=cell.seed, batch_size=batch_size,
+                                    labels=scoring.labels, external=external_for(run.workdir, cell.spec))
+        else:
+            images = generate(run.denoiser, params, run.sample_shape, num, cell.spec, run.caps,
+                              batch_size=batch_size, seed=cell.seed, labels=scoring.labels, conds=scoring.conds,
+                              external=external_for(run.workdir, cell.spec))
         if scoring.decode is not None:
             images = scoring.decode(images)
         seconds = time.perf_counter() - t0
-        scores = scoring.score(images)
+        scores = scoring.score(images, cell.spec)
         record = {"id": key(ckpt, cell), "ckpt": ckpt, "seed": cell.seed, "num": num, **record_fields(cell.spec),
                   "network_calls": cell.spec.network_calls(run.denoiser.schedule), **scoring.fields,
                   fd_name: scores[fd_name], acc_name: scores.get(acc_name),
+                  **{k: v for k, v in scores.items() if k not in (fd_name, acc_name, "class_accuracy")},
                   "sample_seconds_incl_compile": seconds, "date": datetime.date.today().isoformat()}
         records.append(record)
         save_records(path, records, meta)

@@ -5,7 +5,12 @@
 * a digit-scenes text model: the captions of a held-out split as prompts (``heldout``:
   unseen glyphs, the training caption distribution; ``novel``: caption combinations
   never trained on), decoded through the run's VAE; caption accuracy and the scenes FD
-  (``diffusion/metrics/caption_accuracy.py``).
+  (``diffusion/metrics/caption_accuracy.py``);
+* a moving-digits video model: under each cell's plan (``sampling/transforms/plan.py``),
+  given frames from the held-out videos; the FVD proxy of the first window and identity
+  stability, per-frame FD, PSNR / SSIM of the generated frames against the ground truth
+  when the plan gives frames, and per-window per-frame FD (drift) for long video
+  (``diffusion/metrics/video_metrics.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ import numpy as np
 
 CAPTION_SPLITS = ("heldout", "novel")
 # (FD field, accuracy field) of a record, by what scored it
-METRICS = {"digits": ("fd_digits", "class_accuracy"), "scenes": ("scenes_fd", "caption_accuracy")}
+METRICS = {"digits": ("fd_digits", "class_accuracy"), "scenes": ("scenes_fd", "caption_accuracy"),
+           "video": ("fvd_proxy", "identity_stability")}
+VIDEO_TRUTH_SPLIT = "heldout"  # given frames and ground-truth continuations
+VIDEO_REFERENCE_SPLIT = "train"  # the real videos FDs compare against
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +38,10 @@ class Scoring:
       conds: other condition arrays ``[num, ...]`` (a text model's ``context`` and
         ``null_context``).
       decode: latents -> images for a latent model, else None.
-      score: images ``[num, H, W, C]`` -> ``{fd field, accuracy field, ...}``.
+      score: ``(images [num, H, W, C], spec)`` -> ``{fd field, accuracy field, ...}`` (a
+        video model's scores depend on the cell's plan).
+      truth: ``spec -> [num, L, ...]`` ground-truth videos a video cell's plan gives
+        frames from, or None.
       tag: what a record's id gets beyond the cell's (``/novel``), ``""`` by default.
       fields: what every record of these samples states (``{"captions": "novel"}``).
     """
@@ -39,9 +50,10 @@ class Scoring:
     labels: np.ndarray | None
     conds: dict
     decode: Callable[[np.ndarray], np.ndarray] | None
-    score: Callable[[np.ndarray], dict]
+    score: Callable[[np.ndarray, object], dict]
     tag: str = ""
     fields: dict = dataclasses.field(default_factory=dict)
+    truth: Callable[[object], np.ndarray | None] = lambda spec: None
 
 
 def split_captions(config, split: str, num: int) -> list[str]:
@@ -73,15 +85,54 @@ def scoring_for(run, num: int, captions: str = "heldout") -> Scoring:
         from diffusion.metrics.fd_digits import fd_digits
 
         labels = class_labels(num, run.num_classes)
-        return Scoring("digits", labels, {}, None, lambda images: fd_digits(images, labels))
+        return Scoring("digits", labels, {}, None, lambda images, spec: fd_digits(images, labels))
     if data == "scenes" and run.caps.text:
         from diffusion.metrics.caption_accuracy import score_scenes
         from launch.conditioning import text_conds
 
         prompts = split_captions(run.config, captions, num)
         conds = text_conds(run.prompt_encoder(), prompts)
-        return Scoring("scenes", None, conds, run.decoder(), lambda images: score_scenes(images, prompts),
+        return Scoring("scenes", None, conds, run.decoder(), lambda images, spec: score_scenes(images, prompts),
                        tag="" if captions == "heldout" else f"/{captions}", fields={"captions": captions})
+    if data == "moving_digits":
+        if captions != "heldout":
+            raise ValueError("--captions applies to text-to-image scenes models only; this is a video model")
+        return video_scoring(run, num)
     raise ValueError(f"launch.evaluate scores digits models (FD-digits) and text-to-image digit-scenes models (caption "
                      f"accuracy, scenes FD); {run.workdir} is a {'text ' if run.caps.text else ''}model of "
                      f"{data!r}: sample it with launch.sample")
+
+
+def video_scoring(run, num: int) -> Scoring:
+    """Scores ``num`` videos of a moving-digits run under each cell's plan (module docstring)."""
+    from diffusion.metrics.psnr import mean_psnr
+    from diffusion.metrics.video_metrics import frame_fd, fvd_proxy, identity_stability, ssim, window_frame_fd
+    from launch.generate import class_labels
+    from launch.video import needs_truth, truth_videos, video_length
+    from sampling.transforms.plan import given_frames
+
+    frames = run.caps.frames
+    if num < 2:
+        raise ValueError("video scores need at least 2 videos")
+    reference = truth_videos(run.config, VIDEO_REFERENCE_SPLIT, num, frames)
+
+    def truth(spec):
+        return truth_videos(run.config, VIDEO_TRUTH_SPLIT, num, video_length(spec, frames)) \
+            if needs_truth(spec, frames) else None
+
+    def score(videos, spec):
+        out = {"fvd_proxy": fvd_proxy(videos[:, :frames], reference), "identity_stability": identity_stability(videos),
+               "frame_fd": frame_fd(videos, reference)}
+        knobs = spec.knobs("plan")
+        given = given_frames(knobs, frames) if knobs is not None else ()
+        if given:
+            real = truth(spec)[:, :frames]
+            new = [f for f in range(frames) if f not in given]
+            gen = videos[:, new].reshape(-1, *videos.shape[2:])
+            ref = real[:, new].reshape(-1, *real.shape[2:])
+            out.update(psnr=mean_psnr(gen, ref), ssim=float(ssim(gen, ref).mean()))
+        if videos.shape[1] >= 2 * frames:
+            out["window_frame_fd"] = window_frame_fd(videos, reference, frames)
+        return out
+
+    return Scoring("video", class_labels(num, run.num_classes), {}, None, score, truth=truth)

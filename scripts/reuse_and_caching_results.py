@@ -83,7 +83,7 @@ class Bench:
         return out if self.scoring.decode is None else self.scoring.decode(out)
 
     def metrics(self, images: np.ndarray) -> dict:
-        scores = self.scoring.score(images)
+        scores = self.scoring.score(images, None)
         return {self.fd_name: scores[self.fd_name], self.acc_name: scores.get(self.acc_name)}
 
     def score(self, name: str, spec: SamplerSpec, reuse=None, timed: bool = True) -> dict:

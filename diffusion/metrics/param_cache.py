@@ -54,7 +54,7 @@ def cached_params(name: str, recipe: dict, train: Callable[[], dict], bundled: d
         return _read(path)
     params = train()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # per process: parallel test workers may race
     np.savez(tmp, **{"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()})
     os.replace(tmp, path)
     return params

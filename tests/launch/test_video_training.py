@@ -66,7 +66,17 @@ def test_frames_on_an_image_dataset_is_refused():
     assert info.num_frames == 6 and src[0]["image"].shape == (6, 16, 16, 1)
 
 
-def test_launch_sample_writes_an_i2v_run_as_a_filmstrip_a_gif_and_the_truth(tmp_path):
+@pytest.fixture(scope="module")
+def video_run(tmp_path_factory):
+    """A one-step smoke video work directory shared by the sampling and evaluation tests."""
+    wd = tmp_path_factory.mktemp("video") / "v"
+    c = video_config(1)
+    c.train.sample_every = 0
+    train(c, wd, progress=False, devices=jax.devices()[:1])
+    return wd
+
+
+def test_launch_sample_writes_an_i2v_run_as_a_filmstrip_a_gif_and_the_truth(video_run):
     import subprocess
     import sys
 
@@ -74,10 +84,7 @@ def test_launch_sample_writes_an_i2v_run_as_a_filmstrip_a_gif_and_the_truth(tmp_
 
     from tests.launch.test_cli import _env
 
-    wd = tmp_path / "v"
-    c = video_config(1)
-    c.train.sample_every = 0
-    train(c, wd, progress=False, devices=jax.devices()[:1])
+    wd = video_run
     out = subprocess.run([sys.executable, "-m", "launch.sample", "--workdir", str(wd), "--num", "3", "--steps", "2",
                           "--plan", "i2v", "--given_frames", "1"], capture_output=True, text=True, env=_env(), timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -91,3 +98,25 @@ def test_launch_sample_writes_an_i2v_run_as_a_filmstrip_a_gif_and_the_truth(tmp_
     np.testing.assert_array_equal(truth[2], np.round((heldout[2]["image"] + 1) * 127.5).astype(np.uint8))
     gif = Image.open(png.with_suffix(".gif"))
     assert gif.n_frames == 4
+
+
+def test_evaluate_sweeps_plans_with_the_video_metrics(video_run):
+    from diffusion.metrics.psnr import mean_psnr
+    from launch.evaluate import run_cells
+    from launch.sweep import parse_sweep
+    from launch.video import generate_video, truth_videos
+
+    run = load_run(video_run)
+    cells = parse_sweep("solver=ddim;steps=2;plan=sync,i2v,long:9")
+    records = {r["plan"]: r for r in run_cells(run, run.select("latest"), cells, video_run / "eval", num=4,
+                                               progress=False)}
+    assert set(records) == {"sync", "i2v", "long:9"}
+    for r in records.values():
+        assert np.isfinite(r["fvd_proxy"]) and 0 <= r["identity_stability"] <= 1 and np.isfinite(r["frame_fd"])
+    assert "psnr" not in records["sync"] and len(records["long:9"]["window_frame_fd"]) == 2
+    i2v = next(c for c in cells if c.spec.knobs("plan")["kind"] == "i2v")
+    truth = truth_videos(run.config, "heldout", 4, 4)
+    videos = generate_video(run.denoiser, run.params(run.select("latest")[0]), run.sample_shape, 4, i2v.spec, run.caps,
+                            truth=truth, seed=i2v.seed)
+    want = mean_psnr(videos[:, 1:].reshape(-1, 16, 16, 1), truth[:, 1:].reshape(-1, 16, 16, 1))
+    np.testing.assert_allclose(records["i2v"]["psnr"], want, rtol=1e-6)
