@@ -89,7 +89,7 @@ def main(argv):
         truth = truth_videos(run.config, FLAGS.source, FLAGS.num, video_length(spec, run.caps.frames))
     elif FLAGS["source"].present:
         raise ValueError("--source names the split a video plan's given frames come from; this sampler gives none "
-                         "(use --plan i2v, interp, or --given_frames)")
+                         "(use --plan i2v or interp, or --given_frames with a plan)")
     step = run.select(FLAGS.ckpt)[0]
     name = sample_name(spec.tag(), step, prompts, FLAGS.negative_prompt)  # tags may hold dots (eta0.5)
     if truth is not None:

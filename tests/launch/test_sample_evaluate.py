@@ -93,6 +93,10 @@ SAMPLE_ERRORS = [
     (["--solver", "dpmpp2m", "--eta", "0.5"], "eta applies to the ddim solver only, not 'dpmpp2m'"),
     (["--time_shift_mode", "destination"], "time_shift_mode is a knob of time_shift, which is off"),
     (["--feature_cache", "uniform:2", "--cache_branch", "9"], "cache_branch 9 does not exist"),
+    (["--plan", "i2v"], "the i2v plan samples videos, and this model makes images"),
+    (["--plan", "long"], "long needs a number: long:64"),
+    (["--given_frames", "0"], "given_frames is a knob of plan, which is off"),
+    (["--source", "heldout"], "--source names the split a video plan's given frames come from"),
 ]
 
 

@@ -26,18 +26,18 @@ def video_config(steps=4):
     return c
 
 
-def test_a_video_run_trains_samples_a_filmstrip_and_resumes_exactly(tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    train(video_config(4), one, progress=False, devices=jax.devices()[:1])
-    train(video_config(2), two, progress=False, devices=jax.devices()[:1])
-    train(video_config(4), two, progress=False, devices=jax.devices()[:1])
-    for a, b in zip(jax.tree.leaves(latest_params(one)), jax.tree.leaves(latest_params(two))):
+def test_a_video_run_trains_samples_a_filmstrip_and_resumes_exactly(tmp_path, video_run):
+    """``video_run`` trained 2 steps straight; here 1 step, then resumed to 2."""
+    resumed = tmp_path / "resumed"
+    train(video_config(1), resumed, progress=False, devices=jax.devices()[:1])
+    train(video_config(2), resumed, progress=False, devices=jax.devices()[:1])
+    for a, b in zip(jax.tree.leaves(latest_params(video_run)), jax.tree.leaves(latest_params(resumed))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    run = load_run(one)
+    run = load_run(video_run)
     assert run.sample_shape == (4, 16, 16, 1) and run.denoiser.module.temporal
     from PIL import Image
 
-    strip = np.asarray(Image.open(one / "samples" / "step_000004.png"))
+    strip = np.asarray(Image.open(video_run / "samples" / "step_000002.png"))
     assert strip.shape[:2] == (2 * 33 + 1, 4 * 33 + 1)  # 2 videos as rows of 4 frames, 32-pixel tiles
 
 
@@ -68,11 +68,10 @@ def test_frames_on_an_image_dataset_is_refused():
 
 @pytest.fixture(scope="module")
 def video_run(tmp_path_factory):
-    """A one-step smoke video work directory shared by the sampling and evaluation tests."""
+    """A 2-step smoke video work directory (a filmstrip at step 2) shared by the resume,
+    sampling and evaluation tests."""
     wd = tmp_path_factory.mktemp("video") / "v"
-    c = video_config(1)
-    c.train.sample_every = 0
-    train(c, wd, progress=False, devices=jax.devices()[:1])
+    train(video_config(2), wd, progress=False, devices=jax.devices()[:1])
     return wd
 
 
@@ -120,3 +119,14 @@ def test_evaluate_sweeps_plans_with_the_video_metrics(video_run):
                             truth=truth, seed=i2v.seed)
     want = mean_psnr(videos[:, 1:].reshape(-1, 16, 16, 1), truth[:, 1:].reshape(-1, 16, 16, 1))
     np.testing.assert_allclose(records["i2v"]["psnr"], want, rtol=1e-6)
+
+
+def test_the_video_configs_validate():
+    from configs import moving_digits
+
+    for variant, p in [("", 0.2), ("p0", 0.0), ("p1", 1.0), ("smoke", 0.2)]:
+        c = moving_digits.get_config(variant)
+        validate_config(c, "train")
+        assert c.diffusion.per_frame_prob == p and c.data.frames == (4 if variant == "smoke" else 8)
+    with pytest.raises(ValueError, match="unknown variant 'p5'"):
+        moving_digits.get_config("p5")

@@ -57,3 +57,11 @@ def test_corrupted_sets_are_far(train_split):
 def test_16x16_samples_are_pooled_to_8x8(train_split):
     x16, _ = load_digits("train", 16)
     assert fd_digits(x16)["fd_digits"] == pytest.approx(fd_digits(train_split[0])["fd_digits"], rel=1e-6)
+
+
+def test_the_shipped_classifier_is_named_by_its_recipe_and_checked():
+    from diffusion.metrics import digits_classifier
+    from diffusion.metrics.param_cache import cache_path, sha256_of
+
+    assert digits_classifier.SHIPPED.name == cache_path("fd_digits_cnn", digits_classifier.RECIPE).name
+    assert sha256_of(digits_classifier.SHIPPED) == digits_classifier.SHIPPED_SHA256

@@ -142,7 +142,8 @@ def test_the_time_shift_acts_per_frame(mode):
 def test_a_plan_composes_with_guidance_attention_reuse_and_the_time_shift_on_the_video_unet():
     """i2v on a class-conditional video UNet under guidance, HURRY-style reuse of spatial
     and temporal maps and the per-frame time shift: one jitted scan; the given frame comes
-    out exactly; reuse changes the result (maps were reused) and so does guidance."""
+    out exactly; reuse changes the result (maps were reused) and so does guidance. The
+    three samplers differ only in traced knobs: one compile."""
     from diffusion.nn.denoiser import Denoiser
     from diffusion.nn.unet import UNet
     from tests.nn.test_unet import TINY, _randomize_zero_layers
@@ -151,18 +152,21 @@ def test_a_plan_composes_with_guidance_attention_reuse_and_the_time_shift_on_the
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 8, 8, 1))
     p = module.init(jax.random.PRNGKey(0), x, jnp.zeros((2, 3)), label=jnp.zeros((2,), jnp.int32))["params"]
     p = _randomize_zero_layers(p, jax.random.PRNGKey(4))
-    den = Denoiser(module, SCHED, "eps")
+    den = Denoiser(module, SCHED, "x0")  # bounded predictions: the differences below are not rounding
     caps = ModelCaps(null_label=10, self_attention=True, frames=3)
     truth = np.asarray(jax.random.uniform(jax.random.PRNGKey(2), x.shape, minval=-1, maxval=1))
     mask = np.array([[True, False, False]] * 2)
     labels = np.array([3, 7])
     outs = {}
-    for name, values in {"all": dict(guidance=2, attention_reuse="hurry:2", time_shift="80,300"),
-                         "no_reuse": dict(guidance=2, time_shift="80,300"),
-                         "w1": dict(guidance=1, attention_reuse="hurry:2", time_shift="80,300")}.items():
+    size = None
+    for name, values in {"all": dict(guidance=2, attention_reuse="hurry:3", time_shift="80,300"),
+                         "no_reuse": dict(guidance=2, attention_reuse="hurry:0", time_shift="80,300"),
+                         "w1": dict(guidance=1, attention_reuse="hurry:3", time_shift="80,300")}.items():
         spec = make_spec("ddim", 6, plan="i2v", **values)
         outs[name] = generate(den, p, x.shape[1:], 2, spec, caps, labels=labels, given=(mask, truth))
         np.testing.assert_array_equal(outs[name][:, 0], truth[:, 0])
         assert np.isfinite(outs[name]).all()
-    assert np.abs(outs["all"] - outs["no_reuse"]).max() > 1e-4
-    assert np.abs(outs["all"] - outs["w1"]).max() > 1e-4
+        size = size or loop._chain_jit._cache_size()
+    assert loop._chain_jit._cache_size() == size
+    assert np.abs(outs["all"] - outs["no_reuse"]).max() > 0.05
+    assert np.abs(outs["all"] - outs["w1"]).max() > 0.05

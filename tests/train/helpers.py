@@ -32,3 +32,26 @@ def train_step_fn(ema_decay=0.99):
 def digits_batch(n=32, offset=0):
     x, y = load_digits("train")
     return {"image": x[offset:offset + n], "label": y[offset:offset + n]}
+
+
+VIDEO_MODEL = UNet(channels=8, channel_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_heads=2,
+                   temporal=True)
+VIDEO_DENOISER = Denoiser(VIDEO_MODEL, make_schedule("linear"), "eps")
+
+
+def init_video_params(key):
+    return VIDEO_MODEL.init(key, jnp.zeros((1, 3, 8, 8, 1)), jnp.zeros((1, 3)))["params"]
+
+
+def make_video_state_fn(seed=0):
+    return state_factory(init_video_params, OPTIMIZER, jax.random.PRNGKey(seed))
+
+
+def video_train_step_fn(per_frame_prob=0.5):
+    return make_train_step(make_diffusion_loss(VIDEO_DENOISER, "eps", per_frame_prob=per_frame_prob), OPTIMIZER, 0.99)
+
+
+def video_batch(n=16, offset=0):
+    """``{"image": [n, 3, 8, 8, 1]}``: consecutive digits as the frames of a video."""
+    x, _ = load_digits("train")
+    return {"image": x[3 * offset:3 * (offset + n)].reshape(n, 3, 8, 8, 1)}

@@ -7,25 +7,30 @@ import pytest
 from diffusion.train import checkpoint
 from diffusion.train.setup import abstract_state, init_state, jit_train_step
 from diffusion.train.sharding import global_batch, leaf_spec, make_mesh
-from tests.train.helpers import digits_batch, make_state_fn, train_step_fn
+from tests.train.helpers import (digits_batch, make_state_fn, make_video_state_fn, train_step_fn, video_batch,
+                                 video_train_step_fn)
 
 pytestmark = pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (fake) devices")
 
 
-def _run(mesh, steps=2):
-    make = make_state_fn()
+def _run(mesh, steps=2, video=False):
+    make = make_video_state_fn() if video else make_state_fn()
     _, shardings = abstract_state(make, mesh, min_fsdp_size=1024)  # the tiny net has no 2^14 leaves
     state = init_state(make, shardings, mesh)
-    step = jit_train_step(train_step_fn(), shardings, mesh)
+    step = jit_train_step(video_train_step_fn() if video else train_step_fn(), shardings, mesh)
     metrics = None
     for i in range(steps):
-        state, metrics = step(state, global_batch(digits_batch(32, offset=32 * i), mesh))
+        batch = video_batch(16, offset=16 * i) if video else digits_batch(32, offset=32 * i)
+        state, metrics = step(state, global_batch(batch, mesh))
     return state, metrics, shardings
 
 
-def test_sharded_step_equals_single_device_step():
-    single, m1, _ = _run(make_mesh(1, 1, jax.devices()[:1]))
-    sharded, m8, shardings = _run(make_mesh(4, 2))
+@pytest.mark.parametrize("video", [False, True], ids=["image", "video"])
+def test_sharded_step_equals_single_device_step(video):
+    """Also for the video UNet with FVDM's per-frame times (p = 0.5: the per-batch coin and
+    the per-frame draws come from the same rng on both meshes)."""
+    single, m1, _ = _run(make_mesh(1, 1, jax.devices()[:1]), video=video)
+    sharded, m8, shardings = _run(make_mesh(4, 2), video=video)
     # something really is split over the fsdp axis
     specs = [s.spec for s in jax.tree.leaves(shardings.params)]
     assert any("fsdp" in tuple(sp) for sp in specs)
