@@ -52,6 +52,9 @@ def generate(denoiser: Any, params: Any, image_shape: tuple[int, ...], num: int,
     planned = isinstance(solver, FramePlan)
     if given is not None and not planned:
         raise ValueError("given frames need a video plan (--plan i2v, interp, ...)")
+    if planned and given is None and bool(np.asarray(solver.given).any()):
+        raise ValueError("this sampler's plan gives frames: sample it through launch.video.generate_video with the "
+                         "ground-truth videos (launch.sample --source), not with zeros")
     if planned:
         mask, frames = given if given is not None else (
             np.broadcast_to(np.asarray(solver.given), (num, image_shape[0])), np.zeros((num, *image_shape), np.float32))

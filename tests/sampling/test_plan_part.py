@@ -170,3 +170,10 @@ def test_a_plan_composes_with_guidance_attention_reuse_and_the_time_shift_on_the
     assert loop._chain_jit._cache_size() == size
     assert np.abs(outs["all"] - outs["no_reuse"]).max() > 0.05
     assert np.abs(outs["all"] - outs["w1"]).max() > 0.05
+
+
+def test_a_plan_that_gives_frames_needs_them():
+    with pytest.raises(ValueError, match="plan gives frames"):
+        generate(ORACLE, None, SHAPE, 2, make_spec("ddim", 4, plan="i2v"), CAPS)
+    with pytest.raises(ValueError, match="need a video plan"):
+        generate(ORACLE, None, SHAPE, 2, make_spec("ddim", 4), CAPS, given=(np.zeros((2, F), bool), np.zeros((2, *SHAPE))))
