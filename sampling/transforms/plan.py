@@ -41,6 +41,10 @@ class FramePlan(Solver):
       x_given: ``[B, F, ...]`` their values (entries of other frames are ignored).
       grid: the sampler's own time grid ``[N + 1]`` (the pyramid indexes it).
       lag: grid steps by which frame ``i`` trails frame ``i - 1`` (0: synchronous).
+      replacement: the "replacement" trick instead (static): every frame at the grid time,
+        the given frames replaced by ``x_given`` noised to that time (fresh noise each step)
+        before each network call and after each step; exact ``x_given`` at ``t = 0``. The
+        baseline for a model never trained with per-frame times.
     """
 
     solver: object
@@ -48,6 +52,7 @@ class FramePlan(Solver):
     x_given: jax.Array
     grid: jax.Array
     lag: jax.Array | int = 0
+    replacement: bool = struct.field(pytree_node=False, default=False)
 
     @property
     def schedule(self) -> Schedule:
@@ -76,10 +81,27 @@ class FramePlan(Solver):
     def init(self, x: jax.Array, key: jax.Array) -> SolverState:
         if x.ndim < 3:
             raise ValueError(f"a frame plan samples videos [B, F, ...]; got x of shape {x.shape}")
-        return self.solver.init(self.hold(x), key)
+        return self.solver.init(x if self.replacement else self.hold(x), key)
+
+    def _noised(self, x: jax.Array, t: jax.Array, key: jax.Array) -> jax.Array:
+        """``x`` with the given frames replaced by ``x_given`` noised to time ``t`` (``[]``)."""
+        alpha, sigma = self.schedule.alpha_sigma(jnp.asarray(t, jnp.float32))
+        clean = jnp.asarray(self.x_given, x.dtype)
+        noisy = jnp.where(jnp.asarray(t) > 0, alpha * clean + sigma * jax.random.normal(key, x.shape, x.dtype), clean)
+        return jnp.where(self._mask(x), noisy, x)
+
+    def _replacement_step(self, state: SolverState, model: Model) -> SolverState:
+        n = self.grid.shape[0] - 1
+        k = jnp.clip(state.i, 0, n - 1)
+        t, t_next = self.grid[k], self.grid[k + 1]
+        keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(state.key, 0x5EED), state.i))
+        new = self.solver.step(state.replace(x=self._noised(state.x, t, keys[0])), model, t, t_next)
+        return new.replace(x=self._noised(new.x, t_next, keys[1]))
 
     def step(self, state: SolverState, model: Model, t: jax.Array, t_next: jax.Array) -> SolverState:
         del t, t_next  # the plan's own per-frame times replace the loop's
+        if self.replacement:
+            return self._replacement_step(state, model)
         x = state.x
         t_f, next_f = self.frame_times(state.i, x.shape[:2])
         mask = self._mask(x)
@@ -116,9 +138,9 @@ def check_pyramid_solver(solver, lag: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# The registered part: --plan sync | i2v | interp | long:LENGTH | pyramid:LAG
+# The registered part: --plan sync | i2v | interp | long:LENGTH | pyramid:LAG | replace
 
-PLANS = ("sync", "i2v", "interp", "long", "pyramid")
+PLANS = ("sync", "i2v", "interp", "long", "pyramid", "replace")
 
 
 def parse_given_frames(text) -> tuple[int, ...] | None:
@@ -166,7 +188,7 @@ def given_frames(knobs: dict, frames: int) -> tuple[int, ...]:
     chosen = parse_given_frames(knobs["given_frames"])
     if chosen is not None:
         return chosen
-    return {"i2v": (0,), "interp": (0, frames - 1)}.get(knobs["kind"], ())
+    return {"i2v": (0,), "replace": (0,), "interp": (0, frames - 1)}.get(knobs["kind"], ())
 
 
 def _check(knobs: dict, frames: int | None) -> None:
@@ -177,7 +199,7 @@ def _check(knobs: dict, frames: int | None) -> None:
     if given and given[-1] >= frames:
         raise ValueError(f"--given_frames {format_given_frames(given)}: frame {given[-1]} is outside the model's "
                          f"{frames}-frame video (frames 0..{frames - 1})")
-    if kind in ("i2v", "interp") and not given:
+    if kind in ("i2v", "interp", "replace") and not given:
         raise ValueError(f"the {kind} plan needs at least one given frame")
     if len(given) == frames:
         raise ValueError(f"--given_frames gives all {frames} frames: nothing is left to generate")
@@ -196,7 +218,8 @@ def _build(solver, knobs: dict, ctx):
     from sampling.grids import make_grid
 
     grid = make_grid(ctx.grid, ctx.steps, ctx.schedule)
-    return FramePlan(solver, mask, jnp.zeros((), jnp.float32), grid, jnp.asarray(knobs["lag"], jnp.int32))
+    return FramePlan(solver, mask, jnp.zeros((), jnp.float32), grid, jnp.asarray(knobs["lag"], jnp.int32),
+                     replacement=knobs["kind"] == "replace")
 
 
 def _loop_grid(grid, knobs: dict, ctx):
@@ -217,7 +240,8 @@ def _given_knob(text) -> str:
 
 register(TransformPart(
     name="plan", wraps="solver", order=100, build=_build, loop_grid=_loop_grid,
-    help="a per-frame sampling plan for video models (FVDM): sync, i2v, interp, long:LENGTH or pyramid:LAG",
+    help="a per-frame sampling plan for video models (FVDM): sync, i2v, interp, long:LENGTH, pyramid:LAG, or "
+         "replace (given frames by the replacement trick, the baseline)",
     knobs=(Knob("kind", choice(*PLANS), traced=False, help="the plan", examples=("i2v", "long")),
            Knob("length", integer(0), 0, traced=False, help="frames of a long video", examples=(32, 64)),
            # traced inside FramePlan, but the loop's length follows it unless --plan_max_lag covers it
