@@ -36,7 +36,7 @@ def _ts_label(r: dict) -> str:
 
 GROUPS = ("ckpt", "guidance", "grid", "captions")  # a table (and a plot) each
 _NAMES = {"fd_digits": "FD-digits", "scenes_fd": "scenes FD", "class_accuracy": "class accuracy",
-          "caption_accuracy": "caption accuracy"}
+          "caption_accuracy": "caption accuracy", "fvd_proxy": "FVD proxy", "identity_stability": "identity stability"}
 
 
 def metric_names(records: list[dict]) -> tuple[str, str]:

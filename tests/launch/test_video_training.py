@@ -113,6 +113,11 @@ def test_evaluate_sweeps_plans_with_the_video_metrics(video_run):
     for r in records.values():
         assert np.isfinite(r["fvd_proxy"]) and 0 <= r["identity_stability"] <= 1 and np.isfinite(r["frame_fd"])
     assert "psnr" not in records["sync"] and len(records["long:9"]["window_frame_fd"]) == 2
+    from launch.evaluate import write_report
+
+    write_report(list(records.values()), video_run / "eval", "video")
+    text = (video_run / "eval" / "report.md").read_text()
+    assert "FVD proxy" in text and "identity stability" in text and "plan long:9" in text
     i2v = next(c for c in cells if c.spec.knobs("plan")["kind"] == "i2v")
     truth = truth_videos(run.config, "heldout", 4, 4)
     videos = generate_video(run.denoiser, run.params(run.select("latest")[0]), run.sample_shape, 4, i2v.spec, run.caps,
