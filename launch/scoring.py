@@ -106,7 +106,7 @@ def scoring_for(run, num: int, captions: str = "heldout") -> Scoring:
 def video_scoring(run, num: int) -> Scoring:
     """Scores ``num`` videos of a moving-digits run under each cell's plan (module docstring)."""
     from diffusion.metrics.psnr import mean_psnr
-    from diffusion.metrics.video_metrics import frame_fd, fvd_proxy, identity_stability, ssim, window_frame_fd
+    from diffusion.metrics.video_metrics import ssim, video_scores
     from launch.generate import class_labels
     from launch.video import needs_truth, truth_videos, video_length
     from sampling.transforms.plan import given_frames
@@ -115,14 +115,18 @@ def video_scoring(run, num: int) -> Scoring:
     if num < 2:
         raise ValueError("video scores need at least 2 videos")
     reference = truth_videos(run.config, VIDEO_REFERENCE_SPLIT, num, frames)
+    made = {}  # ground truth by length: a cell's sampling and its scoring read it once
 
     def truth(spec):
-        return truth_videos(run.config, VIDEO_TRUTH_SPLIT, num, video_length(spec, frames)) \
-            if needs_truth(spec, frames) else None
+        if not needs_truth(spec, frames):
+            return None
+        length = video_length(spec, frames)
+        if length not in made:
+            made[length] = truth_videos(run.config, VIDEO_TRUTH_SPLIT, num, length)
+        return made[length]
 
     def score(videos, spec):
-        out = {"fvd_proxy": fvd_proxy(videos[:, :frames], reference), "identity_stability": identity_stability(videos),
-               "frame_fd": frame_fd(videos, reference)}
+        out = video_scores(videos, reference, frames)
         knobs = spec.knobs("plan")
         given = given_frames(knobs, frames) if knobs is not None else ()
         if given:
@@ -131,8 +135,6 @@ def video_scoring(run, num: int) -> Scoring:
             gen = videos[:, new].reshape(-1, *videos.shape[2:])
             ref = real[:, new].reshape(-1, *real.shape[2:])
             out.update(psnr=mean_psnr(gen, ref), ssim=float(ssim(gen, ref).mean()))
-        if videos.shape[1] >= 2 * frames:
-            out["window_frame_fd"] = window_frame_fd(videos, reference, frames)
         return out
 
     return Scoring("video", class_labels(num, run.num_classes), {}, None, score, truth=truth)

@@ -58,6 +58,26 @@ def window_frame_fd(videos: np.ndarray, reference_frames: np.ndarray, window: in
     return out
 
 
+def video_scores(videos: np.ndarray, reference: np.ndarray, window: int) -> dict:
+    """The FVD proxy of the first ``window`` frames, per-frame FD over all frames and
+    identity stability of ``videos`` against ``reference`` (``[M, window, ...]``), and the
+    per-window FD when the videos hold two windows or more, from one probe pass per set
+    (what ``fvd_proxy``, ``frame_fd``, ``identity_stability`` and ``window_frame_fd`` give)."""
+    heads, frames, video = run_probe(videos)
+    _, ref_frames, ref_video = run_probe(reference)
+    if videos.shape[1] != window:  # the FVD proxy reads one window
+        video = run_probe(videos[:, :window])[2]
+    ref_flat = ref_frames.reshape(-1, ref_frames.shape[-1])
+    present = heads["digits"] > 0.0
+    out = {"fvd_proxy": _fd(video, ref_video), "frame_fd": _fd(frames.reshape(-1, frames.shape[-1]), ref_flat),
+           "identity_stability": float(np.mean((present == present[:, :1]).all(axis=(1, 2))
+                                               & present[:, 0].any(axis=-1)))}
+    if videos.shape[1] >= 2 * window:
+        out["window_frame_fd"] = [_fd(frames[:, s:s + window].reshape(-1, frames.shape[-1]), ref_flat)
+                                  for s in range(0, frames.shape[1] - window + 1, window)]
+    return out
+
+
 def ssim(images: np.ndarray, reference: np.ndarray, size: int = 7, sigma: float = 1.5) -> np.ndarray:
     """``[N]`` mean SSIM (Wang et al. 2004, constants ``K1 = 0.01, K2 = 0.03``, data range
     2) of images ``[N, H, W, C]`` in ``[-1, 1]`` (clipped) against references, with a

@@ -76,3 +76,14 @@ def test_the_shipped_probe_is_checked_and_named_by_its_recipe():
     assert sha256_of(video_probe.SHIPPED) == video_probe.SHIPPED_SHA256
     with pytest.raises(ValueError, match="F >= 2"):
         video_probe.run_probe(np.zeros((2, 1, 16, 16, 1)))
+
+
+def test_video_scores_equal_the_single_metrics(sets):
+    from diffusion.metrics.video_metrics import frame_fd, video_scores
+
+    long = np.concatenate([sets["real_b"], sets["shuffled"]], axis=1)
+    got = video_scores(long, sets["real_a"], 8)
+    assert got["fvd_proxy"] == pytest.approx(fvd_proxy(sets["real_b"], sets["real_a"]), rel=1e-9)
+    assert got["frame_fd"] == pytest.approx(frame_fd(long, sets["real_a"]), rel=1e-9)
+    assert got["identity_stability"] == identity_stability(long)
+    assert got["window_frame_fd"] == pytest.approx(window_frame_fd(long, sets["real_a"], 8), rel=1e-9)
