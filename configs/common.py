@@ -26,6 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.resolution = 8
     c.data.data_dir = config_dict.placeholder(str)  # TFDS data_dir (prepared data only)
     c.data.random_flip = False
+    c.data.frames = config_dict.placeholder(int)  # frames per video: set for a video dataset
+    c.data.video_key = config_dict.placeholder(str)  # a TFDS dataset's video feature, when it holds several
 
     c.model = ml_collections.ConfigDict()
     c.model.kind = "unet"  # unet (the ADM UNet below) | sd_unet (diffusers' UNet2DConditionModel: model.sd_unet)

@@ -127,7 +127,7 @@ def model_caps(config: ml_collections.ConfigDict, info: DatasetInfo) -> ModelCap
 def build_source(config: ml_collections.ConfigDict, split: str = "train"):
     """``(source, DatasetInfo)`` of ``config.data``."""
     return make_source(config.data.name, split, resolution=config.data.resolution, data_dir=config.data.data_dir,
-                       frames=config.data.get("frames"))
+                       frames=config.data.get("frames"), video_key=config.data.get("video_key"))
 
 
 def init_params(config: ml_collections.ConfigDict, info: DatasetInfo, key: jax.Array):

@@ -5,7 +5,8 @@
 train / heldout / novel), ``synthetic`` (benchmarks), ``none`` (a model without data, e.g. imported
 weights: its shape from ``resolution``, RGB), ``cifar10`` / ``mnist`` / ``fashion_mnist`` or any
 ``tfds:<name>`` (prepared TFDS data, no download), ``moving_digits`` (videos of bouncing digits,
-``diffusion/data/moving_digits.py``: splits train / heldout, ``frames`` per video).
+``diffusion/data/moving_digits.py``: splits train / heldout, ``frames`` per video). A TFDS
+dataset holding videos is read with ``frames`` set (``diffusion/data/tfds_source.py``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ DATASETS = ("digits", "scenes", "moving_digits", "synthetic", *TFDS_ALIASES, "tf
 
 
 def make_source(name: str, split: str, *, resolution: int | None = None, data_dir: str | None = None,
-                frames: int | None = None):
+                frames: int | None = None, video_key: str | None = None):
     """Builds a data source by name (see module docstring); ``frames``: a video dataset's
-    frames per example."""
-    if frames is not None and name != "moving_digits":
-        raise ValueError(f"config.data.frames applies to video datasets (moving_digits); {name!r} holds images: "
-                         "leave it unset")
+    frames per example; ``video_key``: which video of a TFDS dataset holding several."""
+    tfds_name = name in TFDS_ALIASES or name.startswith("tfds:")
+    if frames is not None and name != "moving_digits" and not tfds_name:
+        raise ValueError(f"config.data.frames applies to video datasets (moving_digits or a TFDS video dataset); "
+                         f"{name!r} holds images: leave it unset")
+    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 2):
+        raise ValueError(f"config.data.frames must be an integer >= 2 (frames per video), got {frames!r}")
     if name == "moving_digits":
         from diffusion.data.moving_digits import CANVAS, MovingDigitsSource
 
@@ -51,10 +55,10 @@ def make_source(name: str, split: str, *, resolution: int | None = None, data_di
         return [], DatasetInfo((r, r, 3), None, 0)
     if name == "synthetic":
         return synthetic_source(split, resolution or 32)
-    if name in TFDS_ALIASES or name.startswith("tfds:"):
+    if tfds_name:
         from diffusion.data.tfds_source import tfds_source
 
-        source, info = tfds_source(name.removeprefix("tfds:"), split, data_dir)
+        source, info = tfds_source(name.removeprefix("tfds:"), split, data_dir, frames, video_key)
         if resolution is not None and resolution != info.image_shape[0]:
             raise ValueError(f"dataset {name!r} has {info.image_shape[0]}x{info.image_shape[1]} images but "
                              f"config.data.resolution={resolution}; set it to {info.image_shape[0]}")

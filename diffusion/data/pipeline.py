@@ -17,11 +17,12 @@ import numpy as np
 
 
 class RandomFlip(grain.transforms.RandomMap):
-    """Horizontal flip with probability 1/2 (an importable class, so workers can use it)."""
+    """Horizontal flip (the W axis of ``[H, W, C]`` images and ``[F, H, W, C]`` videos, all
+    frames alike) with probability 1/2 (an importable class, so workers can use it)."""
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
         if rng.random() < 0.5:
-            element = {**element, "image": element["image"][:, ::-1]}
+            element = {**element, "image": element["image"][..., ::-1, :]}
         return element
 
 
