@@ -184,6 +184,9 @@ class TransformPart:
         needs it but the spec does not ask for it.
       loop_grid: ``(grid, knobs, BuildContext) -> grid``: the grid the sampling loop walks,
         when the part needs another one than the sampler's (a pyramid plan runs longer).
+      excludes: parts it cannot be combined with (a sampler asking for both is refused).
+      network_calls: ``(steps, knobs) -> calls`` of one sample when the part changes them
+        (loop-free sampling: one encoder and one batched decoder call, counted as 1).
     """
 
     name: str
@@ -197,6 +200,8 @@ class TransformPart:
     tag: Callable[[dict], str] | None = None
     implicit: Callable[[ModelCaps], dict | None] | None = None
     loop_grid: Callable[[Any, dict, BuildContext], Any] | None = None
+    excludes: tuple[str, ...] = ()
+    network_calls: Callable[[int, dict], int] | None = None
 
     def spec_knobs(self) -> tuple[Knob, ...]:
         return tuple(k for k in self.knobs if k.flag is None)

@@ -210,6 +210,10 @@ class SamplerSpec:
             implicit = part.implicit(caps) if part.implicit and part.name not in applied else None
             if implicit is not None:
                 applied[part.name] = dict(_fill(part, implicit))
+        for name in applied:
+            clash = sorted(set(registry.transform(name).excludes) & set(applied))
+            if clash:
+                raise ValueError(f"{name} cannot be combined with {', '.join(clash)}: drop one")
         for name in sorted(applied, key=lambda n: (registry.transform(n).order, n)):
             part = registry.transform(name)
             if part.wraps == "denoiser":
@@ -225,7 +229,12 @@ class SamplerSpec:
 
     def network_calls(self, schedule) -> int:
         """Network evaluations of one sample (without guidance's batch doubling)."""
-        return registry.solver(self.solver).make(schedule, **dict(self.solver_knobs)).network_calls(self.steps)
+        calls = registry.solver(self.solver).make(schedule, **dict(self.solver_knobs)).network_calls(self.steps)
+        for name, knobs in self.transforms:
+            part = registry.transform(name)
+            if part.network_calls is not None:
+                calls = part.network_calls(self.steps, dict(knobs))
+        return calls
 
 
 def make_spec(solver: str = "ddim", steps: int = 50, grid: str = "trailing", **values) -> SamplerSpec:

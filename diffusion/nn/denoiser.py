@@ -68,6 +68,23 @@ class Denoiser:
         alpha, sigma = self.schedule.alpha_sigma(t)
         return to_prediction(raw, self.pred_type, x_t, alpha, sigma), cache
 
+    def encode(self, params: Any, x_t: jax.Array, t: jax.Array, cond: Mapping[str, jax.Array] | None = None):
+        """TiUE's encoder half of the network (docs/design/tiue.md): ``EncoderFeatures``."""
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x_t.shape[:1])
+        return self.module.apply({"params": params}, x_t, t, **_network_cond(cond), method="encode")
+
+    def decode_raw(self, params: Any, features: Any, t: jax.Array, cond: Mapping[str, jax.Array] | None = None
+                   ) -> jax.Array:
+        """The decoder half on ``features`` with the time embedding of ``t [B]``: the
+        network's raw ``pred_type`` output ``[B, ...]`` (:meth:`prediction` reads it)."""
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (features.batch,))
+        return self.module.apply({"params": params}, features, t, **_network_cond(cond), method="decode")
+
+    def prediction(self, raw: jax.Array, x_t: jax.Array, t: jax.Array) -> Prediction:
+        """A raw network output at ``(x_t, t)`` as a :class:`Prediction`."""
+        alpha, sigma = self.schedule.alpha_sigma(jnp.asarray(t, jnp.float32))
+        return to_prediction(raw, self.pred_type, x_t, alpha, sigma)
+
     def init_cache(self, params: Any, x_t: jax.Array, cond: Mapping[str, jax.Array] | None = None,
                    num_steps: int | None = None, modes: Modes = COMPUTE) -> dict:
         """Zeros shaped like the variables a call in ``modes`` (store modes) writes, e.g.

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from diffusion.contract import COMPUTE, Modes
 from diffusion.nn.deep_feature import hand_over
+from diffusion.nn.split import EncoderFeatures, check_part
 from diffusion.nn.transformer2d import Transformer2D
 
 # options of diffusers' UNet2DConditionModel that change the network, with the value we implement
@@ -190,12 +191,24 @@ class SDUNet(nn.Module):
     def num_branches(self) -> int:
         return 1 + len(self.down_blocks())
 
+    def encode(self, x: jnp.ndarray, t: jnp.ndarray, context: jnp.ndarray | None = None,
+               guidance: jnp.ndarray | None = None, train: bool = False, modes: Modes = COMPUTE) -> EncoderFeatures:
+        """TiUE's encoder (``conv_in``, down blocks, middle block; docs/design/tiue.md)."""
+        return self(x, t, context, guidance, train, modes, part="encode")
+
+    def decode(self, features: EncoderFeatures, t: jnp.ndarray, context: jnp.ndarray | None = None,
+               guidance: jnp.ndarray | None = None, train: bool = False, modes: Modes = COMPUTE) -> jnp.ndarray:
+        """TiUE's decoder (up blocks, output layers) with the time embedding of ``t [B]``."""
+        return self(None, t, context, guidance, train, modes, part="decode", features=features)
+
     @nn.compact
-    def __call__(self, x: jnp.ndarray, t: jnp.ndarray, context: jnp.ndarray | None = None,
-                 guidance: jnp.ndarray | None = None, train: bool = False, modes: Modes = COMPUTE) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray | None, t: jnp.ndarray, context: jnp.ndarray | None = None,
+                 guidance: jnp.ndarray | None = None, train: bool = False, modes: Modes = COMPUTE,
+                 part: str = "all", features: EncoderFeatures | None = None) -> jnp.ndarray:
         c = self.config
+        check_part(part, modes, features, temporal=False)
         self._check(x, context, guidance, modes)
-        b = x.shape[0]
+        b = features.batch if part == "decode" else x.shape[0]
         k = diffusers_timestep(jnp.broadcast_to(jnp.asarray(t, jnp.float32), (b,)), self.num_train_timesteps)
         temb = timestep_embedding(k, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift).astype(self.dtype)
         temb = nn.Dense(4 * c.block_out_channels[0], dtype=self.dtype, name="time_embedding_linear_1")(temb)
@@ -212,19 +225,24 @@ class SDUNet(nn.Module):
             return h
 
         retrieve = modes.features == "retrieve"
-        h = conv(c.block_out_channels[0], "conv_in")(x.astype(self.dtype))
-        skips = [h]
-        down = self.down_blocks()
-        for name, width, heads, layers in (down[:modes.feature_branch] if retrieve else down):
-            h = res_attn(h, name, width, heads, layers) if width else conv(h.shape[-1], name, stride=2)(h)
-            skips.append(h)
+        if part == "decode":
+            skips, h = list(features.skips), features.h
+        else:
+            h = conv(c.block_out_channels[0], "conv_in")(x.astype(self.dtype))
+            skips = [h]
+            down = self.down_blocks()
+            for name, width, heads, layers in (down[:modes.feature_branch] if retrieve else down):
+                h = res_attn(h, name, width, heads, layers) if width else conv(h.shape[-1], name, stride=2)(h)
+                skips.append(h)
 
-        if not retrieve:  # the middle block
+        if not retrieve and part != "decode":  # the middle block
             width = h.shape[-1]
             h = SDResnet(width, c.norm_num_groups, c.norm_eps, self.dtype, name="mid_block_resnets_0")(h, temb)
             h = Transformer2D(c.num_heads[-1], c.norm_num_groups, c.transformer_layers[-1], self.dtype,
                               name="mid_block_attentions_0")(h, context, modes.attention)
             h = SDResnet(width, c.norm_num_groups, c.norm_eps, self.dtype, name="mid_block_resnets_1")(h, temb)
+        if part == "encode":
+            return EncoderFeatures(tuple(skips), h)
 
         first_shallow = self.num_branches - 1 - modes.feature_branch
         for j, (name, width, heads, layers, upsample) in enumerate(self.up_blocks()):
@@ -242,7 +260,7 @@ class SDUNet(nn.Module):
 
     def _check(self, x, context, guidance, modes: Modes) -> None:
         levels = len(self.config.block_out_channels) - 1
-        if x.shape[1] % 2**levels or x.shape[2] % 2**levels:
+        if x is not None and (x.shape[1] % 2**levels or x.shape[2] % 2**levels):
             raise ValueError(f"latent size {x.shape[1]}x{x.shape[2]} is not divisible by 2^{levels}")
         if context is None or context.ndim != 3 or context.shape[-1] != self.config.cross_attention_dim:
             got = None if context is None else context.shape

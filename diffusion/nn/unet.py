@@ -19,7 +19,7 @@ from diffusion.nn.deep_feature import hand_over
 from diffusion.nn.attention import AttentionBlock, TemporalAttentionBlock
 from diffusion.nn.blocks import Downsample, ResBlock, Upsample, conv3, group_norm
 from diffusion.nn.embeddings import GuidanceEmbedding, TimeEmbedding
-
+from diffusion.nn.split import EncoderFeatures, check_part
 
 
 class UNet(nn.Module):
@@ -84,9 +84,22 @@ class UNet(nn.Module):
         """Skip branches (= up blocks): ``conv_in``, every down block and downsample."""
         return 1 + len(self.down_blocks())
 
+    def encode(self, x: jnp.ndarray, t: jnp.ndarray, label: jnp.ndarray | None = None,
+               guidance: jnp.ndarray | None = None, train: bool = False, modes: Modes = COMPUTE) -> EncoderFeatures:
+        """TiUE's encoder (``conv_in``, down blocks, middle block) on ``x [B, H, W, C]`` at ``t [B]``."""
+        return self(x, t, label, guidance, train, modes, part="encode")
+
+    def decode(self, features: EncoderFeatures, t: jnp.ndarray, label: jnp.ndarray | None = None,
+               guidance: jnp.ndarray | None = None, train: bool = False, modes: Modes = COMPUTE) -> jnp.ndarray:
+        """TiUE's decoder (up blocks, output layers) on ``features`` with the time
+        embedding of ``t [B]`` -> ``[B, H, W, out_channels]``; ``decode(encode(x, t), t)``
+        is the full call."""
+        return self(None, t, label, guidance, train, modes, part="decode", features=features)
+
     @nn.compact
-    def __call__(self, x: jnp.ndarray, t: jnp.ndarray, label: jnp.ndarray | None = None,
-                 guidance: jnp.ndarray | None = None, train: bool = False, modes: Modes = COMPUTE) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray | None, t: jnp.ndarray, label: jnp.ndarray | None = None,
+                 guidance: jnp.ndarray | None = None, train: bool = False, modes: Modes = COMPUTE,
+                 part: str = "all", features: EncoderFeatures | None = None) -> jnp.ndarray:
         """``x: [B, H, W, C]``, ``t: [B]`` or ``[]`` in ``[0, 1]``, ``label: [B]`` int,
         ``guidance: [B]`` -> ``[B, H, W, out_channels or C]`` in float32. A video UNet
         (``temporal``) takes ``x: [B, F, H, W, C]`` and ``t: [B, F]`` (or ``[B]`` / ``[]``,
@@ -97,11 +110,22 @@ class UNet(nn.Module):
         decoder path of skip branch ``modes.feature_branch``: a ``"retrieve"`` call runs
         ``conv_in``, the down blocks of skips ``1..branch`` and the last ``branch + 1``
         up blocks on the cached feature.
+
+        ``part`` (static; docs/design/tiue.md): ``"encode"`` returns the
+        :class:`EncoderFeatures` after the middle block, ``"decode"`` runs the rest on
+        ``features`` (``x`` unused).
         """
-        video_shape = x.shape
-        x, t, label, guidance, frames = self._fold_frames(x, t, label, guidance)
-        self._check_input(x, modes)
-        emb = self._embedding(t, label, guidance, x.shape[0])
+        check_part(part, modes, features, self.temporal)
+        if part == "decode":
+            if self.out_channels is None:
+                raise ValueError("decode needs the UNet's out_channels set (the builder sets it)")
+            frames, batch = None, features.batch
+        else:
+            video_shape = x.shape
+            x, t, label, guidance, frames = self._fold_frames(x, t, label, guidance)
+            self._check_input(x, modes)
+            batch = x.shape[0]
+        emb = self._embedding(t, label, guidance, batch)
         retrieve = modes.features == "retrieve"
 
         def temporal(h, name):
@@ -115,18 +139,23 @@ class UNet(nn.Module):
                 h = AttentionBlock(self.num_heads, self.dtype, name=name.replace("_res_", "_attn_"))(h, modes.attention)
             return temporal(h, name.replace("_res_", "_temporal_"))
 
-        h = conv3(self.channels, "conv_in", self.dtype)(x.astype(self.dtype))
-        skips = [h]
-        down = self.down_blocks()
-        for name, width in (down[:modes.feature_branch] if retrieve else down):
-            h = res_attn(h, width, name) if width else Downsample(self.dtype, name=name)(h)
-            skips.append(h)
+        if part == "decode":
+            skips, h = list(features.skips), features.h
+        else:
+            h = conv3(self.channels, "conv_in", self.dtype)(x.astype(self.dtype))
+            skips = [h]
+            down = self.down_blocks()
+            for name, width in (down[:modes.feature_branch] if retrieve else down):
+                h = res_attn(h, width, name) if width else Downsample(self.dtype, name=name)(h)
+                skips.append(h)
 
-        if not retrieve:  # the middle block
+        if not retrieve and part != "decode":  # the middle block
             h = ResBlock(h.shape[-1], self.dropout, self.scale_shift, self.dtype, name="mid_res_0")(h, emb, train)
             h = AttentionBlock(self.num_heads, self.dtype, name="mid_attn")(h, modes.attention)
             h = temporal(h, "mid_temporal")
             h = ResBlock(h.shape[-1], self.dropout, self.scale_shift, self.dtype, name="mid_res_1")(h, emb, train)
+        if part == "encode":
+            return EncoderFeatures(tuple(skips), h)
 
         first_shallow = self.num_branches - 1 - modes.feature_branch
         for j, (name, width, upsample) in enumerate(self.up_blocks()):
