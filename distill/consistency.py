@@ -117,7 +117,7 @@ def consistency_distillation(teacher: Any, student: ConsistencyFunction, *, num_
     def init_extra(student_params, teacher_params):
         return ConsistencyState(teacher=teacher_params, target=jax.tree.map(jnp.copy, student_params))
 
-    def after_update(state):
+    def after_update(state, carry=None):
         target = jax.tree.map(lambda e, p: target_decay * e + (1.0 - target_decay) * p,
                               state.extra.target, state.params)
         return state.replace(extra=state.extra.replace(target=target))

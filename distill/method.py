@@ -27,9 +27,10 @@ class Method:
       loss_fn: ``(params, batch, rng, state) -> (loss, aux)`` for ``make_train_step``.
       init_extra: ``(student_params, teacher_params) -> extra``, the initial
         ``TrainState.extra`` (called under ``jit`` when the state is created).
-      after_update: ``state -> state`` after every optimizer step (or None).
+      after_update: ``(state, carry) -> state`` after every optimizer step (or None);
+        ``carry`` is the loss's ``aux["carry"]`` (``diffusion.train.step.make_train_step``).
     """
 
     loss_fn: LossFn
     init_extra: Callable[[Any, Any], Any]
-    after_update: Callable[[TrainState], TrainState] | None = None
+    after_update: Callable[..., TrainState] | None = None

@@ -98,7 +98,7 @@ def _make_method(student: Denoiser, start_steps: int, steps_per_round: int, roun
         return RoundState(teacher=jax.tree.map(jnp.copy, student_params), round=jnp.zeros((), jnp.int32),
                           student_steps=jnp.asarray(start_steps // 2, jnp.int32))
 
-    def after_update(state):
+    def after_update(state, carry=None):
         extra = state.extra
         new_round = (state.step % steps_per_round == 0) & (state.step < steps_per_round * rounds)
         teacher = jax.lax.cond(new_round, lambda: state.ema_params, lambda: extra.teacher)  # no per-step select

@@ -52,7 +52,7 @@ class Experiment:
       make: ``(*make_args) -> TrainState``, the fresh state (run under ``jit``).
       make_args: arrays ``make`` takes as arguments (e.g. teacher params).
       loss_fn: the method's loss (``diffusion.train.step.LossFn``).
-      after_update: the method's ``state -> state`` after each step, or None.
+      after_update: the method's ``(state, carry) -> state`` after each step, or None.
       transforms: per-example grain maps of the input pipeline (caption dropout, tokens).
       preprocess: global batch -> the batch the loss sees (frozen text encoder, VAE), or None.
       callbacks: ``(config, workdir) -> [Callback]`` replacing the sample grids and the

@@ -26,20 +26,24 @@ def ema_decay_at(step: jax.Array, decay: float, warmup: bool = True) -> jax.Arra
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, ema_decay: float,
-                    ema_warmup: bool = True, after_update: Callable[[TrainState], TrainState] | None = None,
+                    ema_warmup: bool = True, after_update: Callable[..., TrainState] | None = None,
                     ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Returns ``train_step(state, batch) -> (state, metrics)`` (not yet jitted).
 
     A step whose loss or gradients are not finite leaves params, EMA and optimizer state
     untouched, increments ``skipped`` / ``consecutive_skipped`` and still advances
     ``step`` (its batch is consumed). Metrics: ``loss``, ``grad_norm``, ``finite``,
-    ``lr``-free aux values from the loss. ``after_update(state) -> state`` runs last, on
-    the advanced state (a method's extra state: a distillation round, an EMA target).
+    ``lr``-free aux values from the loss. ``after_update(state, carry) -> state`` runs last,
+    on the advanced state (a method's extra state: a distillation round, an EMA target, a
+    second network's optimizer step); ``carry`` is the loss's ``aux["carry"]`` (what that
+    step needs from the loss's forward pass; not a metric), None when absent.
     """
 
     def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng, state)
+        aux = dict(aux)
+        carry = aux.pop("carry", None)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # any NaN/Inf gradient makes the norm non-finite
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -60,7 +64,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, em
             consecutive_skipped=(state.consecutive_skipped + skip) * skip,
         )
         if after_update is not None:
-            new_state = after_update(new_state)
+            new_state = after_update(new_state, carry)
         metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, **aux}
         return new_state, metrics
 

@@ -1,4 +1,4 @@
-"""launch.distill end to end on a smoke-trained v-prediction teacher: the three methods,
+"""launch.distill end to end on a smoke-trained v-prediction teacher: the four methods,
 exact resume after a preemption, teacher errors, and students through launch.sample /
 launch.evaluate."""
 
@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import digits_consistency, digits_guided, digits_progressive, digits_v
+from configs import digits_consistency, digits_guided, digits_progressive, digits_tiue, digits_v
 from diffusion.train import loop
 from diffusion.train.writer import read_metrics
 from launch.distill_experiment import TeacherError, distill
@@ -23,7 +23,8 @@ from tests.launch.test_cli import _env
 from tests.launch.test_experiment import latest_params
 
 pytestmark = pytest.mark.slow
-CONFIGS = {"progressive": digits_progressive, "guided": digits_guided, "consistency": digits_consistency}
+CONFIGS = {"progressive": digits_progressive, "guided": digits_guided, "consistency": digits_consistency,
+           "tiue": digits_tiue}
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,15 @@ def test_students_are_ordinary_work_directories(students):
         if name == "consistency":
             assert saved["eval"]["sampler"] == "solver=consistency;steps=4;grid=trailing"
             assert type(run.denoiser).__name__ == "ConsistencyFunction"
+        elif name == "tiue":  # sampled loop-free on its K = 2 grid; both networks trained
+            assert saved["eval"]["sampler"] == saved["sample"]["sampler"] == "solver=ddim;steps=2;grid=trailing;loopfree=on"
+            step, state = latest_params(students / name)
+            teacher = state["extra"]["teacher"]
+            moved = lambda a, b: max(float(np.abs(np.asarray(x) - np.asarray(y)).max())  # noqa: E731
+                                     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+            assert step == 8 and moved(state["params"], teacher) > 0 and moved(state["extra"]["fake"], teacher) > 0
+            assert int(jax.tree.leaves(state["extra"]["fake_opt"])[0]) == 8  # Adam's count: one fake step per step
+            assert all(np.isfinite(r["noise_kl"]) for r in read_metrics(students / name) if "noise_kl" in r)
         else:  # 8 -> 4 -> 2 steps, one kept checkpoint per round
             assert saved["train"]["num_steps"] == 8
             assert saved["eval"]["sampler"] == "solver=ddim;steps=2;grid=trailing" + (";guidance=2" if name == "guided" else "")
@@ -108,17 +118,19 @@ class PreemptAfter:
         return signal.SIGTERM if self.reads >= self.n else None
 
 
-def test_preempted_distillation_resumes_exactly(teacher, students, tmp_path, monkeypatch):
-    """Progressive: preempted at step 3 (mid round 0), re-run -> identical params,
-    teacher, round and EMA to the uninterrupted run (including the round boundary)."""
+@pytest.mark.parametrize("name", ["progressive", "tiue"])
+def test_preempted_distillation_resumes_exactly(name, teacher, students, tmp_path, monkeypatch):
+    """Preempted at step 3 (progressive: mid round 0), re-run -> identical params, EMA and
+    extra state to the uninterrupted run (progressive: teacher and round across the round
+    boundary; TiUE: the fake score and its own optimizer state)."""
     wd = tmp_path / "resumed"
     with monkeypatch.context() as m:
         m.setattr(loop, "_SignalFlag", lambda: PreemptAfter(3))
         with pytest.raises(loop.Preempted):
-            distill(smoke(digits_progressive, teacher), wd, progress=False, devices=jax.devices()[:1])
+            distill(smoke(CONFIGS[name], teacher), wd, progress=False, devices=jax.devices()[:1])
     assert latest_params(wd)[0] == 3
-    distill(smoke(digits_progressive, teacher), wd, progress=False, devices=jax.devices()[:1])
-    (sa, a), (sb, b) = latest_params(students / "progressive"), latest_params(wd)
+    distill(smoke(CONFIGS[name], teacher), wd, progress=False, devices=jax.devices()[:1])
+    (sa, a), (sb, b) = latest_params(students / name), latest_params(wd)
     assert sa == sb == 8
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -148,7 +160,8 @@ def test_teacher_errors_are_clear_and_write_nothing(teacher, tmp_path):
 
 def test_students_sample_and_evaluate_on_their_own_grid(students):
     """The consistency student through the launch.sample CLI (its own solver and wrapper);
-    the others through the same generate() path; the guided one through launch.evaluate's
+    the others through the same generate() path (TiUE's with its loop-free sampler, not the
+    2-step loop); the guided one through launch.evaluate's
     default sweep (its distilled steps and w), for every kept round checkpoint."""
     from launch.evaluate import default_sweep, run_cells
     from launch.generate import class_labels, generate
@@ -160,12 +173,16 @@ def test_students_sample_and_evaluate_on_their_own_grid(students):
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert np.load(wd / "samples" / "consistency_4steps_ckpt8_seed0_n20.npz")["images"].shape == (20, 8, 8, 1)
-    for name in ("progressive", "guided"):
+    for name in ("progressive", "guided", "tiue"):
         run = load_run(students / name)
         spec = SamplerSpec.parse(run.config.sample.sampler).merged({"guidance": 3.0} if name == "guided" else {})
         images = generate(run.denoiser, run.params(8), run.info.image_shape, 20, spec, run.caps,
                           labels=class_labels(20, run.num_classes))
         assert images.shape == (20, 8, 8, 1) and np.all(np.isfinite(images))
+        if name == "tiue":
+            loop_images = generate(run.denoiser, run.params(8), run.info.image_shape, 20, spec.without("loopfree"),
+                                   run.caps, labels=class_labels(20, run.num_classes))
+            assert not np.array_equal(loop_images, images)  # (the smoke teacher barely depends on x: close)
     run = load_run(students / "guided")
     assert default_sweep(run.config) == "solver=ddim;steps=2;grid=trailing;guidance=2"
     records = run_cells(run, run.steps, parse_sweep(default_sweep(run.config)), students / "guided" / "eval", 50,

@@ -1,0 +1,84 @@
+"""TiUE's losses against closed forms and float64 recomputations (distill/tiue.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion.analytic import make_mixture
+from distill.tiue import drop_cond, lattice_times, noise_kl, vsd_loss
+from tests.distill.test_losses import SCHEDULE, np_alpha_sigma
+
+MU_T, MU_S, STD = np.array([1.0, -0.5, 0.3]), np.array([-0.2, 0.4, 0.9]), 0.3
+
+
+def test_the_vsd_gradient_moves_samples_toward_the_teacher_as_the_gaussian_closed_form_says():
+    """Teacher N(mu_T, s^2), fake score N(mu_S, s^2) (exact denoisers): for every x_t,
+    eps_T - eps_S = -(alpha / sigma)(1 - alpha^2 s^2 / v)(mu_T - mu_S), v = alpha^2 s^2 +
+    sigma^2, so the loss's gradient in x0_hat is g / size with
+    -g = sigma alpha (1 - alpha^2 s^2 / v)(mu_T - mu_S): a step toward the teacher's mean."""
+    teacher, fake = make_mixture(SCHEDULE, [MU_T], STD), make_mixture(SCHEDULE, [MU_S], STD)
+    b = 16
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (b, 3))
+    t = lattice_times(jax.random.PRNGKey(1), b, 0.02, 0.98, SCHEDULE.T)
+    alpha, sigma = SCHEDULE.alpha_sigma(t)
+    x_t = alpha[:, None] * x0 + sigma[:, None] * jax.random.normal(jax.random.PRNGKey(2), (b, 3))
+    eps_t, eps_s = teacher(None, x_t, t)[0].eps, fake(None, x_t, t)[0].eps
+    grad = jax.grad(lambda x: vsd_loss(x, eps_t, eps_s, sigma))(x0) * x0.size
+
+    a, s = np_alpha_sigma(np.asarray(t))
+    v = a**2 * STD**2 + s**2
+    want = -(s * a * (1 - a**2 * STD**2 / v)) * (MU_T - MU_S)[None]  # = g
+    np.testing.assert_allclose(grad, want, rtol=2e-3, atol=1e-5)
+    step = -np.asarray(grad)
+    cos = step @ (MU_T - MU_S) / np.linalg.norm(step, axis=1) / np.linalg.norm(MU_T - MU_S)
+    assert np.all(cos > 0.999)
+    # the loss's value is 0.5 mean(g^2) and it vanishes when the fake score is the teacher
+    np.testing.assert_allclose(vsd_loss(x0, eps_t, eps_s, sigma), 0.5 * np.mean(want**2), rtol=5e-3)
+    assert float(vsd_loss(x0, eps_t, eps_t, sigma)) == 0.0
+
+
+def test_noise_kl_is_the_gaussian_kl_of_each_maps_moments():
+    maps = np.random.default_rng(0).normal(0.3, 1.7, (3, 4, 2, 2, 1)) + np.arange(4)[None, :, None, None, None]
+    flat = maps.reshape(3, 4, -1).astype(np.float64)
+    mu, var = flat.mean(-1), flat.var(-1)
+    want = (0.5 * (mu**2 + var - 1 - np.log(var))).sum(0).mean()
+    np.testing.assert_allclose(noise_kl(jnp.asarray(maps, jnp.float32)), want, rtol=1e-5)
+    # zero at zero-mean unit-variance maps; its gradient pulls a map's mean to zero
+    unit = np.array([-1.0, 1.0, -1.0, 1.0]).reshape(1, 1, 2, 2, 1)
+    assert abs(float(noise_kl(jnp.asarray(unit)))) < 1e-7
+    g = jax.grad(noise_kl)(jnp.asarray(unit + 0.5))
+    assert np.all(np.asarray(g) > 0)
+
+
+def test_lattice_times_and_condition_dropout():
+    t = np.asarray(lattice_times(jax.random.PRNGKey(0), 4000, 0.02, 0.98, 1000))
+    n = np.round(t * 1000)
+    np.testing.assert_allclose(t * 1000, n, atol=1e-3)
+    assert n.min() == 20 and n.max() == 980
+    cond = {"label": jnp.array([1, 2, 3]), "context": jnp.ones((3, 2, 4)), "null_context": jnp.zeros((3, 2, 4))}
+    out = drop_cond(cond, 10, jnp.array([True, False, True]))
+    np.testing.assert_array_equal(out["label"], [10, 2, 10])
+    np.testing.assert_array_equal(out["context"][:, 0, 0], [0, 1, 0])
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"objective": "nope"}, "unknown distill.objective"), ({"steps": 0}, "steps must be >= 1"),
+    ({"t_min": 0.5, "t_max": 0.4}, "t_min < distill.t_max"), ({"kl_weight": -1.0}, "kl_weight must be >= 0"),
+    ({"guidance": 3.0, "num_classes": None}, "needs a class- or text-conditional teacher")])
+def test_bad_settings_are_named(change, match):
+    from diffusion.nn.denoiser import Denoiser
+    from diffusion.nn.unet import UNet
+    from distill.tiue import tiue_distillation
+
+    den = Denoiser(UNet(channels=8, channel_mult=(1,), num_res_blocks=1, attn_resolutions=(), out_channels=1),
+                   SCHEDULE)
+    kwargs = {"num_classes": 10, **change}
+    with pytest.raises(ValueError, match=match):
+        tiue_distillation(den, den, **kwargs)
+    with pytest.raises(ValueError, match="encode/decode split"):
+        tiue_distillation(make_mixture(SCHEDULE, [MU_T], STD), make_mixture(SCHEDULE, [MU_T], STD), num_classes=10)
+    video = Denoiser(UNet(channels=8, channel_mult=(1,), num_res_blocks=1, attn_resolutions=(), out_channels=1,
+                          temporal=True), SCHEDULE)
+    with pytest.raises(ValueError, match="image model; this teacher is a video UNet"):
+        tiue_distillation(video, video, num_classes=10)
