@@ -27,8 +27,8 @@ def make_source(name: str, split: str, *, resolution: int | None = None, data_di
     if frames is not None and name != "moving_digits" and not tfds_name:
         raise ValueError(f"config.data.frames applies to video datasets (moving_digits or a TFDS video dataset); "
                          f"{name!r} holds images: leave it unset")
-    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 2):
-        raise ValueError(f"config.data.frames must be an integer >= 2 (frames per video), got {frames!r}")
+    if tfds_name and frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 2):
+        raise ValueError(f"a TFDS video needs config.data.frames, an integer >= 2 (frames per video), got {frames!r}")
     if name == "moving_digits":
         from diffusion.data.moving_digits import CANVAS, MovingDigitsSource
 
