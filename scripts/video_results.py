@@ -184,14 +184,16 @@ def markdown(r: dict) -> str:
     lines = [
         "# FVDM on moving digits: per-frame times at p = 0, 0.2 and 1 (issue 12)", "",
         f"`{r['command']}` — {mach['cpu']}, {mach['cores']} cores, {mach['backend']}, jax {mach['jax']}, "
-        f"{mach['date']} ({r['wall_s'] / 60:.0f} min).", "",
+        f"{mach['date']} ({r['wall_s'] / 60:.0f} min for this invocation: sampling cells already in a run's "
+        "`eval_results/report.json` are read back, each with its own sampling time).", "",
         f"Every cell: {r['num']} videos of {f} frames, DDIM {STEPS} steps (trailing grid). Given frames come "
         "from the held-out split (glyphs never seen in training); FDs compare against the train split, in the "
         "features of the video probe ([../design/video.md](../design/video.md): real videos score about 5 at 1000 "
         "videos, frame-shuffled 39, static 123). Identity stability: the fraction of videos whose digit set "
         "(read by the probe) is non-empty and the same in every frame. PSNR and SSIM: the frames not given, against "
         "the held-out continuation. Means over seeds 0 and 1 where a ± gives the seed-to-seed std.", "",
-        "## The runs (equal compute: the same steps, batch and model; time in training steps)", "",
+        "## The runs (equal compute: the same steps, batch and model; minutes: time in training steps, "
+        "which depends on what else ran on the machine)", "",
         "| p | work directory | steps x batch | minutes | final loss |", "|---|---|---|---|---|",
         *[f"| {p} | `{r['job'][k]['workdir']}` | {r['job'][k]['steps']} x {r['job'][k]['batch_size']} | "
           f"{r['job'][k]['step_seconds'] / 60:.1f} | {r['job'][k]['final_loss']:.4f} |" for k, p in MODELS], "",
