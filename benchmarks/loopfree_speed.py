@@ -20,6 +20,7 @@ from ml_collections import config_flags
 from benchmarks.common import emit, flops_of, machine, time_interleaved
 from launch.builders import build_denoiser, build_source, init_params, model_caps, sample_shape
 from sampling.loop import sample
+from sampling.loopfree import tile_steps
 from sampling.spec import make_spec
 
 config_flags.DEFINE_config_file("config", "configs/digits.py", "An image config (its UNet).")
@@ -58,9 +59,7 @@ def main(argv):
     k, b = FLAGS.steps, FLAGS.batch
     call = jax.jit(lambda p, x: den(p, x, 0.5, cond)[0].x0)
     encode = jax.jit(lambda p, x: den.encode(p, x, 0.9, cond))
-    tile = lambda a: jnp.broadcast_to(a[None], (k, *a.shape)).reshape(k * a.shape[0], *a.shape[1:])  # noqa: E731
-    feats_k = jax.tree.map(tile, encode(params, x))
-    cond_k = {n: tile(v) for n, v in cond.items()}
+    feats_k, cond_k = tile_steps(encode(params, x), k, b), tile_steps(cond, k, b)
     decode_k = jax.jit(lambda p, f: den.decode_raw(p, f, jnp.full((k * b,), 0.5), cond_k))
     fns["call"] = lambda: call(params, x).block_until_ready()
     fns["encode"] = lambda: jax.block_until_ready(encode(params, x))

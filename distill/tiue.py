@@ -106,8 +106,9 @@ def tiue_distillation(teacher: Any, student: Any, *, steps: int = 4, guidance: f
         raise ValueError(f"distill.steps must be >= 1, got {steps}")
     if not 0.0 < t_min < t_max <= 1.0:
         raise ValueError(f"need 0 < distill.t_min < distill.t_max <= 1, got {t_min} and {t_max}")
-    if kl_weight < 0 or fake_lr <= 0 or not 0.0 <= fake_cond_drop <= 1.0:
-        raise ValueError("distill.kl_weight must be >= 0, distill.fake_lr > 0 and distill.fake_cond_drop in [0, 1]")
+    if not (kl_weight >= 0 and fake_lr > 0 and 0.0 <= fake_cond_drop <= 1.0 and guidance >= 0):  # NaN fails too
+        raise ValueError("distill.kl_weight must be >= 0, distill.fake_lr > 0, distill.fake_cond_drop in [0, 1] and "
+                         f"distill.guidance >= 0; got {kl_weight}, {fake_lr}, {fake_cond_drop} and {guidance}")
     conditional = num_classes is not None or text
     if guidance != 1.0 and not conditional:
         raise ValueError("distill.guidance != 1 needs a class- or text-conditional teacher")

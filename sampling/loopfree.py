@@ -28,16 +28,20 @@ def loopfree_predictions(denoiser: Any, params: Any, times: jax.Array, x_T: jax.
     b, k = x_T.shape[0], times.shape[0]
     cond = dict(cond or {})
     features = denoiser.encode(params, x_T, times[0], cond)
+    raw = denoiser.decode_raw(params, tile_steps(features, k, b), jnp.repeat(times, b), tile_steps(cond, k, b))
+    return raw.reshape(k, b, *raw.shape[1:])
 
-    def tile(a):  # [B, ...] -> [K * B, ...], step-major
+
+def tile_steps(tree: Any, k: int, b: int) -> Any:
+    """Every ``[B, ...]`` leaf of ``tree`` repeated for ``k`` steps, step-major ``[K * B, ...]``
+    (other leaves, e.g. scalars, as they are): the decoder's batch."""
+    def tile(a):
         a = jnp.asarray(a)
         if a.ndim == 0 or a.shape[0] != b:
             return a
         return jnp.broadcast_to(a[None], (k, *a.shape)).reshape(k * b, *a.shape[1:])
 
-    raw = denoiser.decode_raw(params, jax.tree.map(tile, features), jnp.repeat(times, b),
-                              {name: tile(v) for name, v in cond.items()})
-    return raw.reshape(k, b, *raw.shape[1:])
+    return jax.tree.map(tile, tree)
 
 
 def ddim_chain(denoiser: Any, raw: jax.Array, grid: jax.Array, x_T: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -261,7 +261,10 @@ def main():
         ap.error(f"--num must be >= 2 (an FD needs two samples), got {args.num}")
     workdirs = {"p0": args.p0, "p02": args.p02, "p1": args.p1}
     keys = [args.only] if args.only else [k for k, _ in MODELS]
-    runs = {k: load_run(workdirs[k]) for k in keys}
+    try:
+        runs = {k: load_run(workdirs[k]) for k in keys}
+    except (FileNotFoundError, ValueError) as e:
+        ap.error(str(e))
     for k, p in MODELS:
         if k in runs and abs(float(runs[k].config.diffusion.per_frame_prob) - p) > 1e-9:
             ap.error(f"--{k} {workdirs[k]} was trained at per_frame_prob "

@@ -53,6 +53,8 @@ def test_the_video_pipeline_batches_resumes_exactly_and_flips_width(mock):
     ({}, r"no image feature: it holds videos \(image_aux1, image_main\): set config.data.frames"),
     ({"video_key": "image_main"}, "set config.data.frames too"),
     ({"frames": 1, "video_key": "image_main"}, "integer >= 2"),
+    ({"frames": 0, "video_key": "image_main"}, "integer >= 2"), ({"frames": -3, "video_key": "image_main"}, "integer >= 2"),
+    ({"frames": float("nan"), "video_key": "image_main"}, "integer >= 2"),
 ])
 def test_bad_video_settings_are_named(mock, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -65,6 +65,9 @@ def test_lattice_times_and_condition_dropout():
 @pytest.mark.parametrize("change, match", [
     ({"objective": "nope"}, "unknown distill.objective"), ({"steps": 0}, "steps must be >= 1"),
     ({"t_min": 0.5, "t_max": 0.4}, "t_min < distill.t_max"), ({"kl_weight": -1.0}, "kl_weight must be >= 0"),
+    ({"kl_weight": float("nan")}, "kl_weight must be >= 0"), ({"fake_lr": 0.0}, "fake_lr > 0"),
+    ({"fake_lr": float("nan")}, "fake_lr > 0"), ({"guidance": float("nan")}, "guidance >= 0"),
+    ({"t_min": float("nan")}, "t_min < distill.t_max"), ({"steps": -2}, "steps must be >= 1"),
     ({"guidance": 3.0, "num_classes": None}, "needs a class- or text-conditional teacher")])
 def test_bad_settings_are_named(change, match):
     from diffusion.nn.denoiser import Denoiser

@@ -117,5 +117,8 @@ def test_loopfree_refuses_what_cannot_hold_and_counts_one_call():
             make_spec("ddim", 4, loopfree="on", **other).build(den, CAPS)
     with pytest.raises(ValueError, match="encode/decode split"):
         make_spec("ddim", 4, loopfree="on").build(Denoiser(lambda *a: None, SCHED), CAPS)
+    for bad in ("0", "-1", "nan", "yes"):
+        with pytest.raises(ValueError, match="bad loopfree"):
+            make_spec("ddim", 4, loopfree=bad)
     assert make_spec("ddim", 4, loopfree="on").network_calls(SCHED) == 1
     assert make_spec("ddim", 4).network_calls(SCHED) == 4
