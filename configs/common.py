@@ -66,6 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_every = 0  # also keep every K-th step's checkpoint (0: off)
     c.train.sample_every = 1000
     c.train.max_consecutive_nonfinite = 20
+    c.train.lora_rank = 0  # > 0: train only LoRA adapters of this rank on the attention projections
+    c.train.lora_alpha = config_dict.placeholder(float)  # the adapters' scale alpha / rank (None: alpha = rank)
 
     c.text = None  # text conditioning (a text-to-image model): max_length, clip_skip, encoder / tokenizer sources
     c.latent = None  # latent diffusion: the VAE's source
@@ -159,7 +161,8 @@ def upgrade_config(saved: dict) -> dict:
       unset; a set one is an error;
     * ``model.guidance_embed`` is added (False) where it is missing, and so are
       ``model.kind`` ("unet"), ``diffusion.beta_start`` / ``beta_end`` (None: the
-      schedule's own), ``text`` and ``latent`` (None: a label model on pixels);
+      schedule's own), ``text`` and ``latent`` (None: a label model on pixels),
+      ``train.lora_rank`` (0) and ``train.lora_alpha`` (None);
     * ``sample`` / ``eval`` ``solver, steps, grid, guidance`` become one ``sampler`` spec;
     * ``distill`` keeps the fields of its method (one section used to hold every method's).
     """
@@ -173,6 +176,8 @@ def upgrade_config(saved: dict) -> dict:
     model.setdefault("kind", "unet")
     for key in ("beta_start", "beta_end"):
         saved.setdefault("diffusion", {}).setdefault(key, None)
+    saved.setdefault("train", {}).setdefault("lora_rank", 0)
+    saved["train"].setdefault("lora_alpha", None)
     saved.setdefault("text", None)
     saved.setdefault("latent", None)
     for name in ("sample", "eval"):

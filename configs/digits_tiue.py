@@ -18,6 +18,7 @@ VARIANTS = {"": {}, "kl0": {"kl_weight": 0.0}, "k1": {"steps": 1}, "regress": {"
 
 
 def get_config(arg: str | None = None):
+    arg = arg or ""
     c = distill_config("tiue")
     c.train.num_steps = 1000
     c.train.lr = 1e-4

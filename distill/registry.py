@@ -32,6 +32,7 @@ class Teacher:
       w_conditioned: it is itself a w-conditioned (guided-distillation) student.
       text: it is a text-to-image model (prompts, not labels; its null condition is the
         empty prompt's context).
+      method: the distill method that made it when it is itself a student, else None.
     """
 
     workdir: str
@@ -40,6 +41,7 @@ class Teacher:
     cond_drop_prob: float
     w_conditioned: bool
     text: bool = False
+    method: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +54,7 @@ class BuildArgs:
       teacher: the teacher run's denoiser.
       null_label: the unconditional label when class-conditional, else None.
       text: a text-to-image model (batches hold ``context`` and ``null_context``).
+      image_shape: one sample's shape (``[H, W, C]``, a video's ``[F, H, W, C]``).
     """
 
     settings: ml_collections.ConfigDict
@@ -59,6 +62,7 @@ class BuildArgs:
     teacher: Any
     null_label: int | None
     text: bool = False
+    image_shape: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +81,9 @@ class Distiller:
       wrap: the student's denoiser as it is trained and sampled (e.g. a consistency
         function around the network's denoiser).
       smoke: ``config.distill`` values of the ``:smoke`` variants (seconds on a CPU).
+      tunes_students: it tunes a distilled student (its teacher is a student; PSO), so the
+        teacher may be any student; otherwise only a progressive student may teach.
+      own_data: the run trains on its config's ``data`` (a target set), not the teacher's.
     """
 
     name: str
@@ -87,6 +94,8 @@ class Distiller:
     check_teacher: Callable[[ml_collections.ConfigDict, Teacher], None] = lambda settings, teacher: None
     wrap: Callable[[Any], Any] = lambda denoiser: denoiser
     smoke: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    tunes_students: bool = False
+    own_data: bool = False
 
 
 _DISTILLERS: dict[str, Distiller] = {}

@@ -20,7 +20,7 @@ import ml_collections
 from diffusion.train.state import create_train_state
 from distill import registry
 from distill.registry import BuildArgs, Teacher, TeacherError
-from launch.builders import build_denoiser, build_source, init_params, model_caps
+from launch.builders import build_denoiser, build_source, init_params, model_caps, sample_shape
 from launch.experiment import Experiment, make_optimizer_from, run_experiment
 from launch.run_loader import LoadedRun, load_run
 from launch.validation import validate_config
@@ -42,13 +42,25 @@ def load_teacher(config: ml_collections.ConfigDict) -> LoadedRun:
         raise TeacherError(f"distill.teacher_workdir={d.teacher_workdir!r}: {e}") from None
     if not teacher.steps:
         raise TeacherError(f"teacher {d.teacher_workdir} has no checkpoint yet; train it first")
-    if teacher.config.get("distill") is not None and teacher.config.distill.method != "progressive":
-        raise TeacherError(f"teacher {d.teacher_workdir} is a {teacher.config.distill.method} student; "
+    method = teacher.config.distill.method if teacher.config.get("distill") is not None else None
+    if method not in (None, "progressive") and not distiller.tunes_students:
+        raise TeacherError(f"teacher {d.teacher_workdir} is a {method} student; "
                            "distil from a diffusion model or a progressive student")
     distiller.check_teacher(d, Teacher(str(d.teacher_workdir), teacher.config.model.pred_type, teacher.caps.null_label,
                                        teacher.config.diffusion.cond_drop_prob, teacher.caps.w_conditioned,
-                                       teacher.caps.text))
+                                       teacher.caps.text, method))
     return teacher
+
+
+def teacher_step(config: ml_collections.ConfigDict, teacher: LoadedRun) -> int:
+    """The teacher checkpoint a run starts from: ``distill.teacher_step`` where the method
+    declares it (PSO: which of a progressive run's students), else the newest."""
+    step = config.distill.get("teacher_step")
+    if step is None:
+        return teacher.steps[-1]
+    if step not in teacher.steps:
+        raise TeacherError(f"distill.teacher_step={step}: {teacher.workdir} has checkpoints at steps {teacher.steps}")
+    return step
 
 
 def student_config(config: ml_collections.ConfigDict, teacher: LoadedRun) -> ml_collections.ConfigDict:
@@ -56,7 +68,8 @@ def student_config(config: ml_collections.ConfigDict, teacher: LoadedRun) -> ml_
     makes of it (``Distiller.student``: run length, model, the student's solver and steps,
     which ``sample`` and ``eval`` use on the trailing grid with the config's transforms)."""
     c = ml_collections.ConfigDict(to_json_dict(config))
-    for section in ("data", "model", "diffusion", "text", "latent"):
+    own_data = registry.get(c.distill.method).own_data
+    for section in ("model", "diffusion", "text", "latent") if own_data else ("data", "model", "diffusion", "text", "latent"):
         value = teacher.config.get(section)
         c[section] = None if value is None else ml_collections.ConfigDict(to_json_dict(value))
     c.model.dropout = 0.0  # the same architecture; distillation targets are deterministic
@@ -80,11 +93,17 @@ def distill(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, p
     config = student_config(config, teacher)
     validate_config(config, "distill")  # and what the method made of the student's config
     source, info = build_source(config)
+    shape = lambda i: (tuple(i.image_shape), i.num_classes, i.num_frames)  # noqa: E731
+    if shape(info) != shape(teacher.info):
+        raise ValueError(f"config.data {config.data.name!r} holds {info.image_shape} samples of "
+                         f"{info.num_classes} classes; the model tuned ({teacher.workdir}) was trained on "
+                         f"{teacher.info.image_shape} of {teacher.info.num_classes}: use data of the same shape")
     student, caps = build_denoiser(config, info), model_caps(config, info)
     method = registry.get(config.distill.method).build(BuildArgs(config.distill, student, teacher.denoiser,
-                                                                 caps.null_label, caps.text))
+                                                                 caps.null_label, caps.text,
+                                                                 sample_shape(config, info)))
     optimizer = make_optimizer_from(config.train, round_steps=config.distill.get("steps_per_round") or 0)
-    teacher_params = teacher.params(teacher.steps[-1])
+    teacher_params = teacher.params(teacher_step(config, teacher))
 
     def make(teacher_params):
         params = _start_from(init_params(config, info, jax.random.PRNGKey(config.seed)), teacher_params)

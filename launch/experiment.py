@@ -59,6 +59,7 @@ class Experiment:
         final FD (a VAE's reconstructions), or None.
       before_training: ``workdir -> None``, run under the lock before the first write of
         a run's files (components of a text-to-image run), or None.
+      to_network: trained params -> network params (LoRA's merge, :func:`with_lora`), or None.
     """
 
     denoiser: Any
@@ -74,6 +75,26 @@ class Experiment:
     preprocess: Callable | None = None
     callbacks: Callable | None = None
     before_training: Callable | None = None
+    to_network: Callable | None = None
+
+
+def with_lora(exp: Experiment, config: ml_collections.ConfigDict) -> Experiment:
+    """``exp`` training rank-``train.lora_rank`` adapters on the attention projections
+    instead of every parameter (``diffusion/train/lora.py``, docs/design/pso.md); the
+    state's EMA and a method's ``after_update`` see the merged network params."""
+    from diffusion.train import lora
+
+    rank = int(config.train.lora_rank)
+    alpha = float(config.train.lora_alpha if config.train.lora_alpha is not None else rank)
+    optimizer = lora.optimizer(exp.optimizer)
+
+    def make(*args):
+        state = exp.make(*args)
+        tree = lora.init(state.params, rank, jax.random.fold_in(jax.random.PRNGKey(config.seed), 7))
+        return state.replace(params=tree, opt_state=optimizer.init(tree))
+
+    jax.eval_shape(make, *exp.make_args)  # a rank the network cannot take fails now, before anything is written
+    return dataclasses.replace(exp, optimizer=optimizer, make=make, to_network=lambda t: lora.merge(t, alpha))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, progress: bool = True,
@@ -148,6 +169,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
     config_json = to_json_dict(config)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, devices)
     workdir = pathlib.Path(workdir)
+    if config.train.get("lora_rank"):
+        exp = with_lora(exp, config)
     check_buildable(config, exp, mesh, workdir)
     check_workdir(workdir, config_json)
     with lock(workdir):
@@ -175,7 +198,8 @@ def _run_locked(config, config_json: dict, workdir: pathlib.Path, exp: Experimen
     else:
         print(f"resuming {workdir} from step {latest}", flush=True)
 
-    train_step = make_train_step(exp.loss_fn, exp.optimizer, config.train.ema_decay, after_update=exp.after_update)
+    train_step = make_train_step(exp.loss_fn, exp.optimizer, config.train.ema_decay, after_update=exp.after_update,
+                                 to_network=exp.to_network)
     step_fn = jit_train_step(train_step, shardings, mesh)
     den, caps, info = exp.denoiser, exp.caps, exp.info
     wants_fd = config.eval.fd_digits and config.data.name == "digits" and exp.callbacks is None

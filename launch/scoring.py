@@ -79,7 +79,7 @@ def scoring_for(run, num: int, captions: str = "heldout") -> Scoring:
     data = run.config.data.name
     if captions not in CAPTION_SPLITS:
         raise ValueError(f"--captions must be one of {', '.join(CAPTION_SPLITS)}, got {captions!r}")
-    if data == "digits" and not run.caps.text:
+    if data in ("digits", "digits_thick") and not run.caps.text:  # FD to the plain digits (a tuned style's drift)
         if captions != "heldout":
             raise ValueError("--captions applies to text-to-image scenes models only; this is a digits model")
         from diffusion.metrics.fd_digits import fd_digits

@@ -43,6 +43,14 @@ def _get(config: ml_collections.ConfigDict, field: str):
     return node
 
 
+def _validate_lora(config: ml_collections.ConfigDict) -> None:
+    rank, alpha = config.train.get("lora_rank", 0), config.train.get("lora_alpha")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ValueError(f"config.train.lora_rank must be an integer >= 0 (0: train every parameter), got {rank!r}")
+    if alpha is not None and not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"config.train.lora_alpha must be a finite number > 0 or None (alpha = rank), got {alpha!r}")
+
+
 def validate_config(config: ml_collections.ConfigDict, command: str) -> None:
     """Raises ValueError naming the first bad field of ``config`` for ``command``
     (``"train"`` or ``"distill"``)."""
@@ -73,6 +81,7 @@ def validate_config(config: ml_collections.ConfigDict, command: str) -> None:
         if _get(config, field) not in options:
             raise ValueError(f"config.{field} is {_get(config, field)!r}; expected one of {', '.join(options)}")
     _validate_text_latent_betas(config)
+    _validate_lora(config)
     per_frame = config.diffusion.get("per_frame_prob", 0.0)
     if isinstance(per_frame, bool) or not isinstance(per_frame, (int, float)) or not 0.0 <= per_frame <= 1.0:
         raise ValueError(f"config.diffusion.per_frame_prob must be a number in [0, 1] (FVDM's probability that a "

@@ -1,7 +1,7 @@
 """Datasets by name and the per-process training iterator.
 
 ``make_source(name, split, ...)`` -> ``(source, DatasetInfo)``; names: ``digits``
-(bundled), ``scenes`` (captioned digit scenes, ``diffusion/data/scenes.py``: splits
+(bundled), ``digits_thick`` (the same with thickened strokes: a target style for tuning), ``scenes`` (captioned digit scenes, ``diffusion/data/scenes.py``: splits
 train / heldout / novel), ``synthetic`` (benchmarks), ``none`` (a model without data, e.g. imported
 weights: its shape from ``resolution``, RGB), ``cifar10`` / ``mnist`` / ``fashion_mnist`` or any
 ``tfds:<name>`` (prepared TFDS data, no download), ``moving_digits`` (videos of bouncing digits,
@@ -16,7 +16,7 @@ from diffusion.data.sources import DatasetInfo, digits_source, synthetic_source
 TFDS_ALIASES = ("cifar10", "mnist", "fashion_mnist")
 SCENES_SIZES = {"train": 60_000, "heldout": 2_000, "novel": 2_000}
 MOVING_DIGITS_SIZES = {"train": 20_000, "heldout": 1_000}
-DATASETS = ("digits", "scenes", "moving_digits", "synthetic", *TFDS_ALIASES, "tfds:<name>")
+DATASETS = ("digits", "digits_thick", "scenes", "moving_digits", "synthetic", *TFDS_ALIASES, "tfds:<name>")
 
 
 def make_source(name: str, split: str, *, resolution: int | None = None, data_dir: str | None = None,
@@ -40,8 +40,8 @@ def make_source(name: str, split: str, *, resolution: int | None = None, data_di
             raise ValueError(f"moving_digits needs config.data.frames, an integer >= 2 (frames per video), got {frames!r}")
         size = MOVING_DIGITS_SIZES[split]
         return MovingDigitsSource(split, size, frames), DatasetInfo((CANVAS, CANVAS, 1), 10, size, frames)
-    if name == "digits":
-        return digits_source(split, resolution or 8)
+    if name in ("digits", "digits_thick"):
+        return digits_source(split, resolution or 8, thick=name == "digits_thick")
     if name == "scenes":
         from diffusion.data.scenes import CANVAS, ScenesSource
 

@@ -43,12 +43,21 @@ def to_model_range(images_0_16: np.ndarray, resolution: int = 8) -> np.ndarray:
     return x[..., None]
 
 
-def load_digits(split: str = "train", resolution: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def thicken(images_0_16: np.ndarray) -> np.ndarray:
+    """Thick strokes: grey dilation of ``[N, 8, 8]`` levels by a plus-shaped element (each
+    pixel the maximum of itself and its 4 neighbours; outside the image counts as 0)."""
+    x = np.pad(images_0_16, ((0, 0), (1, 1), (1, 1)))
+    return np.max([x[:, 1:-1, 1:-1], x[:, :-2, 1:-1], x[:, 2:, 1:-1], x[:, 1:-1, :-2], x[:, 1:-1, 2:]], axis=0)
+
+
+def load_digits(split: str = "train", resolution: int = 8, thick: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Returns ``(images [N, R, R, 1] float32 in [-1, 1], labels [N] int32)``.
 
     Args:
       split: ``train`` (1,437), ``heldout`` (360) or ``all`` (1,797, file order).
       resolution: 8 (native) or a multiple of 8 (nearest upsampling).
+      thick: the strokes thickened (:func:`thicken`): the ``digits_thick`` dataset, a target
+        style for tuning (docs/design/pso.md).
     """
     images, labels, order = _raw()
     if split == "train":
@@ -59,7 +68,8 @@ def load_digits(split: str = "train", resolution: int = 8) -> tuple[np.ndarray, 
         idx = np.arange(len(images))
     else:
         raise ValueError(f"unknown digits split {split!r}; expected one of {', '.join(SPLITS)}")
-    return to_model_range(images[idx], resolution), labels[idx].astype(np.int32)
+    raw = thicken(images[idx]) if thick else images[idx]
+    return to_model_range(raw, resolution), labels[idx].astype(np.int32)
 
 
 def to_8x8(images: np.ndarray) -> np.ndarray:

@@ -37,9 +37,10 @@ class ArraySource:
         return {"image": self.images[i], "label": np.int32(self.labels[i])}
 
 
-def digits_source(split: str, resolution: int = 8) -> tuple[ArraySource, DatasetInfo]:
-    """The bundled digits (``diffusion/data/digits.py``); ``split``: train / heldout / all."""
-    images, labels = load_digits(split, resolution)
+def digits_source(split: str, resolution: int = 8, thick: bool = False) -> tuple[ArraySource, DatasetInfo]:
+    """The bundled digits (``diffusion/data/digits.py``); ``split``: train / heldout / all;
+    ``thick``: their strokes thickened (``digits_thick``)."""
+    images, labels = load_digits(split, resolution, thick)
     return ArraySource(images, labels), DatasetInfo((resolution, resolution, 1), 10, len(images))
 
 

@@ -27,6 +27,7 @@ def ema_decay_at(step: jax.Array, decay: float, warmup: bool = True) -> jax.Arra
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, ema_decay: float,
                     ema_warmup: bool = True, after_update: Callable[..., TrainState] | None = None,
+                    to_network: Callable[[Any], Any] | None = None,
                     ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Returns ``train_step(state, batch) -> (state, metrics)`` (not yet jitted).
 
@@ -37,7 +38,15 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, em
     on the advanced state (a method's extra state: a distillation round, an EMA target, a
     second network's optimizer step); ``carry`` is the loss's ``aux["carry"]`` (what that
     step needs from the loss's forward pass; not a metric), None when absent.
+
+    ``to_network`` maps trained params to network params (LoRA's merge,
+    ``diffusion/train/lora.py``): the loss and ``after_update`` see network params, the
+    EMA is kept of them; the optimizer updates the trained tree.
     """
+    net = to_network or (lambda p: p)
+    if to_network is not None:
+        inner_loss = loss_fn
+        loss_fn = lambda params, *args: inner_loss(to_network(params), *args)  # noqa: E731
 
     def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
@@ -49,7 +58,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, em
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         d = ema_decay_at(state.step, ema_decay, ema_warmup)
-        ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
+        ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, net(params))
 
         def keep_if_finite(new, old):
             return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
@@ -63,8 +72,11 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, em
             skipped=state.skipped + skip,
             consecutive_skipped=(state.consecutive_skipped + skip) * skip,
         )
-        if after_update is not None:
+        if after_update is not None and to_network is None:
             new_state = after_update(new_state, carry)
+        elif after_update is not None:  # it sees network params; the trained tree is kept
+            trained = new_state.params
+            new_state = after_update(new_state.replace(params=to_network(trained)), carry).replace(params=trained)
         metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, **aux}
         return new_state, metrics
 

@@ -36,8 +36,28 @@ def test_upsampling_keeps_levels_and_pools_back():
         load_digits("train", 12)
 
 
+def test_thick_digits_are_the_digits_grey_dilated_by_a_plus():
+    from diffusion.data.digits import thicken
+
+    x = np.zeros((1, 8, 8), np.int64)
+    x[0, 0, 0], x[0, 4, 4], x[0, 4, 5] = 16, 8, 3
+    out = thicken(x)[0]
+    want = np.zeros((8, 8), np.int64)
+    want[0, 0] = want[1, 0] = want[0, 1] = 16
+    for i, j in [(4, 4), (3, 4), (5, 4), (4, 3), (4, 5)]:
+        want[i, j] = 8
+    want[3, 5] = want[5, 5] = want[4, 6] = 3
+    np.testing.assert_array_equal(out, want)
+    plain, labels = load_digits("heldout")
+    source, info = make_source("digits_thick", "heldout")
+    assert info.image_shape == (8, 8, 1) and info.num_classes == 10
+    item = source[3]
+    np.testing.assert_array_equal(item["label"], labels[3])
+    assert np.all(item["image"] >= plain[3]) and item["image"].mean() > plain[3].mean()
+
+
 def test_unknown_names_list_the_choices():
-    with pytest.raises(ValueError, match="available: digits, scenes, moving_digits, synthetic, cifar10"):
+    with pytest.raises(ValueError, match="available: digits, digits_thick, scenes, moving_digits, synthetic, cifar10"):
         make_source("imagenet64", "train")
     with pytest.raises(ValueError, match="train, heldout, all"):
         load_digits("test")

@@ -209,3 +209,71 @@ def test_guided_student_at_w_equals_its_teacher_before_training(teacher):
     for w in (1.0, 2.5, 7.0):
         got = student(params, x, t, {"label": label, "guidance": jax.numpy.full((4,), w)})[0].x0
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+
+
+def pso_smoke(students, **distill):
+    from configs import digits_pso
+
+    c = digits_pso.get_config("smoke")
+    c.distill.teacher_workdir = str(students / "progressive")
+    c.distill.update(distill)
+    return c
+
+
+def test_pso_with_lora_tunes_a_student_and_resumes_exactly(students, tmp_path, monkeypatch):
+    """PSO (DPO loss, rank-2 LoRA) on the 2-step progressive student: the base stays the
+    student's, the adapters move, the offline references sit in the checkpoint, the sampling
+    params are the merged network params; preempted at step 3 == uninterrupted."""
+    config = pso_smoke(students, loss="dpo")
+    config.train.lora_rank = 2
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    distill(config, whole, progress=False, devices=jax.devices()[:1])
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_SignalFlag", lambda: PreemptAfter(3))
+        with pytest.raises(loop.Preempted):
+            distill(config, resumed, progress=False, devices=jax.devices()[:1])
+    distill(config, resumed, progress=False, devices=jax.devices()[:1])
+    (sa, a), (sb, b) = latest_params(whole), latest_params(resumed)
+    assert sa == sb == 8
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    _, student = latest_params(students / "progressive")
+    for x, y in zip(jax.tree.leaves(a["params"]["base"]), jax.tree.leaves(student["ema_params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert all(np.abs(np.asarray(ab["b"])).max() > 0 for ab in a["params"]["adapters"].values())
+    assert a["extra"]["images"].shape == (20, 8, 8, 1) and list(a["extra"]["labels"][:11]) == [*range(10), 0]
+    run = load_run(whole)  # an ordinary work directory: network params, its own 2-step sampler
+    assert run.config.data.name == "digits_thick" and run.config.sample.sampler == "solver=ddim;steps=2;grid=trailing"
+    ema = run.params(8)
+    assert jax.tree.structure(ema) == jax.tree.structure(student["ema_params"])
+
+
+def test_online_pso_ranks_by_the_reward(students, tmp_path):
+    wd = tmp_path / "online"
+    distill(pso_smoke(students, mode="online", beta=50.0), wd, progress=False, devices=jax.devices()[:1])
+    rows = [r for r in read_metrics(wd) if "loss" in r]
+    assert len(rows) == 4 and all(np.isfinite(r["reward"]) and r["reward_gap"] >= 0 for r in rows)
+    assert rows[0]["loss"] == pytest.approx(np.log(2.0), abs=0.05)  # near the start: tuned ~ reference
+
+
+def test_pso_errors_are_clear_and_write_nothing(teacher, students, tmp_path):
+    wd = tmp_path / "pso"
+    config = pso_smoke(students)
+    config.distill.teacher_workdir = str(teacher)
+    with pytest.raises(TeacherError, match="tunes a timestep-distilled student.*is a diffusion model"):
+        distill(config, wd, progress=False)
+    config.distill.teacher_workdir = str(students / "tiue")
+    with pytest.raises(TeacherError, match="is a tiue student"):
+        distill(config, wd, progress=False)
+    with pytest.raises(TeacherError, match=r"teacher_step=5: .* checkpoints at steps \[4, 8\]"):
+        distill(pso_smoke(students, teacher_step=5), wd, progress=False)
+    bigger = pso_smoke(students)
+    bigger.data.resolution = 16
+    with pytest.raises(ValueError, match=r"holds \(16, 16, 1\) samples.*use data of the same shape"):
+        distill(bigger, wd, progress=False)
+    with pytest.raises(ValueError, match="unknown reward 'beauty'; registered: class, thick"):
+        distill(pso_smoke(students, mode="online", reward="beauty"), wd, progress=False)
+    assert not wd.exists()
+    # and a non-tuning method still refuses a student teacher
+    with pytest.raises(TeacherError, match="is a tiue student; distil from a diffusion model"):
+        distill(smoke(digits_progressive, students / "tiue"), wd, progress=False)

@@ -105,6 +105,9 @@ def test_a_second_trainer_is_refused_while_the_first_holds_the_directory(trained
     ({"diffusion.weighting": "l1"}, "config.diffusion.weighting is 'l1'"),
     ({"eval.sampler": "solver=ddim;steps=0"}, "config.eval.sampler='solver=ddim;steps=0': bad steps"),
     ({"sample.sampler": "solver=ddim;steps=5;attention_reuse=phast:2"}, "no PHAST schedule"),
+    ({"train.lora_rank": -1}, "config.train.lora_rank must be an integer >= 0"),
+    ({"train.lora_rank": 2, "train.lora_alpha": float("nan")}, "config.train.lora_alpha must be a finite number > 0"),
+    ({"train.lora_rank": 999}, "train.lora_rank=999 exceeds the smaller side"),
 ])
 def test_a_bad_config_writes_nothing_and_the_corrected_one_runs(tmp_path, overrides, message):
     wd = tmp_path / "run"

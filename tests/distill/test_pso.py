@@ -1,0 +1,121 @@
+"""PSO's losses against float64, its Gaussian transitions against DDIM, and the method's
+invariants at the start (tuned == reference gives log 2), offline and online."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion.nn.denoiser import Denoiser
+from distill import pso
+from sampling.grids import make_grid
+from sampling.loop import sample
+from sampling.solvers.ddim import DDIM, ddim_update
+from tests.sampling.test_loopfree import NET, PARAMS, SCHED
+
+DEN = Denoiser(NET, SCHED, "v")
+RNG = np.random.default_rng(0)
+
+
+def log_sigmoid(z):
+    return -np.log1p(np.exp(-z))
+
+
+def test_dpo_and_hinge_against_float64():
+    lw, ll, rw, rl = (RNG.uniform(0.01, 0.5, size=6) for _ in range(4))
+    beta, lam = 5.0, 0.1
+    want = np.mean(-log_sigmoid(beta * ((rw - lam * rl) - (lw - lam * ll))))
+    assert float(pso.dpo_loss(*(jnp.asarray(a, jnp.float32) for a in (lw, ll, rw, rl)), beta, lam)) == pytest.approx(
+        want, rel=1e-5)
+    want = np.mean(np.maximum(0.0, 1.0 - beta * -(lw - lam * ll)) + 0.5 * ll)
+    assert float(pso.hinge_loss(jnp.asarray(lw), jnp.asarray(ll), beta, lam)) == pytest.approx(want, rel=1e-5)
+    # the DPO loss at tuned == reference is log 2, and lowering the target's error lowers it
+    assert float(pso.dpo_loss(lw, ll, lw, ll, beta, lam)) == pytest.approx(np.log(2.0), rel=1e-6)
+    assert float(pso.dpo_loss(lw * 0.5, ll, lw, ll, beta, lam)) < np.log(2.0)
+
+
+def test_gaussian_logprob_and_clipped_ratio_against_float64():
+    x, mean = RNG.normal(size=(3, 4, 4, 1)), RNG.normal(size=(3, 4, 4, 1))
+    std = RNG.uniform(0.2, 1.0, size=3)
+    want = np.mean((-0.5 * ((x - mean) / std[:, None, None, None]) ** 2 - np.log(std[:, None, None, None])
+                    - 0.5 * np.log(2 * np.pi)).reshape(3, -1), axis=1)
+    np.testing.assert_allclose(pso.gaussian_logprob(jnp.asarray(x), jnp.asarray(mean), jnp.asarray(std)), want,
+                               rtol=1e-5)
+    r = pso.clipped_log_ratio(jnp.array([0.5, -0.5, 0.01]), jnp.zeros(3), 0.1)
+    np.testing.assert_allclose(np.exp(r), [1.1, 0.9, np.exp(0.01)], rtol=1e-6)
+    assert float(pso.online_loss(*(jnp.zeros(4) for _ in range(4)), 50.0, 0.1)) == pytest.approx(np.log(2.0))
+
+
+def test_the_transition_is_ddims_step_and_trajectories_at_eta_0_are_ddim_samples():
+    grid = make_grid("trailing", 4, SCHED)
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 1))
+    cond = {"label": jnp.array([0, 1, 2])}
+    t, s = jnp.full((3,), grid[1]), jnp.full((3,), grid[2])
+    for eta in (0.0, 1.0):
+        mean, std = pso.ddim_transition(DEN, PARAMS, x, t, s, cond, eta)
+        pred = DEN(PARAMS, x, t, cond)[0]
+        (a_t, s_t), (a_s, s_s) = SCHED.alpha_sigma(t), SCHED.alpha_sigma(s)
+        noise = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+        step = ddim_update(pred.x0, pred.eps, a_s, s_s, a_t, s_t, eta, noise)
+        np.testing.assert_allclose(mean + std[:, None, None, None] * noise, step, atol=1e-5)
+        assert (float(std.max()) > 0) == (eta > 0)
+    states = pso.trajectories(DEN, PARAMS, grid, x, cond, 0.0, jax.random.PRNGKey(2))
+    assert states.shape == (5, 3, 8, 8, 1)
+    np.testing.assert_allclose(states[-1], sample(DEN, PARAMS, DDIM(SCHED), grid, x, cond), atol=1e-5)
+    # eta 1: the last step to t = 0 is deterministic (std 0), the others are not
+    stds = [pso.ddim_transition(DEN, PARAMS, x, jnp.full((3,), grid[k]), jnp.full((3,), grid[k + 1]), cond, 1.0)[1]
+            for k in range(4)]
+    assert all(float(v.min()) > 0 for v in stds[:3]) and float(stds[3].max()) == 0.0
+
+
+def _batch():
+    images = jax.random.uniform(jax.random.PRNGKey(5), (4, 8, 8, 1), minval=-1, maxval=1)
+    return {"image": images, "label": jnp.array([0, 1, 2, 1], jnp.int32)}
+
+
+@pytest.mark.parametrize("mode, loss", [("offline", "dpo"), ("online", "dpo")])
+def test_at_the_start_the_pair_losses_are_log_2(mode, loss):
+    method = pso.pso_tuning(DEN, steps=3, loss=loss, mode=mode, num_references=6, num_classes=3,
+                            image_shape=(8, 8, 1), reward="class")
+    extra = jax.jit(method.init_extra)(PARAMS, PARAMS)
+    state = type("S", (), {"extra": extra})()
+    value, aux = method.loss_fn(PARAMS, _batch(), jax.random.PRNGKey(3), state)
+    assert float(value) == pytest.approx(np.log(2.0), rel=1e-6)
+    grads = jax.grad(lambda p: method.loss_fn(p, _batch(), jax.random.PRNGKey(3), state)[0])(PARAMS)
+    assert float(max(jnp.abs(g).max() for g in jax.tree.leaves(grads))) > 0
+
+
+def test_offline_references_are_the_frozen_students_samples_cycling_the_labels():
+    method = pso.pso_tuning(DEN, steps=3, num_references=6, num_classes=3, image_shape=(8, 8, 1))
+    extra = jax.jit(method.init_extra)(PARAMS, PARAMS)
+    np.testing.assert_array_equal(extra.labels, [0, 1, 2, 0, 1, 2])
+    x_T = jax.random.normal(jax.random.PRNGKey(0), (6, 8, 8, 1))
+    want = sample(DEN, PARAMS, DDIM(SCHED), make_grid("trailing", 3, SCHED), x_T, {"label": extra.labels})
+    np.testing.assert_allclose(extra.images, want, atol=1e-5)
+    # the hinge loss recomputed by hand from the same draws pairs each target with a reference of its label
+    state = type("S", (), {"extra": extra})()
+    batch, key = _batch(), jax.random.PRNGKey(3)
+    value, aux = method.loss_fn(PARAMS, batch, key, state)
+    k_ref, k_t, k_eps = jax.random.split(key, 3)
+    idx = batch["label"] + 3 * jax.random.randint(k_ref, (4,), 0, 2)
+    assert np.all(np.asarray(extra.labels[idx]) == np.asarray(batch["label"]))
+    grid = make_grid("trailing", 3, SCHED)
+    t = grid[jax.random.randint(k_t, (4,), 0, 3)]
+    eps = jax.random.normal(k_eps, (4, 8, 8, 1))
+    err = lambda x: np.mean(np.square(np.asarray(  # noqa: E731
+        DEN(PARAMS, SCHED.alpha_sigma(t)[0][:, None, None, None] * x + SCHED.alpha_sigma(t)[1][:, None, None, None]
+            * eps, t, {"label": batch["label"]})[0].x0 - x, np.float64)).reshape(4, -1), axis=1)
+    lw, ll = err(batch["image"]), err(extra.images[idx])
+    want = np.mean(np.maximum(0.0, 1.0 + 5.0 * (lw - 0.1 * ll)) + 0.5 * ll)
+    assert float(value) == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"loss": "sft"}, "unknown distill.loss"), ({"mode": "live"}, "unknown distill.mode"),
+    ({"beta": float("nan")}, "beta > 0"), ({"clip": 1.0}, "0 < clip < 1"),
+    ({"mode": "online", "steps": 1}, "1-step student"), ({"mode": "online", "reward": "beauty"}, "unknown reward"),
+    ({"mode": "online", "loss": "diffusion"}, "offline baseline"), ({"num_references": 7}, "multiple of the 3"),
+])
+def test_bad_settings_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pso.pso_tuning(DEN, **{"num_classes": 3, "image_shape": (8, 8, 1), **kwargs})
