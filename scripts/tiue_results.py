@@ -4,11 +4,13 @@ tiue_samples.png.
     bash scripts/tiue_digits.sh                # the teacher and the students (resumable)
     python -m scripts.tiue_results [--num 1000] [--out docs/results]
 
-1. **Motivation** (the paper's feature-similarity figure): along the teacher's DDIM
-   trajectory at N = 2, 4, 8, 25 steps, the cosine similarity between consecutive steps of
-   the encoder output (the middle block) and of the decoder feature (the last up block),
-   per sample, averaged over ``--similarity_num`` class-balanced samples
-   (``sampling/step_features.py``).
+1. **Motivation** (the paper's feature-similarity figure): along the unguided DDIM
+   trajectory at N = 2, 4, 8, 25 steps, the cosine similarity and the relative change
+   between consecutive steps of every encoder block's output (``conv_in``, down blocks,
+   middle block) and every decoder block's (up blocks), per sample, averaged over the
+   samples and the blocks of each half (``sampling/step_features.py``); on the digits
+   teacher (``--similarity_num`` class-balanced samples) and, when ``runs/scenes`` exists,
+   on the SD-family scenes UNet (held-out captions): the paper's claim is about SD.
 2. **Students at matched training compute** (each run's wall time of its steps is in the
    table): TiUE K = 4 (VSD + KL 0.1), KL off, the data-free regression baseline, the 1-step
    VSD student (K = 1), the progressive student at 4 and 1 steps, the consistency student
@@ -59,6 +61,7 @@ ENTRIES = (
      f"solver=ddim;steps=64;guidance={TIUE_GUIDANCE:g}"),
     ("teacher64", "teacher, DDIM 64", TEACHER, None, "solver=ddim;steps=64"),
 )
+SCENES = "runs/scenes"  # the SD-family latent text-to-image model (configs/scenes.py), optional
 TIUE_RUNS = ("runs/digits_tiue", "runs/digits_tiue_kl0", "runs/digits_tiue_regress", "runs/digits_tiue_k1")
 GRID_PER_ROW = 20
 
@@ -128,22 +131,36 @@ def real_row(real) -> dict:
     return {**fd_digits(train, labels), **diversity(train, labels, real)}
 
 
-def similarity(num: int) -> dict:
-    """``{N: {"encoder": [N-1], "decoder": [N-1], "times": [N]}}`` on the teacher."""
+def similarity(num: int, workdir: str = TEACHER) -> dict:
+    """``{N: {"encoder", "decoder": cosine [N-1], "encoder_change", "decoder_change": [N-1],
+    "times": [N]}}`` along the unguided DDIM trajectories of ``workdir``'s model (class labels
+    cycling, or a text model's held-out captions)."""
     from launch.generate import class_labels
     from sampling.spec import make_spec
-    from sampling.step_features import consecutive_cosine, trajectory_features
+    from sampling.step_features import consecutive_cosine, consecutive_relative_change, trajectory_features
 
-    run = load_run(TEACHER)
+    run = load_run(workdir)
     params = run.params(run.steps[-1])
     x_T = jax.random.normal(jax.random.PRNGKey(0), (num, *run.sample_shape))
-    cond = {"label": jnp.asarray(class_labels(num, run.num_classes))}
+    if run.caps.text:
+        from launch.conditioning import text_conds
+        from launch.scoring import split_captions
+
+        conds = text_conds(run.prompt_encoder(), split_captions(run.config, "heldout", num))
+        cond = {k: jnp.asarray(v) for k, v in conds.items()}
+    else:
+        cond = {"label": jnp.asarray(class_labels(num, run.num_classes))}
     out = {}
     for n in SIMILARITY_STEPS:
         den, solver, grid = make_spec("ddim", n).build(run.denoiser, run.caps)
         enc, dec = trajectory_features(den, params, solver, grid, x_T, cond)
-        out[n] = {"encoder": np.asarray(consecutive_cosine(enc)).tolist(),
-                  "decoder": np.asarray(consecutive_cosine(dec)).tolist(),
+        mean = lambda fn, blocks: np.mean([np.asarray(fn(f)) for f in blocks.values()], axis=0).tolist()  # noqa: E731
+        out[n] = {"encoder": mean(consecutive_cosine, enc), "decoder": mean(consecutive_cosine, dec),
+                  "encoder_change": mean(consecutive_relative_change, enc),
+                  "decoder_change": mean(consecutive_relative_change, dec),
+                  "encoder_output": np.asarray(consecutive_cosine(list(enc.values())[-1])).tolist(),
+                  "decoder_output": np.asarray(consecutive_cosine(list(dec.values())[-1])).tolist(),
+                  "blocks": [len(enc), len(dec)],
                   "times": np.asarray(grid[:-1] * run.denoiser.schedule.T).round(1).tolist()}
     return out
 
@@ -184,18 +201,25 @@ def figures(res: dict, out: pathlib.Path) -> None:
 
     from diffusion.metrics.grid import save_grid
 
-    fig, axes = plt.subplots(1, len(SIMILARITY_STEPS), figsize=(3.2 * len(SIMILARITY_STEPS), 3), sharey=True)
-    for ax, (n, s) in zip(axes, res["similarity"].items()):
-        pairs = np.arange(1, len(s["encoder"]) + 1)
-        ax.plot(pairs, s["encoder"], "o-", label="encoder (middle block)")
-        ax.plot(pairs, s["decoder"], "s--", label="decoder (last up block)")
-        ax.set_title(f"N = {n}")
-        ax.set_xlabel("step k -> k+1")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("cosine similarity, consecutive steps")
-    axes[0].legend(fontsize=8)
+    models = res["similarity"]
+    fig, axes = plt.subplots(2 * len(models), len(SIMILARITY_STEPS), figsize=(3.2 * len(SIMILARITY_STEPS),
+                                                                              2.6 * 2 * len(models)), squeeze=False)
+    for row, (model, sims) in enumerate(models.items()):
+        for col, (n, s) in enumerate(sims.items()):
+            for r, (key, what) in enumerate((("", "cosine similarity"), ("_change", "relative change"))):
+                ax = axes[2 * row + r, col]
+                pairs = np.arange(1, len(s["encoder"]) + 1)
+                ax.plot(pairs, s["encoder" + key], "o-", label="encoder blocks")
+                ax.plot(pairs, s["decoder" + key], "s--", label="decoder blocks")
+                ax.set_title(f"{model}, N = {n}", fontsize=9)
+                ax.grid(alpha=0.3)
+                if col == 0:
+                    ax.set_ylabel(what)
+                if r == 1:
+                    ax.set_xlabel("step k -> k+1")
+    axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "tiue_similarity.png", dpi=120)
+    fig.savefig(out / "tiue_similarity.png", dpi=110)
     plt.close(fig)
     rows = [np.load(e["samples"]) for e in res["entries"]]
     save_grid(np.concatenate(rows), out / "tiue_samples.png", nrow=GRID_PER_ROW, scale=3)
@@ -225,7 +249,9 @@ def main():
     for e in entries:
         e["sample_seconds"] = seconds[e["key"]]
     res = {"command": f"python -m scripts.tiue_results --num {args.num}", "machine": machine(), "num": args.num,
-           "time_batch": args.time_batch, "real": real_row(real), "similarity": similarity(args.similarity_num),
+           "time_batch": args.time_batch, "real": real_row(real), "similarity": {"digits teacher": similarity(args.similarity_num),
+                          **({"scenes UNet": similarity(args.similarity_num, SCENES)}
+                             if (pathlib.Path(SCENES) / "config.json").is_file() else {})},
            "entries": entries,
            "training": {w: training(w) for w in sorted({e["workdir"] for e in entries} - {TEACHER})}}
     out = pathlib.Path(args.out)
@@ -237,15 +263,16 @@ def main():
 
 def criteria(res: dict) -> list[str]:
     e = {x["key"]: x for x in res["entries"]}
-    sim = res["similarity"]
-    per_n = [(n, np.mean(s["encoder"]), np.mean(s["decoder"])) for n, s in sim.items()]
-    holds = all(a > b for _, a, b in per_n)
-    pairs = sum(a > b for s in sim.values() for a, b in zip(s["encoder"], s["decoder"]))
-    total = sum(len(s["encoder"]) for s in sim.values())
-    lines = [f"1. **Encoder similarity exceeds decoder similarity at every N**: "
-             f"{'holds' if holds else 'does not hold'} ("
-             + ", ".join(f"N = {n}: {a:.3f} vs {b:.3f}" for n, a, b in per_n)
-             + f"; encoder above decoder in {pairs} of {total} consecutive pairs)."]
+    lines = []
+    for model, sim in res["similarity"].items():
+        per_n = [(n, np.mean(v["encoder"]), np.mean(v["decoder"]), np.mean(v["encoder_change"]),
+                  np.mean(v["decoder_change"])) for n, v in sim.items()]
+        by_cos, by_change = all(a > b for _, a, b, _, _ in per_n), all(c < d for *_, c, d in per_n)
+        lines.append(f"1. **Encoder similarity exceeds decoder similarity at every N** ({model}): by cosine "
+                     f"similarity {'holds' if by_cos else 'does not hold'} ("
+                     + ", ".join(f"N = {n}: {a:.3f} vs {b:.3f}" for n, a, b, _, _ in per_n)
+                     + f"); by relative change {'holds' if by_change else 'does not hold'} ("
+                     + ", ".join(f"{c:.3f} vs {d:.3f}" for *_, c, d in per_n) + ").")
     t, one = e["tiue"], e["vsd1"]
     ratio = t["sample_seconds"] / one["sample_seconds"]
     better = t["fd_digits"] < one["fd_digits"]
@@ -272,14 +299,20 @@ def markdown(res: dict) -> str:
              f"Teacher: `{TEACHER}` (configs/digits_v.py). Students distilled from it by `launch.distill` "
              "(configs/digits_tiue.py and its variants, digits_progressive.py, digits_consistency.py). "
              f"{res['num']} class-balanced samples per model, seed 0.", "",
-             "## Why a shared encoder: feature similarity along the teacher's trajectory", "",
-             "Cosine similarity between consecutive DDIM steps of each sample's encoder output (the middle block, "
-             "the split's `EncoderFeatures.h`) and decoder feature (the last up block), the unguided teacher, "
-             "trailing grid.", "", "![similarity](tiue_similarity.png)", "",
-             "| N | encoder, mean | decoder, mean | encoder, min | decoder, min |", "|---|---|---|---|---|"]
-    for n, s in res["similarity"].items():
-        lines.append(f"| {n} | {np.mean(s['encoder']):.3f} | {np.mean(s['decoder']):.3f} | "
-                     f"{np.min(s['encoder']):.3f} | {np.min(s['decoder']):.3f} |")
+             "## Why a shared encoder: feature similarity along the trajectory", "",
+             "Between consecutive DDIM steps (unguided, trailing grid), per sample: the cosine similarity and the "
+             "relative change `||f_k+1 - f_k|| / ||f_k||` (lower = more similar; a constant offset in a feature "
+             "cannot inflate it) of every encoder block's output (`conv_in`, down blocks, middle block) and every "
+             "decoder block's (up blocks), averaged over samples and over the blocks of each half. The last two "
+             "columns are the cosine of the halves' outputs alone (the middle block, TiUE's shared feature, and "
+             "the last up block).", "", "![similarity](tiue_similarity.png)", "",
+             "| model | N | cosine, encoder | cosine, decoder | rel. change, encoder | rel. change, decoder | "
+             "cosine, middle block | cosine, last up block |", "|---|---|---|---|---|---|---|---|"]
+    for model, sim in res["similarity"].items():
+        for n, v in sim.items():
+            lines.append(f"| {model} | {n} | {np.mean(v['encoder']):.3f} | {np.mean(v['decoder']):.3f} | "
+                         f"{np.mean(v['encoder_change']):.3f} | {np.mean(v['decoder_change']):.3f} | "
+                         f"{np.mean(v['encoder_output']):.3f} | {np.mean(v['decoder_output']):.3f} |")
     r = res["real"]
     lines += ["", "## Students", "",
               "FD-digits and class accuracy as in docs/results/distillation.md; recall and coverage (k = 5) in the "
