@@ -122,3 +122,21 @@ def test_loopfree_refuses_what_cannot_hold_and_counts_one_call():
             make_spec("ddim", 4, loopfree=bad)
     assert make_spec("ddim", 4, loopfree="on").network_calls(SCHED) == 1
     assert make_spec("ddim", 4).network_calls(SCHED) == 4
+
+
+def test_loopfree_under_guidance_is_the_guided_chain_of_both_branches():
+    """Guidance wraps the loop-free part: one encoder and one decoder call on the doubled
+    batch; step k mixes the conditional and unconditional predictions of row k at x_k."""
+    den = Denoiser(NET, SCHED, "v")
+    grid = make_grid("trailing", 4, SCHED)
+    cond, null, w = {"label": LABEL}, {"label": jnp.full_like(LABEL, 3)}, 2.5
+    raw_c = loopfree_predictions(den, PARAMS, grid[:-1], X, cond)
+    raw_u = loopfree_predictions(den, PARAMS, grid[:-1], X, null)
+    x = X
+    for k in range(4):
+        c, u = den.prediction(raw_c[k], x, grid[k]), den.prediction(raw_u[k], x, grid[k])
+        (a_t, s_t), (a_s, s_s) = SCHED.alpha_sigma(grid[k]), SCHED.alpha_sigma(grid[k + 1])
+        x = ddim_update(u.x0 + w * (c.x0 - u.x0), u.eps + w * (c.eps - u.eps), a_s, s_s, a_t, s_t, 0.0,
+                        jnp.zeros_like(x))
+    d, solver, g = make_spec("ddim", 4, loopfree="on", guidance=w).build(den, CAPS)
+    _close(sample(d, PARAMS, solver, g, X, cond), x)
