@@ -85,3 +85,35 @@ def test_bad_settings_are_named(change, match):
                           temporal=True), SCHEDULE)
     with pytest.raises(ValueError, match="image model; this teacher is a video UNet"):
         tiue_distillation(video, video, num_classes=10)
+
+
+def test_the_regression_baseline_targets_the_guided_teachers_k_step_ddim_sample():
+    """objective=regress: the loss is the mean squared gap between the loop-free student's x0
+    and the guided teacher's own K-step DDIM sample from the same x_T (hand-rolled here)."""
+    from diffusion.nn.denoiser import Denoiser
+    from distill.tiue import tiue_distillation
+    from sampling.grids import make_grid
+    from sampling.loopfree import loopfree_chain
+    from sampling.solvers.ddim import ddim_update
+    from tests.sampling.test_loopfree import NET, PARAMS, SCHED, noisy
+
+    den = Denoiser(NET, SCHED, "v")
+    student = noisy(PARAMS, key=9)
+    method = tiue_distillation(den, den, steps=3, guidance=2.0, objective="regress", num_classes=3)
+    state = type("S", (), {"extra": method.init_extra(student, PARAMS)})()
+    labels = jnp.array([0, 1, 2, 1])
+    batch = {"image": jnp.zeros((4, 8, 8, 1)), "label": labels}
+    key = jax.random.PRNGKey(4)
+    loss, aux = method.loss_fn(student, batch, key, state)
+    x_T = jax.random.normal(jax.random.split(key, 4)[0], (4, 8, 8, 1))
+    grid = make_grid("trailing", 3, SCHED)
+    x = x_T
+    for k in range(3):
+        c = den(PARAMS, x, grid[k], {"label": labels})[0]
+        u = den(PARAMS, x, grid[k], {"label": jnp.full_like(labels, 3)})[0]
+        (a_t, s_t), (a_s, s_s) = SCHED.alpha_sigma(grid[k]), SCHED.alpha_sigma(grid[k + 1])
+        x = ddim_update(u.x0 + 2.0 * (c.x0 - u.x0), u.eps + 2.0 * (c.eps - u.eps), a_s, s_s, a_t, s_t, 0.0,
+                        jnp.zeros_like(x))
+    x0_hat = loopfree_chain(den, student, grid, x_T, {"label": labels})[0]
+    want = np.mean(np.square(np.asarray(x0_hat, np.float64) - np.asarray(x, np.float64)))
+    assert float(aux["distill_loss"]) == pytest.approx(want, rel=1e-4) and want > 1e-4
