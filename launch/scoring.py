@@ -56,6 +56,11 @@ class Scoring:
     truth: Callable[[object], np.ndarray | None] = lambda spec: None
 
 
+def caption_tag(captions: str) -> str:
+    """What a text model's record ids get for a caption split (``/novel``; ``""`` for the default)."""
+    return "" if captions == "heldout" else f"/{captions}"
+
+
 def split_captions(config, split: str, num: int) -> list[str]:
     """``num`` captions of the scenes split ``split``, cycling through it (example ``i``'s
     caption for sample ``i``)."""
@@ -93,7 +98,7 @@ def scoring_for(run, num: int, captions: str = "heldout") -> Scoring:
         prompts = split_captions(run.config, captions, num)
         conds = text_conds(run.prompt_encoder(), prompts)
         return Scoring("scenes", None, conds, run.decoder(), lambda images, spec: score_scenes(images, prompts),
-                       tag="" if captions == "heldout" else f"/{captions}", fields={"captions": captions})
+                       tag=caption_tag(captions), fields={"captions": captions})
     if data == "moving_digits":
         if captions != "heldout":
             raise ValueError("--captions applies to text-to-image scenes models only; this is a video model")

@@ -29,6 +29,7 @@ import numpy as np
 
 from benchmarks.common import machine, write_keeping_verdict
 from launch.evaluate import run_cells
+from launch.scoring import caption_tag
 from launch.run_loader import load_run
 from launch.sweep import Cell
 from sampling.spec import make_spec
@@ -48,7 +49,7 @@ def evaluate(run, specs, num, captions="heldout", seeds=(0,)) -> list[dict]:
     ckpt = run.steps[-1]
     cells = cells_of(specs, seeds)
     records = run_cells(run, [ckpt], cells, run.workdir / "eval_results", num, captions=captions)
-    wanted = {c.key(ckpt, num) + ("" if captions == "heldout" else f"/{captions}") for c in cells}
+    wanted = {c.key(ckpt, num) + caption_tag(captions) for c in cells}
     return [r for r in records if r["id"] in wanted]
 
 
