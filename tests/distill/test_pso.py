@@ -119,3 +119,31 @@ def test_offline_references_are_the_frozen_students_samples_cycling_the_labels()
 def test_bad_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         pso.pso_tuning(DEN, **{"num_classes": 3, "image_shape": (8, 8, 1), **kwargs})
+
+
+@pytest.mark.parametrize("loss, lam, scale", [("dpo", 0.0, 2.5), ("hinge", 0.1, 5.0)])
+def test_the_pair_loss_reduces_to_the_diffusion_loss_on_the_targets(loss, lam, scale):
+    """At the start (tuned == reference) the DPO loss's gradient is exactly beta / 2 times the
+    x0-MSE diffusion loss's on the targets when lam = 0 (sigmoid(0) = 1/2 for any beta); the
+    hinge with the released constants (beta 5, lam 0.1) is 5 times it wherever it is active:
+    the reference term's beta * lam cancels the prior term's 1/2."""
+    method = pso.pso_tuning(DEN, steps=3, loss=loss, lam=lam, beta=5.0, num_references=6, num_classes=3,
+                            image_shape=(8, 8, 1))
+    extra = jax.jit(method.init_extra)(PARAMS, PARAMS)
+    state = type("S", (), {"extra": extra})()
+    batch, key = _batch(), jax.random.PRNGKey(7)
+    _, k_t, k_eps = jax.random.split(key, 3)
+    grid = make_grid("trailing", 3, SCHED)
+    t = grid[jax.random.randint(k_t, (4,), 0, 3)]
+    eps = jax.random.normal(k_eps, (4, 8, 8, 1))
+
+    def diffusion_loss(p):  # the targets' x0-MSE at the same draws
+        a, s = SCHED.alpha_sigma(t)
+        x_t = a[:, None, None, None] * batch["image"] + s[:, None, None, None] * eps
+        return jnp.mean(jnp.square(DEN(p, x_t, t, {"label": batch["label"]})[0].x0 - batch["image"]))
+
+    got = jax.grad(lambda p: method.loss_fn(p, batch, key, state)[0])(PARAMS)
+    want = jax.grad(diffusion_loss)(PARAMS)
+    top = max(float(np.abs(w).max()) for w in jax.tree.leaves(want))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, scale * w, rtol=2e-3, atol=1e-5 * scale * top)
