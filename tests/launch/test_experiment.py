@@ -81,7 +81,7 @@ def test_a_foreign_directory_is_refused(tmp_path, one_device):
 
 
 def test_unknown_dataset_lists_available(tmp_path, one_device):
-    with pytest.raises(ValueError, match="available: digits, scenes, moving_digits, synthetic"):
+    with pytest.raises(ValueError, match="available: digits, digits_thick, scenes, moving_digits, synthetic"):
         train(smoke(**{"data.name": "imagenet"}), tmp_path / "x", progress=False, devices=one_device)
 
 
