@@ -81,8 +81,9 @@ def test_at_the_start_the_pair_losses_are_log_2(mode, loss):
     state = type("S", (), {"extra": extra})()
     value, aux = method.loss_fn(PARAMS, _batch(), jax.random.PRNGKey(3), state)
     assert float(value) == pytest.approx(np.log(2.0), rel=1e-6)
-    grads = jax.grad(lambda p: method.loss_fn(p, _batch(), jax.random.PRNGKey(3), state)[0])(PARAMS)
-    assert float(max(jnp.abs(g).max() for g in jax.tree.leaves(grads))) > 0
+    if mode == "online":  # the gradient reaches the tuned params (offline's: the test below, exactly)
+        grads = jax.grad(lambda p: method.loss_fn(p, _batch(), jax.random.PRNGKey(3), state)[0])(PARAMS)
+        assert float(max(jnp.abs(g).max() for g in jax.tree.leaves(grads))) > 0
 
 
 def test_offline_references_are_the_frozen_students_samples_cycling_the_labels():
