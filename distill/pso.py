@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import struct
+from ml_collections import config_dict
 
 from diffusion.losses import WEIGHTINGS, denoising_loss
 from diffusion.param import forward_noise
@@ -241,7 +242,7 @@ def _check_teacher(settings, teacher: Teacher) -> None:
 
 register(Distiller(
     "pso", "PSO: tune a distilled student towards the config's data (or a reward) against a frozen copy of itself",
-    defaults={"teacher_step": None,  # the student's checkpoint to tune (None: its last; a progressive run's
+    defaults={"teacher_step": config_dict.placeholder(int),  # the student's checkpoint to tune (None: its last; a progressive run's
               # 4-step student ends its 4-step round)
               "steps": 4,  # K: the student's steps (its trailing DDIM grid)
               "loss": "hinge",  # hinge (pso_db) | dpo | diffusion (naive fine-tuning, the baseline)
