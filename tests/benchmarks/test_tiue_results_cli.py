@@ -10,7 +10,8 @@ from scripts import tiue_results
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("args", [["--num", "0"], ["--num", "-3"], ["--repeats", "0"], ["--time_batch", "-1"]])
+@pytest.mark.parametrize("args", [["--num", "0"], ["--num", "-3"], ["--repeats", "0"], ["--time_batch", "-1"],
+                                  ["--similarity_num", "0"]])
 def test_bad_arguments_are_one_line(args):
     proc = subprocess.run([sys.executable, "-m", "scripts.tiue_results", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)

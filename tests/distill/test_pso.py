@@ -116,6 +116,8 @@ def test_offline_references_are_the_frozen_students_samples_cycling_the_labels()
     ({"beta": float("nan")}, "beta > 0"), ({"clip": 1.0}, "0 < clip < 1"),
     ({"mode": "online", "steps": 1}, "1-step student"), ({"mode": "online", "reward": "beauty"}, "unknown reward"),
     ({"mode": "online", "loss": "diffusion"}, "offline baseline"), ({"num_references": 7}, "multiple of the 3"),
+    ({"num_references": 0}, "positive multiple"), ({"steps": 0}, "steps >= 1"), ({"lam": -0.1}, "lam >= 0"),
+    ({"online_eta": float("nan")}, "online_eta > 0"), ({"weighting": "l1"}, "unknown distill.weighting"),
 ])
 def test_bad_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
