@@ -164,7 +164,8 @@ def upgrade_config(saved: dict) -> dict:
       schedule's own), ``text`` and ``latent`` (None: a label model on pixels),
       ``train.lora_rank`` (0) and ``train.lora_alpha`` (None);
     * ``sample`` / ``eval`` ``solver, steps, grid, guidance`` become one ``sampler`` spec;
-    * ``distill`` keeps the fields of its method (one section used to hold every method's).
+    * ``distill`` keeps the fields of its method (one section used to hold every method's);
+      a field the method gained since (PSO's ``references``) takes its default.
     """
     saved = json.loads(json.dumps(saved))  # a deep copy
     model = saved.get("model", {})
@@ -191,6 +192,10 @@ def upgrade_config(saved: dict) -> dict:
 
         d = saved["distill"]
         if d.get("method") in registry.distillers():
-            fields = {*registry.GENERIC_FIELDS, *registry.get(d["method"]).defaults}
+            defaults = registry.get(d["method"]).defaults
+            fields = {*registry.GENERIC_FIELDS, *defaults}
             saved["distill"] = {k: v for k, v in d.items() if k in fields}
+            for key, value in defaults.items():
+                if key not in d and isinstance(value, (str, int, float, bool)):
+                    saved["distill"][key] = value
     return saved

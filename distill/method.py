@@ -29,8 +29,11 @@ class Method:
         ``TrainState.extra`` (called under ``jit`` when the state is created).
       after_update: ``(state, carry) -> state`` after every optimizer step (or None);
         ``carry`` is the loss's ``aux["carry"]`` (``diffusion.train.step.make_train_step``).
+      before_training: ``workdir -> None``, run under the work directory's lock before
+        the run's first checkpoint (PSO writes its reference cache), or None.
     """
 
     loss_fn: LossFn
     init_extra: Callable[[Any, Any], Any]
     after_update: Callable[..., TrainState] | None = None
+    before_training: Callable[[Any], None] | None = None

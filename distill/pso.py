@@ -27,10 +27,13 @@ and stay frozen as the reference copy. On the student's ``K``-step trailing grid
 
 from __future__ import annotations
 
+import os
+import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 from ml_collections import config_dict
 
@@ -38,7 +41,7 @@ from diffusion.losses import WEIGHTINGS, denoising_loss
 from diffusion.param import forward_noise
 from diffusion.schedules import bcast_right
 from distill.method import Method, batch_cond
-from distill.registry import Distiller, Teacher, TeacherError, register
+from distill.registry import BuildArgs, Distiller, Teacher, TeacherError, register
 from distill.tiue import lattice_times
 from sampling.grids import make_grid
 from sampling.loop import sample
@@ -46,6 +49,7 @@ from sampling.solvers.ddim import DDIM
 
 LOSSES = ("dpo", "hinge", "diffusion")
 MODES = ("offline", "online")
+REFERENCES_FILE = "pso_references.npz"  # the offline references of a work directory
 
 
 @struct.dataclass
@@ -122,13 +126,82 @@ def _pick(tree, index):
     return jax.tree.map(lambda a: a[index], tree)
 
 
-def pso_tuning(student: Any, *, steps: int = 4, loss: str = "hinge", mode: str = "offline", beta: float = 5.0,
-               lam: float = 0.1, num_references: int = 200, reference_seed: int = 0, reward: str = "thick",
-               clip: float = 0.1, online_eta: float = 1.0, weighting: str = "v",
-               num_classes: int | None = None, image_shape: tuple[int, ...] | None = None) -> Method:
-    """PSO on ``student`` (module docstring). ``num_classes``: the null label of a
-    class-conditional model (labels pair targets with references); ``image_shape``: one
-    sample's shape (the offline references')."""
+
+def sample_references(student: Any, params: Any, steps: int, num_references: int, seed: int,
+                      num_classes: int | None, image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(images [R, *image_shape], labels [R])``: the frozen student's ``steps``-step DDIM
+    samples on its trailing grid from ``PRNGKey(seed)``, labels cycling the classes (zeros
+    when unconditional)."""
+    labels = np.arange(num_references, dtype=np.int32) % (num_classes or 1)
+    x_T = jax.random.normal(jax.random.PRNGKey(seed), (num_references, *image_shape))
+    cond = {"label": jnp.asarray(labels)} if num_classes is not None else None
+    grid = make_grid("trailing", steps, student.schedule)
+    images = jax.jit(lambda p, x, c: sample(student, p, DDIM(student.schedule), grid, x, c))(params, x_T, cond)
+    return np.asarray(images, np.float32), labels
+
+
+def read_references(path: str | pathlib.Path, image_shape: tuple[int, ...],
+                    num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, labels)`` of a references ``.npz``, in the cycling order the loss indexes
+    (``label + classes * row``); every flaw is a ``ValueError`` naming ``path``."""
+    path = pathlib.Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: np.asarray(f[k]) for k in ("images", "labels") if k in f.files}
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such references file") from None
+    except Exception as e:  # noqa: BLE001 - a damaged zip, a pickle, a truncated member
+        raise ValueError(f"{path} is not a readable .npz of references ({type(e).__name__}: {e})") from None
+    if set(arrays) != {"images", "labels"}:
+        raise ValueError(f"{path} lacks {sorted({'images', 'labels'} - set(arrays))}: a references file holds "
+                         "images [R, ...] and labels [R]")
+    images, labels = arrays["images"], arrays["labels"]
+    if images.ndim != len(image_shape) + 1 or tuple(images.shape[1:]) != tuple(image_shape) or not len(images):
+        raise ValueError(f"{path} holds images of shape {images.shape}; the model's samples are {tuple(image_shape)}")
+    if not (np.issubdtype(images.dtype, np.floating) and np.isfinite(images).all()):
+        raise ValueError(f"{path}: the images must be finite floats (got {images.dtype}, or NaN/inf values)")
+    classes = num_classes or 1
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) \
+            or labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(f"{path}: labels must be {len(images)} integers in [0, {classes})")
+    counts = np.bincount(labels, minlength=classes)
+    if len(set(counts.tolist())) != 1:
+        raise ValueError(f"{path}: every class needs the same number of references; counts {counts.tolist()}")
+    order = np.stack([np.flatnonzero(labels == c) for c in range(classes)], axis=1).reshape(-1)
+    return images[order].astype(np.float32), labels[order].astype(np.int32)
+
+
+def write_references(path: pathlib.Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Writes the reference cache atomically (process 0); a kill leaves the old file or none."""
+    if jax.process_index() == 0:
+        tmp = path.with_name(f".{path.stem}.tmp.npz")
+        np.savez(tmp, images=images, labels=labels)
+        os.replace(tmp, path)
+
+
+def offline_references(settings, workdir: pathlib.Path, student: Any, params: Any, num_classes: int | None,
+                       image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(images, labels, new)`` of a run in ``workdir``: its cache when it has one (a resume,
+    or a run that stopped before its first checkpoint), else ``settings.references``, else
+    sampled by the student; ``new``: the cache still has to be written. Checks everything
+    before the caller writes anything."""
+    cache = pathlib.Path(workdir) / REFERENCES_FILE
+    if cache.exists():
+        return (*read_references(cache, image_shape, num_classes), False)
+    checkpoints = pathlib.Path(workdir) / "checkpoints"
+    if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+        raise ValueError(f"the reference cache {cache} is missing: this run's checkpoints were tuned against it; "
+                         "restore it, or start a new work directory")
+    if settings.get("references"):
+        return (*read_references(settings.references, image_shape, num_classes), True)
+    images, labels = sample_references(student, params, settings.steps, settings.num_references,
+                                       settings.reference_seed, num_classes, image_shape)
+    return images, labels, True
+
+
+def check_settings(*, steps: int, loss: str, mode: str, beta: float, lam: float, clip: float, online_eta: float,
+                   weighting: str, reward: str, num_references: int = 1, num_classes: int | None = None) -> None:
+    """Every PSO knob, before anything runs: a ``ValueError`` naming the bad one."""
     if loss not in LOSSES:
         raise ValueError(f"unknown distill.loss {loss!r}; expected one of {LOSSES}")
     if mode not in MODES:
@@ -146,11 +219,35 @@ def pso_tuning(student: Any, *, steps: int = 4, loss: str = "hinge", mode: str =
     if mode == "offline" and (num_references < 1 or (num_classes is not None and num_references % num_classes)):
         raise ValueError(f"distill.num_references must be a positive multiple of the {num_classes or 1} classes, "
                          f"got {num_references}")
+    if mode == "online":
+        from diffusion.metrics import rewards
+
+        rewards.get(reward)  # an unknown name fails here, before anything runs
+
+
+def pso_tuning(student: Any, *, steps: int = 4, loss: str = "hinge", mode: str = "offline", beta: float = 5.0,
+               lam: float = 0.1, references: tuple[np.ndarray, np.ndarray] | None = None, reward: str = "thick",
+               clip: float = 0.1, online_eta: float = 1.0, weighting: str = "v",
+               num_classes: int | None = None, cache: pathlib.Path | None = None) -> Method:
+    """PSO on ``student`` (module docstring). ``references``: the offline pair losses'
+    ``(images [R, ...], labels [R])`` in cycling order (:func:`offline_references`), ``R`` a
+    multiple of the classes; ``num_classes``: the null label of a class-conditional model
+    (labels pair targets with references); ``cache``: where ``before_training`` writes the
+    references (None: nowhere)."""
+    check_settings(steps=steps, loss=loss, mode=mode, beta=beta, lam=lam, clip=clip, online_eta=online_eta,
+                   weighting=weighting, reward=reward)
+    pairs = mode == "offline" and loss != "diffusion"
+    if pairs and references is None:
+        raise ValueError("offline PSO needs its references (images, labels): see offline_references")
+    if pairs:
+        num_references = len(references[1])
+        if num_classes is not None and num_references % num_classes:
+            raise ValueError(f"{num_references} references do not cycle the {num_classes} classes")
     score = None
     if mode == "online":
         from diffusion.metrics import rewards
 
-        score = rewards.get(reward)  # an unknown name fails here, before anything runs
+        score = rewards.get(reward)
     schedule = student.schedule
     grid = make_grid("trailing", steps, schedule)
 
@@ -216,16 +313,32 @@ def pso_tuning(student: Any, *, steps: int = 4, loss: str = "hinge", mode: str =
 
     def init_extra(student_params, teacher_params):
         reference = jax.tree.map(jnp.copy, teacher_params)
-        if mode == "online" or loss == "diffusion":
+        if not pairs:
             return PSOState(reference, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))
-        key = jax.random.PRNGKey(reference_seed)
-        labels = (jnp.arange(num_references) % num_classes).astype(jnp.int32) if num_classes is not None else None
-        x_T = jax.random.normal(key, (num_references, *image_shape))
-        cond = {"label": labels} if labels is not None else None
-        images = sample(student, teacher_params, DDIM(schedule), grid, x_T, cond)
-        return PSOState(reference, images, labels if labels is not None else jnp.zeros((num_references,), jnp.int32))
+        return PSOState(reference, jnp.asarray(references[0]), jnp.asarray(references[1]))
 
-    return Method(online_loss_fn if mode == "online" else offline_loss, init_extra)
+    def before_training(workdir: pathlib.Path) -> None:
+        if pairs and cache is not None and not cache.exists():
+            write_references(cache, *references)
+
+    return Method(online_loss_fn if mode == "online" else offline_loss, init_extra, before_training=before_training)
+
+
+def build(a: BuildArgs) -> Method:
+    """PSO from the run's settings; the offline pair losses' references from the work
+    directory's cache, ``distill.references`` or the frozen student (:func:`offline_references`)."""
+    s = a.settings
+    check_settings(steps=s.steps, loss=s.loss, mode=s.mode, beta=s.beta, lam=s.lam, clip=s.clip,
+                   online_eta=s.online_eta, weighting=s.weighting, reward=s.reward,
+                   num_references=s.num_references, num_classes=a.null_label)
+    references, cache = None, None
+    if s.mode == "offline" and s.loss != "diffusion":
+        images, labels, _ = offline_references(s, a.workdir, a.student, a.teacher_params, a.null_label,
+                                               a.image_shape)
+        references, cache = (images, labels), pathlib.Path(a.workdir) / REFERENCES_FILE
+    return pso_tuning(a.student, steps=s.steps, loss=s.loss, mode=s.mode, beta=s.beta, lam=s.lam,
+                      references=references, reward=s.reward, clip=s.clip, online_eta=s.online_eta,
+                      weighting=s.weighting, num_classes=a.null_label, cache=cache)
 
 
 def _check_teacher(settings, teacher: Teacher) -> None:
@@ -250,6 +363,7 @@ register(Distiller(
               "beta": 5.0, "lam": 0.1,  # the margin's scale and the reference term's weight (neg_defactor)
               "num_references": 200,  # offline references sampled once by the frozen student
               "reference_seed": 0,
+              "references": "",  # or an .npz of images [R, ...] and labels [R] to use instead
               "reward": "thick",  # online ranking: a name in diffusion/metrics/rewards.py
               "clip": 0.1,  # online: the ratio's clip (1 +- clip)
               "online_eta": 1.0,  # online: DDIM's eta of the sampled trajectories
@@ -259,9 +373,4 @@ register(Distiller(
     tunes_students=True,
     own_data=True,
     student=lambda config: {"solver": "ddim", "steps": config.distill.steps},
-    build=lambda a: pso_tuning(a.student, steps=a.settings.steps, loss=a.settings.loss, mode=a.settings.mode,
-                               beta=a.settings.beta, lam=a.settings.lam, num_references=a.settings.num_references,
-                               reference_seed=a.settings.reference_seed, reward=a.settings.reward,
-                               clip=a.settings.clip, online_eta=a.settings.online_eta,
-                               weighting=a.settings.weighting, num_classes=a.null_label,
-                               image_shape=a.image_shape)))
+    build=build))

@@ -55,6 +55,9 @@ class BuildArgs:
       null_label: the unconditional label when class-conditional, else None.
       text: a text-to-image model (batches hold ``context`` and ``null_context``).
       image_shape: one sample's shape (``[H, W, C]``, a video's ``[F, H, W, C]``).
+      teacher_params: the teacher checkpoint's params the run starts from.
+      workdir: the run's work directory (a method checks its own files there; it writes
+        only in ``Method.before_training``).
     """
 
     settings: ml_collections.ConfigDict
@@ -63,6 +66,8 @@ class BuildArgs:
     null_label: int | None
     text: bool = False
     image_shape: tuple = ()
+    teacher_params: Any = None
+    workdir: Any = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ samples and evaluates like any other. No method is named here: each is a
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import jax
@@ -99,11 +100,12 @@ def distill(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, p
                          f"{info.num_classes} classes; the model tuned ({teacher.workdir}) was trained on "
                          f"{teacher.info.image_shape} of {teacher.info.num_classes}: use data of the same shape")
     student, caps = build_denoiser(config, info), model_caps(config, info)
+    teacher_params = teacher.params(teacher_step(config, teacher))
     method = registry.get(config.distill.method).build(BuildArgs(config.distill, student, teacher.denoiser,
                                                                  caps.null_label, caps.text,
-                                                                 sample_shape(config, info)))
+                                                                 sample_shape(config, info), teacher_params,
+                                                                 pathlib.Path(workdir)))
     optimizer = make_optimizer_from(config.train, round_steps=config.distill.get("steps_per_round") or 0)
-    teacher_params = teacher.params(teacher_step(config, teacher))
 
     def make(teacher_params):
         params = _start_from(init_params(config, info, jax.random.PRNGKey(config.seed)), teacher_params)
@@ -116,6 +118,8 @@ def distill(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, p
         from launch.conditioning import with_frozen_parts
 
         exp = with_frozen_parts(exp, config, pathlib.Path(workdir), components_from=teacher.workdir)
+    if method.before_training is not None:
+        exp = dataclasses.replace(exp, before_training=_chain(exp.before_training, method.before_training))
     return run_experiment(config, workdir, exp, progress=progress, devices=devices)
 
 
@@ -129,3 +133,12 @@ def _start_from(fresh: dict, teacher: dict) -> dict:
         raise TeacherError(f"the teacher's params do not fit the student network (missing: {missing}, "
                            f"different shapes: {mismatched})")
     return {**fresh, **teacher}
+
+
+def _chain(*hooks):
+    """One ``workdir -> None`` hook running the given ones (Nones skipped) in order."""
+    def run(workdir):
+        for hook in hooks:
+            if hook is not None:
+                hook(workdir)
+    return run

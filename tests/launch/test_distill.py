@@ -242,10 +242,19 @@ def test_pso_with_lora_tunes_a_student_and_resumes_exactly(students, tmp_path, m
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert all(np.abs(np.asarray(ab["b"])).max() > 0 for ab in a["params"]["adapters"].values())
     assert a["extra"]["images"].shape == (20, 8, 8, 1) and list(a["extra"]["labels"][:11]) == [*range(10), 0]
+    with np.load(whole / "pso_references.npz") as cache:  # the work directory's reference cache: the same
+        np.testing.assert_array_equal(cache["images"], a["extra"]["images"])
+        np.testing.assert_array_equal(cache["labels"], a["extra"]["labels"])
     run = load_run(whole)  # an ordinary work directory: network params, its own 2-step sampler
     assert run.config.data.name == "digits_thick" and run.config.sample.sampler == "solver=ddim;steps=2;grid=trailing"
     ema = run.params(8)
     assert jax.tree.structure(ema) == jax.tree.structure(student["ema_params"])
+    (resumed / "pso_references.npz").unlink()  # a lost cache is named; nothing is written
+    before = sorted(p.name for p in resumed.rglob("*"))
+    config.train.num_steps = 12
+    with pytest.raises(ValueError, match=r"reference cache .*pso_references.npz is missing"):
+        distill(config, resumed, progress=False, devices=jax.devices()[:1])
+    assert sorted(p.name for p in resumed.rglob("*")) == before
 
 
 def test_online_pso_ranks_by_the_reward(students, tmp_path):
@@ -254,6 +263,11 @@ def test_online_pso_ranks_by_the_reward(students, tmp_path):
     rows = [r for r in read_metrics(wd) if "loss" in r]
     assert len(rows) == 4 and all(np.isfinite(r["reward"]) and r["reward_gap"] >= 0 for r in rows)
     assert rows[0]["loss"] == pytest.approx(np.log(2.0), abs=0.05)  # near the start: tuned ~ reference
+    (_, tuned), (_, student) = latest_params(wd), latest_params(students / "progressive")
+    moved = [float(np.abs(np.asarray(x) - np.asarray(y)).max())
+             for x, y in zip(jax.tree.leaves(tuned["params"]), jax.tree.leaves(student["ema_params"]))]
+    assert max(moved) > 0  # the gradient reaches the tuned params
+    assert not (wd / "pso_references.npz").exists()  # online needs no references
 
 
 def test_pso_errors_are_clear_and_write_nothing(teacher, students, tmp_path):
@@ -273,6 +287,8 @@ def test_pso_errors_are_clear_and_write_nothing(teacher, students, tmp_path):
         distill(bigger, wd, progress=False)
     with pytest.raises(ValueError, match="unknown reward 'beauty'; registered: class, thick"):
         distill(pso_smoke(students, mode="online", reward="beauty"), wd, progress=False)
+    with pytest.raises(ValueError, match="absent.npz: no such references file"):
+        distill(pso_smoke(students, references=str(tmp_path / "absent.npz")), wd, progress=False)
     assert not wd.exists()
     # and a non-tuning method still refuses a student teacher
     with pytest.raises(TeacherError, match="is a tiue student; distil from a diffusion model"):
