@@ -151,6 +151,7 @@ RESUMABLE_KEYS = (
     "train.sample_every",
     "sample",
     "eval",
+    "mesh",  # a layout: checkpoints restore onto any mesh (docs/design/scale_out.md)
 )
 
 

@@ -56,7 +56,7 @@ def run_cells(run, ckpts: list[int], cells: list, out_dir: pathlib.Path, num: in
 
 
 def _run_cells(run, ckpts, cells, path: pathlib.Path, num, batch_size, command, progress, scoring) -> list[dict]:
-    from launch.generate import generate
+    from launch.generate import all_devices_mesh, generate
     from launch.phast_files import external_for
     from launch.video import generate_video
     from launch.records import load_records, record_fields, save_records
@@ -70,7 +70,7 @@ def _run_cells(run, ckpts, cells, path: pathlib.Path, num, batch_size, command, 
     if progress:
         print(f"{len(todo)} cells to run, {len(ckpts) * len(cells) - len(todo)} already in {path}", flush=True)
     fd_name, acc_name = METRICS[scoring.kind]
-    params, params_step = None, None
+    params, params_step, mesh = None, None, all_devices_mesh()
     for i, (ckpt, cell) in enumerate(todo):
         if params_step != ckpt:
             params, params_step = run.params(ckpt), ckpt
@@ -82,7 +82,7 @@ def _run_cells(run, ckpts, cells, path: pathlib.Path, num, batch_size, command, 
         else:
             images = generate(run.denoiser, params, run.sample_shape, num, cell.spec, run.caps,
                               batch_size=batch_size, seed=cell.seed, labels=scoring.labels, conds=scoring.conds,
-                              external=external_for(run.workdir, cell.spec))
+                              external=external_for(run.workdir, cell.spec), mesh=mesh)
         if scoring.decode is not None:
             images = scoring.decode(images)
         seconds = time.perf_counter() - t0

@@ -25,7 +25,7 @@ def generate(denoiser: Any, params: Any, image_shape: tuple[int, ...], num: int,
              *, batch_size: int = 500, seed: int = 0, labels: np.ndarray | None = None, progress: bool = False,
              external: Mapping[str, Callable[..., Any]] | None = None, conds: Mapping[str, np.ndarray] | None = None,
              x_T: np.ndarray | None = None, given: tuple[np.ndarray, np.ndarray] | None = None,
-             key: jax.Array | None = None) -> np.ndarray:
+             key: jax.Array | None = None, mesh: Any = None) -> np.ndarray:
     """Returns ``[num, *image_shape]`` float32 samples in (about) ``[-1, 1]``.
 
     Batch ``i`` uses noise and solver keys from ``fold_in(PRNGKey(seed), i)``, so results
@@ -36,7 +36,11 @@ def generate(denoiser: Any, params: Any, image_shape: tuple[int, ...], num: int,
     Every batch is padded to ``batch_size``. ``external`` holds what parts read from a work
     directory (``launch.phast_files.external_for``). A video plan's given frames come as
     ``given = (mask [num, F] bool, frames [num, F, H, W, C])`` (traced: no recompile per
-    batch or per mask). ``key`` replaces ``PRNGKey(seed)`` as the base key.
+    batch or per mask). ``key`` replaces ``PRNGKey(seed)`` as the base key. ``mesh`` (a
+    ``diffusion.train.sharding`` mesh, every process's devices) splits each batch over all
+    its devices (each batch padded to a multiple of them; with jax's partitionable
+    threefry the extra rows leave the others' noise unchanged): the samples equal the
+    one-device run's for the same arguments, to float rounding.
     """
     if num < 1 or batch_size < 1:
         raise ValueError(f"need num >= 1 and batch_size >= 1 samples, got num={num}, batch_size={batch_size}")
@@ -63,24 +67,51 @@ def generate(denoiser: Any, params: Any, image_shape: tuple[int, ...], num: int,
                              f"{num} videos of shape {image_shape}")
     base = jax.random.PRNGKey(seed) if key is None else key
     batch_size = min(batch_size, num)
+    place, rows = (lambda a: a), batch_size  # noqa: E731 - rows: each batch's padded size
+    if mesh is not None:
+        from diffusion.train.sharding import batch_sharding, replicated
+
+        rows = -(-batch_size // mesh.devices.size) * mesh.devices.size
+        params = jax.tree.map(_placer(replicated(mesh)), params)
+        place = _placer(batch_sharding(mesh))
     out = []
     starts = range(0, num, batch_size)
-    pad = lambda a, start, n: jnp.asarray(np.resize(np.asarray(a[start:start + n]), (batch_size, *np.shape(a)[1:])))  # noqa: E731
+    pad = lambda a, start, n: jnp.asarray(np.resize(np.asarray(a[start:start + n]), (rows, *np.shape(a)[1:])))  # noqa: E731
     for i, start in enumerate(tqdm.tqdm(starts, desc="sample", disable=not progress, leave=False)):
         n = min(batch_size, num - start)
         k_noise, k_solver = jax.random.split(jax.random.fold_in(base, i))
         if x_T is None:
-            x_init = jax.random.normal(k_noise, (batch_size, *image_shape), jnp.float32)
+            x_init = place(jax.random.normal(k_noise, (rows, *image_shape), jnp.float32))
         else:
-            x_init = pad(np.asarray(x_T, np.float32), start, n)
-        cond = {name: pad(value, start, n) for name, value in conds.items()} or None
-        batch_solver = solver.replace(given=pad(mask, start, n), x_given=pad(np.asarray(frames, np.float32), start, n)) \
+            x_init = place(pad(np.asarray(x_T, np.float32), start, n))
+        cond = {name: place(pad(value, start, n)) for name, value in conds.items()} or None
+        batch_solver = solver.replace(given=place(pad(mask, start, n)),
+                                      x_given=place(pad(np.asarray(frames, np.float32), start, n))) \
             if planned else solver
         x = sample(den, params, batch_solver, grid, x_init, cond, k_solver)
         if jax.process_count() > 1:
             x = multihost_utils.process_allgather(x, tiled=True)
         out.append(np.asarray(x)[:n])
     return np.concatenate(out)
+
+
+def _placer(sharding) -> Callable[[Any], jax.Array]:
+    """Puts a value every process holds whole onto ``sharding`` (each process fills the
+    rows of its own devices; works with one process or many)."""
+    def place(a):
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+    return place
+
+
+def all_devices_mesh():
+    """A mesh of every device (every process's) to split sampling batches over, or None with
+    one device (``launch.sample`` and ``launch.evaluate``)."""
+    if jax.device_count() == 1:
+        return None
+    from diffusion.train.sharding import make_mesh
+
+    return make_mesh(-1, 1)
 
 
 def cycled_prompts(num: int, prompts: list[str]) -> list[str]:
@@ -101,14 +132,15 @@ def check_prompts(run: Any, prompts: list[str] | None) -> None:
 def draw(run: Any, params: Any, spec: SamplerSpec, num: int, *, seed: int = 0, batch_size: int = 500,
          prompts: list[str] | None = None, negative_prompt: str = "", x_T: np.ndarray | None = None,
          progress: bool = False, external: Mapping[str, Callable[..., Any]] | None = None,
-         truth: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+         truth: np.ndarray | None = None, mesh: Any = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Samples a loaded run (``launch.run_loader.LoadedRun``): ``(images [num, H, W, C]
     float32 in about [-1, 1], conditions)``. Labels cycle through the classes of a
     class-conditional model; a text model needs ``prompts`` (cycled to ``num``), with
     ``negative_prompt`` as guidance's null condition; a latent model's samples are decoded
     through its VAE. ``x_T`` replaces the initial noise (``[num, *run.sample_shape]``).
     A video model samples under the spec's plan (``launch.video.generate_video``; ``truth``:
-    the ground-truth videos its given frames come from)."""
+    the ground-truth videos its given frames come from). ``mesh``: split image batches over
+    its devices (:func:`generate`)."""
     check_prompts(run, prompts)
     conds: dict[str, np.ndarray] = {}
     if run.caps.text:
@@ -125,7 +157,7 @@ def draw(run: Any, params: Any, spec: SamplerSpec, num: int, *, seed: int = 0, b
                              batch_size=batch_size, labels=labels, progress=progress, external=external)
         return out, ({"label": labels} if labels is not None else {})
     out = generate(run.denoiser, params, run.sample_shape, num, spec, run.caps, batch_size=batch_size, seed=seed,
-                   labels=labels, progress=progress, external=external, conds=conds, x_T=x_T)
+                   labels=labels, progress=progress, external=external, conds=conds, x_T=x_T, mesh=mesh)
     decode = run.decoder()
     if labels is not None:
         conds["label"] = labels

@@ -70,7 +70,7 @@ def sample_name(spec_tag: str, step: int, prompts: list[str], negative_prompt: s
 
 def main(argv):
     from diffusion.metrics.grid import save_grid, to_uint8
-    from launch.generate import check_prompts, cycled_prompts, draw
+    from launch.generate import all_devices_mesh, check_prompts, cycled_prompts, draw
     from launch.phast_files import external_for
     from launch.records import record_fields
     from launch.run_loader import load_run
@@ -102,7 +102,7 @@ def main(argv):
     t0 = time.perf_counter()
     images, conds = draw(run, params, spec, FLAGS.num, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
                          prompts=prompts, negative_prompt=FLAGS.negative_prompt, progress=True,
-                         external=external_for(run.workdir, spec), truth=truth)
+                         external=external_for(run.workdir, spec), truth=truth, mesh=all_devices_mesh())
     seconds = time.perf_counter() - t0
     settings = {"ckpt": step, "seed": FLAGS.seed, "num": FLAGS.num, "seconds": seconds, **record_fields(spec)}
     if prompts:

@@ -24,6 +24,9 @@ import orbax.checkpoint as ocp
 DAMAGED_DIR = "damaged_checkpoints"  # where damaged checkpoints are moved, beside checkpoints/
 
 
+DATA_POSITION = "data_position"  # the input iterator's position, JSON
+
+
 class DamagedCheckpoint(ValueError):
     """A checkpoint that cannot be read, or whose arrays do not match their fingerprint."""
 
@@ -110,11 +113,13 @@ def fingerprint(tree: Any) -> dict[str, list[int]]:
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, config: dict, data_iter: Any = None,
          force: bool = False) -> bool:
-    """Starts an (async) save of ``state``, its fingerprint, ``config`` and ``data_iter`` at ``step``."""
+    """Starts an (async) save of ``state``, its fingerprint, ``config`` and the position of
+    ``data_iter`` at ``step`` (JSON, the same on every process: it resumes under any
+    process count, ``diffusion.data.pipeline``)."""
     items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config),
              "fingerprint": ocp.args.JsonSave(fingerprint(state))}
     if data_iter is not None:
-        items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        items[DATA_POSITION] = ocp.args.JsonSave(data_iter.get_state())
     return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
@@ -159,7 +164,8 @@ def _files_readable(manager: ocp.CheckpointManager, step: int) -> bool:
     this run expects (its state restored without a target, its JSON items parsed)."""
     try:
         manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-        for path in (step_dir(manager, step) / "data").glob("*.json"):
+        for path in [*(step_dir(manager, step) / "data").glob("*.json"),
+                     *(step_dir(manager, step) / DATA_POSITION).glob("metadata")]:
             json.loads(path.read_text())
         return True
     except MemoryError:
@@ -190,10 +196,15 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data
       ValueError: the files read fine but not into ``abstract_state`` (a changed model).
     """
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
+    if data_iter is not None and (step_dir(manager, step) / DATA_POSITION).exists():
+        items[DATA_POSITION] = ocp.args.JsonRestore()
+    elif data_iter is not None:  # written before positions: grain's per-process files
         items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
-        state = manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        restored = manager.restore(step, args=ocp.args.Composite(**items))
+        state = restored["state"]
+        if DATA_POSITION in items:
+            data_iter.set_state(restored[DATA_POSITION])
     except Exception as e:  # noqa: BLE001 - truncated, deleted or garbage files, or another structure
         raise _read_error(manager, step, e) from None
     return state, _verify(manager, step, state)

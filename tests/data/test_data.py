@@ -88,14 +88,28 @@ def test_iterator_resumes_exactly_and_reshuffles_each_epoch():
     assert sorted(ep1) == sorted(ep2) and ep1 != ep2
 
 
-def test_processes_read_disjoint_shards():
+def test_processes_read_their_pieces_of_the_one_global_order():
+    """P processes read disjoint pieces that assemble, in process order, into exactly the
+    1-process batches (flips included); the position after k steps is the same everywhere."""
     src, _ = make_source("synthetic", "train", resolution=8)
     src.size = 40
-    seen = []
-    for p in range(2):
-        it = make_train_iterator(src, 20, seed=0, process_index=p, process_count=2)
-        seen.append({tuple(np.round(b.ravel()[:4], 5)) for b in next(it)["image"]})
-    assert len(seen[0]) == 10 and seen[0].isdisjoint(seen[1])
+    whole = make_train_iterator(src, 12, seed=0, random_flip=True, process_index=0, process_count=1)
+    for count in (2, 3):
+        parts = [make_train_iterator(src, 12, seed=0, random_flip=True, process_index=p, process_count=count)
+                 for p in range(count)]
+        for step in range(7):  # past an epoch boundary (40 / 12)
+            pieces = [next(it) for it in parts]
+            want = next(whole) if count == 2 else None
+            if want is not None:
+                for key in want:
+                    np.testing.assert_array_equal(np.concatenate([b[key] for b in pieces]), want[key])
+            keys = [{tuple(np.round(x.ravel()[:4], 5)) for x in b["image"]} for b in pieces]
+            assert all(len(k) == 12 // count for k in keys) and len(set().union(*keys)) == 12
+        assert [it.get_state() for it in parts] == [{"next_index": 7}] * count
+    resumed = make_train_iterator(src, 12, seed=0, random_flip=True, process_index=1, process_count=2)
+    resumed.set_state({"next_index": 7})  # a 2-process run resuming a 1-process checkpoint's position
+    nxt = next(whole)
+    np.testing.assert_array_equal(next(resumed)["image"], nxt["image"][6:])
 
 
 def test_scenes_and_none_sources():
