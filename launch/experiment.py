@@ -19,6 +19,7 @@ import optax
 
 from diffusion.train import checkpoint
 from diffusion.train.loop import Callback, LoopSettings, run
+from diffusion.train.memory import check_fits, device_capacity, state_memory
 from diffusion.train.objective import make_diffusion_loss
 from diffusion.train.optim import make_optimizer
 from diffusion.train.setup import abstract_state, init_state, jit_train_step, state_factory
@@ -129,11 +130,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, pro
 
 def check_buildable(config: ml_collections.ConfigDict, exp: Experiment, mesh, workdir: pathlib.Path) -> None:
     """What can only fail once built, built before anything is written: the global batch
-    on the mesh, and both sampler specs against the model."""
+    on the mesh, the train state's memory per device (printed; refused when it exceeds the
+    device's, where the backend reports it), and both sampler specs against the model."""
     devices = mesh.devices.size
     if config.train.batch_size % devices:
         raise ValueError(f"config.train.batch_size={config.train.batch_size} does not split over the {devices} "
                          f"devices of the mesh; use a multiple of {devices}")
+    memory = state_memory(abstract_state(exp.make, mesh, *exp.make_args)[0])
+    capacity = device_capacity()
+    if jax.process_index() == 0:
+        print(memory.describe(capacity), flush=True)
+    check_fits(memory, capacity)
     if exp.denoiser is None:  # not a diffusion model (a VAE): no sampler
         return
     for section in ("sample", "eval"):

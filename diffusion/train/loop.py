@@ -79,6 +79,17 @@ class _SignalFlag:
             signal.signal(s, h)
 
 
+def _any_process(signum: int | None) -> int | None:
+    """A signal any process received (every process gets the same answer at the same step:
+    one small all-gather per step when there are several), else None."""
+    if jax.process_count() == 1:
+        return signum
+    from jax.experimental import multihost_utils
+
+    got = [int(s) for s in np.ravel(multihost_utils.process_allgather(np.int32(signum or 0))) if s]
+    return got[0] if got else None
+
+
 @dataclasses.dataclass
 class LoopSettings:
     num_steps: int
@@ -216,11 +227,11 @@ def run(state: TrainState, train_step: Callable, data_iter: Any, make_batch: Cal
                     bar.set_postfix(loss=f"{logged['loss']:.4f}", steps_s=f"{logged['steps_per_sec']:.2f}")
                     window, t_last = [], now
                     saver.check_finite(state)
-                # one host's SIGTERM is every host's: the distributed runtime agrees on a step
-                if flag.signum is not None or (jax.process_count() > 1 and manager.reached_preemption(step)):
+                signum = _any_process(flag.signum)  # one process's SIGTERM is every process's, at this step
+                if signum is not None:
                     saved = saver.save(step, state, force=True)
                     saver.wait(step)
-                    raise Preempted(step, flag.signum or signal.SIGTERM, saved, saver.newest)
+                    raise Preempted(step, signum, saved, saver.newest)
                 if step % settings.ckpt_every == 0 or step == settings.num_steps:
                     saver.save(step, state)
                 for cb in callbacks:

@@ -2,6 +2,7 @@
 overrides, and SIGTERM (preemption) leaving a restorable checkpoint."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,7 +96,10 @@ def test_a_full_disk_during_a_save_is_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = [ln for ln in proc.stderr.replace("\r", "\n").splitlines() if ln.strip() and not ln.startswith("train:")]
     assert lines[0].startswith("error: could not write the checkpoint of step 5 in"), lines[:5]
-    assert "File too large" in lines[0] and lines[1:] == ["(add --verbosity=1 for the traceback)"], lines[:5]
+    # the reason: the OS's EFBIG, as tensorstore or Python words it (which writer thread fails
+    # first varies; CI once saw a wording without "File too large": now printed whole if so)
+    assert re.search(r"File too large|errno 27|Errno 27", lines[0]), "\n".join(lines[:5])
+    assert lines[1:] == ["(add --verbosity=1 for the traceback)"], "\n".join(lines[:5])
     rerun = subprocess.run(_train_cmd(wd, *args), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert checkpoint.make_manager(wd).all_steps() == [5, 10]

@@ -102,6 +102,7 @@ def test_evaluate_scores_a_scenes_model_on_caption_splits(trained, tmp_path):
     from diffusion.data.scenes import HELDOUT_PAIRS, parse_caption
     from launch.evaluate import run_cells, write_report
     from launch.scoring import split_captions
+    from launch.generate import all_devices_mesh
     from launch.sweep import parse_sweep
 
     run = load_run(trained)
@@ -115,7 +116,7 @@ def test_evaluate_scores_a_scenes_model_on_caption_splits(trained, tmp_path):
     pairs = [tuple(m.digit for m in parse_caption(p).mentions) for p in prompts]
     assert any(len(p) == 2 for p in pairs) and all(p in HELDOUT_PAIRS for p in pairs if len(p) == 2)
     # the record is the metric of exactly what draw() makes from those prompts
-    images, _ = draw(run, run.params(6), cells[0].spec, 6, batch_size=4, prompts=prompts)
+    images, _ = draw(run, run.params(6), cells[0].spec, 6, batch_size=4, prompts=prompts, mesh=all_devices_mesh())
     want = score_scenes(images, prompts)
     assert (novel["caption_accuracy"], novel["scenes_fd"]) == (want["caption_accuracy"], want["scenes_fd"])
     assert heldout["scenes_fd"] != novel["scenes_fd"]
