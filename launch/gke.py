@@ -19,7 +19,7 @@ import json
 import shlex
 import sys
 
-from launch.shell import Shell, kairos_command
+from launch.shell import Shell, kairos_command, split_command
 
 # accelerator type -> (GKE accelerator label, chips per host, topology); hosts = chips / chips per host
 SLICES = {
@@ -46,10 +46,7 @@ def hosts_of(accelerator: str) -> tuple[str, int, str, int]:
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    command = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, command = argv[:i], argv[i + 1:]
+    argv, command = split_command(argv)
     p = argparse.ArgumentParser(prog="python -m launch.gke", description=__doc__.split("\n\n")[0])
     p.add_argument("--name", required=True, help="the JobSet name (a DNS label)")
     p.add_argument("--image", required=True, help="a container image with Kairos at /kairos")

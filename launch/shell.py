@@ -55,3 +55,11 @@ def kairos_command(argv: Sequence[str]) -> list[str]:
         raise SystemExit(f"error: the command to run must start with one of {sorted(entry)} "
                          f"(e.g. `-- train --config configs/cifar10.py --workdir /mnt/runs/c10`), got {list(argv)}")
     return [".venv/bin/python", "-m", f"launch.{argv[0]}", *argv[1:]]
+
+
+def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``(launcher flags, the Kairos command after "--")``."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []

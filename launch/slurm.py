@@ -20,14 +20,11 @@ import re
 import shlex
 import sys
 
-from launch.shell import Shell, kairos_command
+from launch.shell import Shell, kairos_command, split_command
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    command = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, command = argv[:i], argv[i + 1:]
+    argv, command = split_command(argv)
     p = argparse.ArgumentParser(prog="python -m launch.slurm", description=__doc__.split("\n\n")[0])
     p.add_argument("--name", default="kairos", help="the job name")
     p.add_argument("--nodes", type=int, default=1)

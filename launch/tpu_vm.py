@@ -23,7 +23,7 @@ import argparse
 import shlex
 import sys
 
-from launch.shell import Shell, kairos_command
+from launch.shell import Shell, kairos_command, split_command
 
 JAX_TPU = "jax[tpu]==0.10.2"  # the pinned jax, with libtpu
 REMOTE_DIR = "kairos"
@@ -32,10 +32,7 @@ ACTIONS = ("create", "setup", "run", "logs", "stop", "delete")
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    command = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, command = argv[:i], argv[i + 1:]
+    argv, command = split_command(argv)
     p = argparse.ArgumentParser(prog="python -m launch.tpu_vm", description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=ACTIONS)
     p.add_argument("--name", required=True, help="the TPU VM (node) name")
