@@ -51,7 +51,8 @@ def kairos(batch: int, steps: int) -> dict:
             "sampler": run_sampler, "model": run_model}
 
 
-def diffusers_side(batch: int, steps: int) -> dict:
+def diffusers_side(batch: int, steps: int, device: str = "cpu") -> dict:
+    """The PyTorch side on ``device`` (``cuda`` where a GPU build of torch sees one)."""
     import torch
     from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
     from torch.utils.flop_counter import FlopCounterMode
@@ -59,13 +60,14 @@ def diffusers_side(batch: int, steps: int) -> dict:
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=2, block_out_channels=(32, 64),
                        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       attention_head_dim=16, norm_num_groups=32, resnet_time_scale_shift="scale_shift").eval()
+                       attention_head_dim=16, norm_num_groups=32, resnet_time_scale_shift="scale_shift").eval().to(device)
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", timestep_spacing="trailing",
                               clip_sample=False)
-    pipe = DDIMPipeline(unet=unet, scheduler=scheduler)
+    pipe = DDIMPipeline(unet=unet, scheduler=scheduler).to(device)
     pipe.set_progress_bar_config(disable=True)
-    x = torch.randn(batch, 1, 8, 8)
-    t = torch.full((batch,), 500)
+    x = torch.randn(batch, 1, 8, 8, device=device)
+    t = torch.full((batch,), 500, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         unet(x, t)
     flops = counter.get_total_flops()
@@ -73,16 +75,18 @@ def diffusers_side(batch: int, steps: int) -> dict:
     def run_sampler():
         with torch.no_grad():
             pipe(batch_size=batch, num_inference_steps=steps, eta=0.0, output_type="np",
-                 generator=torch.Generator().manual_seed(0))
+                 generator=torch.Generator(device).manual_seed(0))
+        sync()
 
     def run_model():
         with torch.no_grad():
             for _ in range(steps):
                 unet(x, t)
+        sync()
 
     return {"params": sum(p.numel() for p in unet.parameters()), "flops_per_call": flops,
             "sampler": run_sampler, "model": run_model, "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "device": device}
 
 
 def main():

@@ -42,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.guidance_embed = False  # conditioned on the guidance scale w (guided-distillation students)
     c.model.pred_type = "eps"  # eps | x0 | v
     c.model.dtype = "float32"  # float32 | bfloat16 (compute dtype; params stay float32)
+    c.model.remat = "off"  # recompute blocks in the backward pass: off | nothing_saveable | dots_... (diffusion/nn/remat.py)
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.schedule = "linear"  # linear | scaled_linear | cosine | cosine_logsnr
@@ -152,6 +153,7 @@ RESUMABLE_KEYS = (
     "sample",
     "eval",
     "mesh",  # a layout: checkpoints restore onto any mesh (docs/design/scale_out.md)
+    "model.remat",  # memory for compute: the same params and gradients (to float rounding)
 )
 
 
@@ -161,7 +163,7 @@ def upgrade_config(saved: dict) -> dict:
     * ``model.context_dim`` (never usable: nothing supplied a context) is dropped when
       unset; a set one is an error;
     * ``model.guidance_embed`` is added (False) where it is missing, and so are
-      ``model.kind`` ("unet"), ``diffusion.beta_start`` / ``beta_end`` (None: the
+      ``model.kind`` ("unet"), ``model.remat`` ("off"), ``diffusion.beta_start`` / ``beta_end`` (None: the
       schedule's own), ``text`` and ``latent`` (None: a label model on pixels),
       ``train.lora_rank`` (0) and ``train.lora_alpha`` (None);
     * ``sample`` / ``eval`` ``solver, steps, grid, guidance`` become one ``sampler`` spec;
@@ -176,6 +178,7 @@ def upgrade_config(saved: dict) -> dict:
     model.pop("context_dim", None)
     model.setdefault("guidance_embed", False)
     model.setdefault("kind", "unet")
+    model.setdefault("remat", "off")
     for key in ("beta_start", "beta_end"):
         saved.setdefault("diffusion", {}).setdefault(key, None)
     saved.setdefault("train", {}).setdefault("lora_rank", 0)

@@ -79,7 +79,7 @@ def build_network(config: ml_collections.ConfigDict, info: DatasetInfo):
     if config.get("text") is None:
         raise ValueError("the SD UNet is text-conditioned: set config.text (the text encoder)")
     return SDUNet(sd_unet_config(config.model), num_train_timesteps=config.diffusion.num_steps,
-                  dtype=DTYPES[config.model.dtype])
+                  dtype=DTYPES[config.model.dtype], remat=config.model.get("remat", "off"))
 
 
 def build_unet(model: ml_collections.ConfigDict, info: DatasetInfo) -> UNet:
@@ -100,6 +100,7 @@ def build_unet(model: ml_collections.ConfigDict, info: DatasetInfo) -> UNet:
         out_channels=info.image_shape[-1],
         temporal=info.num_frames is not None,  # a video dataset gets the video UNet (docs/design/video.md)
         dtype=DTYPES[model.dtype],
+        remat=model.get("remat", "off"),
     )
 
 
@@ -130,15 +131,26 @@ def build_source(config: ml_collections.ConfigDict, split: str = "train"):
                        frames=config.data.get("frames"), video_key=config.data.get("video_key"))
 
 
-def init_params(config: ml_collections.ConfigDict, info: DatasetInfo, key: jax.Array):
-    """Fresh network parameters: ``module.init`` on ``x [1, *sample_shape]``, ``t [1]``, a
-    label when class-conditional, a guidance scale when w-conditioned, a context
-    ``[1, max_length, cross_attention_dim]`` for a text model."""
-    args = [jnp.zeros((1, *sample_shape(config, info)), jnp.float32), jnp.zeros((1,))]
-    kwargs = {"label": jnp.zeros((1,), jnp.int32)} if config.model.class_conditional else {}
+def network_inputs(config: ml_collections.ConfigDict, info: DatasetInfo, batch: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The network's inputs for ``batch`` samples, abstract: ``x [batch, *sample_shape]``,
+    ``t [batch]``, a ``label`` when class-conditional, a ``guidance`` scale when
+    w-conditioned, a ``context [batch, max_length, cross_attention_dim]`` for a text model."""
+    f32 = jnp.float32
+    inputs = {"x": jax.ShapeDtypeStruct((batch, *sample_shape(config, info)), f32),
+              "t": jax.ShapeDtypeStruct((batch,), f32)}
+    if config.model.class_conditional:
+        inputs["label"] = jax.ShapeDtypeStruct((batch,), jnp.int32)
     if config.model.guidance_embed:
-        kwargs["guidance"] = jnp.ones((1,))
+        inputs["guidance"] = jax.ShapeDtypeStruct((batch,), f32)
     if config.get("text") is not None:
         width = sd_unet_config(config.model).cross_attention_dim
-        kwargs["context"] = jnp.zeros((1, config.text.max_length, width))
-    return build_network(config, info).init(key, *args, **kwargs)["params"]
+        inputs["context"] = jax.ShapeDtypeStruct((batch, config.text.max_length, width), f32)
+    return inputs
+
+
+def init_params(config: ml_collections.ConfigDict, info: DatasetInfo, key: jax.Array):
+    """Fresh network parameters: ``module.init`` on :func:`network_inputs` of one sample
+    (zeros; a guidance scale of one)."""
+    inputs = {k: (jnp.ones if k == "guidance" else jnp.zeros)(v.shape, v.dtype)
+              for k, v in network_inputs(config, info, 1).items()}
+    return build_network(config, info).init(key, inputs.pop("x"), inputs.pop("t"), **inputs)["params"]

@@ -163,6 +163,13 @@ def define_run_flags(what: str) -> None:
 
     config_flags.DEFINE_config_file("config", None, f"{what} config: path/to/file.py[:variant].", lock_config=True)
     flags.DEFINE_string("workdir", None, "Work directory (created, or resumed if it exists).")
+    define_distributed_flags()
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_distributed_flags() -> None:
+    """``--multihost`` and its explicit settings (every command that runs on all workers:
+    ``launch.train``, ``launch.distill``, ``launch.sample``, ``launch.evaluate``)."""
     flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU pods, SLURM: found "
                       "automatically; elsewhere with --coordinator, --num_processes, --process_id).")
     flags.DEFINE_string("coordinator", None, "--multihost: the coordinator's HOST:PORT (process 0's machine).")
@@ -170,7 +177,16 @@ def define_run_flags(what: str) -> None:
     flags.DEFINE_integer("process_id", None, "--multihost: this process's index, 0 .. num_processes - 1.")
     flags.DEFINE_integer("distributed_timeout", 300, "--multihost: seconds to wait for the other processes to "
                          "start, and for a silent one before every process exits with an error.")
-    flags.mark_flags_as_required(["config", "workdir"])
+
+
+def join_distributed() -> None:
+    """Joins the multi-process run the flags of :func:`define_distributed_flags` ask for
+    (explicit settings imply ``--multihost``); before anything touches a device."""
+    explicit = (flags.FLAGS.coordinator, flags.FLAGS.num_processes, flags.FLAGS.process_id)
+    if flags.FLAGS.multihost or any(v is not None for v in explicit):
+        from launch.distributed import initialize
+
+        initialize(*explicit, flags.FLAGS.distributed_timeout)
 
 
 def training_main(train_fn):
@@ -179,12 +195,7 @@ def training_main(train_fn):
     bad input and a run of non-finite updates are one clean error line."""
 
     def main(argv):
-        explicit = (flags.FLAGS.coordinator, flags.FLAGS.num_processes, flags.FLAGS.process_id)
-        if flags.FLAGS.multihost or any(v is not None for v in explicit):
-            from launch.distributed import initialize
-
-            initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes, flags.FLAGS.process_id,
-                       flags.FLAGS.distributed_timeout)
+        join_distributed()
         from diffusion.train.loop import NonFiniteError, Preempted
 
         try:

@@ -10,6 +10,12 @@ scenes FD, prompted with the captions of ``--captions heldout|novel``.
 Writes ``<workdir>/eval/report.json`` (one record per cell: settings, seed, wall time),
 ``report.md`` (tables) and ``fd_vs_steps_*.png``. Cells already in ``report.json`` are
 skipped, so an interrupted evaluation resumes where it stopped.
+
+On a TPU pod or several GPU hosts run the same command on every worker with
+``--multihost`` (or ``--coordinator``, ``--num_processes``, ``--process_id``): image
+batches are split over every process's devices, every process scores the whole
+(gathered) set, and process 0 alone writes. A video model's cells are sampled whole by
+every process.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ flags.DEFINE_integer("batch_size", 500, "Samples per compiled batch.")
 flags.DEFINE_enum("captions", "heldout", ["heldout", "novel"],
                   "A text-to-image scenes model's prompts: the captions of this split (novel: caption combinations "
                   "never trained on).")
+cli.define_distributed_flags()
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
@@ -67,6 +74,8 @@ def _run_cells(run, ckpts, cells, path: pathlib.Path, num, batch_size, command, 
     meta = {"workdir": str(run.workdir), "command": command}
     key = lambda ckpt, cell: cell.key(ckpt, num) + scoring.tag  # noqa: E731
     todo = [(c, cell) for c in ckpts for cell in cells if key(c, cell) not in done]
+    writer = _same_todo_everywhere(len(todo))
+    progress = progress and writer
     if progress:
         print(f"{len(todo)} cells to run, {len(ckpts) * len(cells) - len(todo)} already in {path}", flush=True)
     fd_name, acc_name = METRICS[scoring.kind]
@@ -93,12 +102,27 @@ def _run_cells(run, ckpts, cells, path: pathlib.Path, num, batch_size, command, 
                   **{k: v for k, v in scores.items() if k not in (fd_name, acc_name, "class_accuracy")},
                   "sample_seconds_incl_compile": seconds, "date": datetime.date.today().isoformat()}
         records.append(record)
-        save_records(path, records, meta)
+        if writer:
+            save_records(path, records, meta)
         if progress:
             acc = f", {acc_name} {record[acc_name]:.3f}" if record[acc_name] is not None else ""
             print(f"[{i + 1}/{len(todo)}] {record['id']}: {fd_name} {record[fd_name]:.3f}{acc} ({seconds:.1f}s)",
                   flush=True)
     return records
+
+
+def _same_todo_everywhere(count: int) -> bool:
+    """With several processes: every one read ``report.json`` before any writes it (a
+    barrier) and has ``count`` cells to run (each cell's sampling is a collective).
+    Returns whether this process writes (process 0)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.assert_equal(count, "the processes read different evaluation reports: give every worker the "
+                                            "same --workdir on a shared file system")
+    return jax.process_index() == 0
 
 
 def check_cells(run, cells: list) -> None:
@@ -126,6 +150,9 @@ def write_report(records: list[dict], out_dir: pathlib.Path, title: str) -> None
 def main(argv):
     import sys
 
+    import jax
+
+    cli.join_distributed()
     from launch.run_loader import load_run
     from launch.sweep import parse_sweep
 
@@ -135,6 +162,8 @@ def main(argv):
     out_dir = pathlib.Path(FLAGS.workdir) / "eval"
     records = run_cells(run, ckpts, cells, out_dir, FLAGS.num, FLAGS.batch_size, command=" ".join(sys.argv),
                         captions=FLAGS.captions)
+    if jax.process_index() != 0:
+        return
     write_report(records, out_dir, f"Evaluation of {FLAGS.workdir}")
     print(f"wrote {out_dir / 'report.json'}, {out_dir / 'report.md'} and plots")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -69,11 +70,11 @@ def generate(denoiser: Any, params: Any, image_shape: tuple[int, ...], num: int,
     batch_size = min(batch_size, num)
     place, rows = (lambda a: a), batch_size  # noqa: E731 - rows: each batch's padded size
     if mesh is not None:
-        from diffusion.train.sharding import batch_sharding, replicated
+        from diffusion.train.sharding import batch_sharding, place_whole, replicated
 
         rows = -(-batch_size // mesh.devices.size) * mesh.devices.size
-        params = jax.tree.map(_placer(replicated(mesh)), params)
-        place = _placer(batch_sharding(mesh))
+        params = place_whole(params, replicated(mesh))
+        place = functools.partial(place_whole, sharding=batch_sharding(mesh))
     out = []
     starts = range(0, num, batch_size)
     pad = lambda a, start, n: jnp.asarray(np.resize(np.asarray(a[start:start + n]), (rows, *np.shape(a)[1:])))  # noqa: E731
@@ -93,15 +94,6 @@ def generate(denoiser: Any, params: Any, image_shape: tuple[int, ...], num: int,
             x = multihost_utils.process_allgather(x, tiled=True)
         out.append(np.asarray(x)[:n])
     return np.concatenate(out)
-
-
-def _placer(sharding) -> Callable[[Any], jax.Array]:
-    """Puts a value every process holds whole onto ``sharding`` (each process fills the
-    rows of its own devices; works with one process or many)."""
-    def place(a):
-        a = np.asarray(a)
-        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
-    return place
 
 
 def all_devices_mesh():

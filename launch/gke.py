@@ -1,8 +1,13 @@
-"""GKE: a JobSet manifest that runs a Kairos command on every host of a TPU slice
-(one slice: multislice needs the MEGASCALE settings, not written here), and ``kubectl apply`` of it (``--dry_run``: print the manifest and the command).
+"""GKE: a JobSet manifest that runs a Kairos command on every host of one or several TPU
+slices, and ``kubectl apply`` of it (``--dry_run``: print the manifest and the command).
 
-    python -m launch.gke --name c10 --image REGISTRY/kairos:TAG --type v5litepod-16 \\
+    python -m launch.gke --name c10 --image REGISTRY/kairos:TAG --type v5litepod-16 [--slices 2] \\
         --manifest c10.yaml -- train --config configs/cifar10.py --workdir /mnt/runs/cifar10
+
+Several slices (multislice, over the data-center network) get one replicated job per
+slice and the ``MEGASCALE_*`` settings libtpu reads: the coordinator (the first pod of
+slice 0), the slice count and each pod's slice index (its job's index). Keep
+``mesh.fsdp`` within a slice's chips so that only the ``data`` axis crosses slices.
 
 The image must hold a Kairos checkout at ``/kairos`` with its ``.venv`` (the README's set-up
 plus ``jax[tpu]``); the work directory must be a volume every host mounts (``--volume
@@ -51,6 +56,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--name", required=True, help="the JobSet name (a DNS label)")
     p.add_argument("--image", required=True, help="a container image with Kairos at /kairos")
     p.add_argument("--type", default="v5litepod-16", help=f"TPU type: {', '.join(SLICES)}")
+    p.add_argument("--slices", type=int, default=1, help="slices of --type (multislice when > 1)")
     p.add_argument("--volume", default=None, help="CLAIM:/mount/path, the shared volume of the work directory")
     p.add_argument("--max_restarts", type=int, default=3, help="JobSet restarts after a failure or preemption")
     p.add_argument("--manifest", default="kairos-jobset.yaml", help="where to write the manifest")
@@ -60,20 +66,26 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         p.error("give the Kairos command after `--`, e.g. `-- train --config configs/cifar10.py --workdir W`")
     if args.max_restarts < 0:
         p.error(f"--max_restarts must be >= 0, got {args.max_restarts}")
+    if args.slices < 1:
+        p.error(f"--slices must be >= 1, got {args.slices}")
     if args.volume is not None and (":" not in args.volume or not args.volume.split(":", 1)[1].startswith("/")):
         p.error(f"--volume must be CLAIM:/absolute/mount/path, got {args.volume!r}")
     return args, command
 
 
 def manifest(args: argparse.Namespace, command: list[str]) -> dict:
-    """The JobSet: one job of one pod per host of the slice, each running the command."""
+    """The JobSet: one job per slice, of one pod per host of the slice, each running the command."""
     label, per_host, topology, hosts = hosts_of(args.type)
     argv = kairos_command(command)
-    if command[0] in ("train", "distill"):
-        argv.append("--multihost")
+    env = [{"name": "HF_HUB_OFFLINE", "value": "1"}]
+    if args.slices > 1:  # pods are <name>-slice-<job>-<pod> under the subdomain <name> (JobSet's DNS names)
+        env += [{"name": "MEGASCALE_COORDINATOR_ADDRESS", "value": f"{args.name}-slice-0-0.{args.name}"},
+                {"name": "MEGASCALE_NUM_SLICES", "value": str(args.slices)},
+                {"name": "MEGASCALE_SLICE_ID", "valueFrom": {"fieldRef": {
+                    "fieldPath": "metadata.annotations['jobset.sigs.k8s.io/job-index']"}}}]
     container = {"name": "kairos", "image": args.image, "workingDir": "/kairos",
                  "command": ["bash", "-c", shlex.join(argv)],
-                 "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+                 "env": env,
                  "ports": [{"containerPort": 8471}, {"containerPort": 8080}],
                  "securityContext": {"privileged": True},
                  "resources": {"limits": {"google.com/tpu": per_host}}}
@@ -90,7 +102,7 @@ def manifest(args: argparse.Namespace, command: list[str]) -> dict:
             "metadata": {"name": args.name,
                          "annotations": {"alpha.jobset.sigs.k8s.io/exclusive-topology": "cloud.google.com/gke-nodepool"}},
             "spec": {"failurePolicy": {"maxRestarts": args.max_restarts},
-                     "replicatedJobs": [{"name": "slice", "replicas": 1, "template": {"spec": job}}]}}
+                     "replicatedJobs": [{"name": "slice", "replicas": args.slices, "template": {"spec": job}}]}}
 
 
 def main(argv: list[str] | None = None, out=None) -> Shell:

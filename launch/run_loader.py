@@ -54,7 +54,7 @@ class LoadedRun:
             raise FileNotFoundError(f"no checkpoint at step {step} in {self.workdir}/checkpoints; "
                                     f"available steps: {self.steps}")
         shapes = jax.eval_shape(lambda: init_params(self.config, self.info, jax.random.PRNGKey(0)))
-        on_one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # sampling runs on one device
+        on_one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this process's first
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_one_device), shapes)
         manager = checkpoint.reader(self.workdir)
         try:

@@ -18,6 +18,10 @@ samples cycle through the prompts; guidance's null condition is the negative pro
 writes ``images [N, L, H, W, C]``, a filmstrip PNG (one video per row) and an animated GIF;
 a plan that gives frames takes them from the ``--source`` split's first ``N`` videos and
 stores them as ``truth`` (the ground truth, as long as the samples).
+
+On a TPU pod or several GPU hosts run the same command on every worker with
+``--multihost`` (or ``--coordinator``, ``--num_processes``, ``--process_id``): every
+process samples its devices' rows of each batch and process 0 alone writes.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ flags.DEFINE_integer("batch_size", 500, "Samples per compiled batch.")
 cli.define_prompt_flags()
 flags.DEFINE_string("source", "heldout", "A video plan's given frames come from this split of the run's dataset.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output file of the same sampler, checkpoint, seed and num.")
+cli.define_distributed_flags()
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
@@ -69,6 +74,9 @@ def sample_name(spec_tag: str, step: int, prompts: list[str], negative_prompt: s
 
 
 def main(argv):
+    cli.join_distributed()
+    import jax
+
     from diffusion.metrics.grid import save_grid, to_uint8
     from launch.generate import all_devices_mesh, check_prompts, cycled_prompts, draw
     from launch.phast_files import external_for
@@ -97,13 +105,17 @@ def main(argv):
     npz, png = (pathlib.Path(FLAGS.workdir) / "samples" / f"{name}.{ext}" for ext in ("npz", "png"))
     if npz.exists() and not FLAGS.overwrite:
         raise FileExistsError(f"{npz} exists; pass --overwrite to sample it again and replace it")
-    check_writable(npz.parent)
+    writer = jax.process_index() == 0
+    if writer:
+        check_writable(npz.parent)
     params = run.params(step)
     t0 = time.perf_counter()
     images, conds = draw(run, params, spec, FLAGS.num, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
                          prompts=prompts, negative_prompt=FLAGS.negative_prompt, progress=True,
                          external=external_for(run.workdir, spec), truth=truth, mesh=all_devices_mesh())
     seconds = time.perf_counter() - t0
+    if not writer:
+        return
     settings = {"ckpt": step, "seed": FLAGS.seed, "num": FLAGS.num, "seconds": seconds, **record_fields(spec)}
     if prompts:
         settings["negative_prompt"] = FLAGS.negative_prompt

@@ -48,13 +48,15 @@ class Shell:
 
 
 def kairos_command(argv: Sequence[str]) -> list[str]:
-    """The Kairos command a launcher runs on every worker: ``launch.<name> ARGS``, checked
-    (a command that is not one of Kairos' entry points is refused before anything runs)."""
+    """The Kairos command a launcher runs on every worker: ``launch.<name> ARGS --multihost``
+    (``jax.distributed.initialize()`` finds the other workers from the TPU or SLURM
+    environment), checked: a command that is not one of Kairos' entry points is refused
+    before anything runs."""
     entry = {"train", "distill", "sample", "evaluate"}
     if not argv or argv[0] not in entry:
         raise SystemExit(f"error: the command to run must start with one of {sorted(entry)} "
                          f"(e.g. `-- train --config configs/cifar10.py --workdir /mnt/runs/c10`), got {list(argv)}")
-    return [".venv/bin/python", "-m", f"launch.{argv[0]}", *argv[1:]]
+    return [".venv/bin/python", "-m", f"launch.{argv[0]}", *argv[1:], "--multihost"]
 
 
 def split_command(argv: list[str]) -> tuple[list[str], list[str]]:

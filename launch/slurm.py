@@ -50,8 +50,6 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def batch_script(args: argparse.Namespace, command: list[str]) -> str:
     """The ``sbatch`` script: one task per GPU on every node, each running the command."""
     argv = kairos_command(command)
-    if command[0] in ("train", "distill"):
-        argv.append("--multihost")
     lines = ["#!/bin/bash", f"#SBATCH --job-name={args.name}", f"#SBATCH --nodes={args.nodes}",
              f"#SBATCH --ntasks-per-node={args.gpus_per_node}", f"#SBATCH --gpus-per-node={args.gpus_per_node}",
              "#SBATCH --gpus-per-task=1", f"#SBATCH --cpus-per-task={args.cpus_per_gpu}",

@@ -85,8 +85,6 @@ def commands(args: argparse.Namespace, command: list[str], sh: Shell) -> None:
                               f"-C {REMOTE_DIR} && {venv}"))
     elif args.action == "run":
         argv = kairos_command(command)
-        if command[0] in ("train", "distill"):
-            argv.append("--multihost")  # jax.distributed.initialize() finds the slice's workers itself
         sh.run(_ssh(args, f"cd {REMOTE_DIR} && nohup {shlex.join(argv)} > {LOG} 2>&1 &"))
     elif args.action == "logs":
         sh.run(_ssh(args, f"tail -n 200 -f {REMOTE_DIR}/{LOG}", worker="0"))

@@ -144,7 +144,7 @@ def trained_vae(workdir: str | pathlib.Path) -> tuple[VAEConfig, dict]:
             raise ValueError(f"the VAE in {workdir} is not trained to its end (checkpoints: {steps}, "
                              f"train.num_steps={config.train.num_steps}); finish its training first")
         shapes = jax.eval_shape(lambda: vae.init(jax.random.PRNGKey(0), jnp.zeros((1, *info.image_shape)))["params"])
-        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one), shapes)
         params = checkpoint.restore_subtree(manager, steps[-1], {"ema_params": abstract})["ema_params"]
     finally:

@@ -13,6 +13,7 @@ import ml_collections
 
 from diffusion.data import DATASETS, TFDS_ALIASES
 from diffusion.losses import WEIGHTINGS
+from diffusion.nn.remat import POLICIES as REMAT_POLICIES
 from diffusion.param import PRED_TYPES
 from diffusion.schedules import SCHEDULES
 from diffusion.train.optim import LR_SCHEDULES
@@ -33,6 +34,7 @@ RANGES = {  # field -> (low, high, whether high itself is allowed)
 CHOICES = {
     "model.pred_type": PRED_TYPES, "model.dtype": tuple(DTYPES), "diffusion.schedule": SCHEDULES,
     "diffusion.weighting": WEIGHTINGS, "train.lr_schedule": LR_SCHEDULES, "model.kind": (*MODEL_KINDS, "vae"),
+    "model.remat": REMAT_POLICIES,
 }
 
 

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from diffusion.contract import COMPUTE, Modes
+from diffusion.nn import remat
 from diffusion.nn.deep_feature import hand_over
 from diffusion.nn.split import EncoderFeatures, check_part
 from diffusion.nn.transformer2d import Transformer2D
@@ -163,6 +164,7 @@ class SDUNet(nn.Module):
     config: SDUNetConfig
     num_train_timesteps: int = 1000
     dtype: jnp.dtype = jnp.float32
+    remat: str = "off"  # the blocks' rematerialisation policy in training (diffusion.nn.remat)
 
     def down_blocks(self) -> list[tuple[str, int | None, int, int]]:
         """After ``conv_in``, in order: ``(name, width, heads, layers)`` of each resnet
@@ -217,10 +219,13 @@ class SDUNet(nn.Module):
         conv = lambda width, name, stride=1: nn.Conv(width, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),  # noqa: E731
                                                      dtype=self.dtype, name=name)
 
+        resnet = remat.block(SDResnet, self.remat, train)
+        transformer = remat.block(Transformer2D, self.remat, train, static_argnums=(3,))
+
         def res_attn(h, name, width, heads, layers):
-            h = SDResnet(width, c.norm_num_groups, c.norm_eps, self.dtype, name=name.format("resnets"))(h, temb)
+            h = resnet(width, c.norm_num_groups, c.norm_eps, self.dtype, name=name.format("resnets"))(h, temb)
             if heads:
-                h = Transformer2D(heads, c.norm_num_groups, layers, self.dtype, name=name.format("attentions"))(
+                h = transformer(heads, c.norm_num_groups, layers, self.dtype, name=name.format("attentions"))(
                     h, context, modes.attention)
             return h
 
@@ -237,10 +242,10 @@ class SDUNet(nn.Module):
 
         if not retrieve and part != "decode":  # the middle block
             width = h.shape[-1]
-            h = SDResnet(width, c.norm_num_groups, c.norm_eps, self.dtype, name="mid_block_resnets_0")(h, temb)
-            h = Transformer2D(c.num_heads[-1], c.norm_num_groups, c.transformer_layers[-1], self.dtype,
-                              name="mid_block_attentions_0")(h, context, modes.attention)
-            h = SDResnet(width, c.norm_num_groups, c.norm_eps, self.dtype, name="mid_block_resnets_1")(h, temb)
+            h = resnet(width, c.norm_num_groups, c.norm_eps, self.dtype, name="mid_block_resnets_0")(h, temb)
+            h = transformer(c.num_heads[-1], c.norm_num_groups, c.transformer_layers[-1], self.dtype,
+                            name="mid_block_attentions_0")(h, context, modes.attention)
+            h = resnet(width, c.norm_num_groups, c.norm_eps, self.dtype, name="mid_block_resnets_1")(h, temb)
         if part == "encode":
             return EncoderFeatures(tuple(skips), h)
 

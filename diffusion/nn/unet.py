@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from diffusion.contract import COMPUTE, Modes
+from diffusion.nn import remat
 from diffusion.nn.deep_feature import hand_over
 from diffusion.nn.attention import AttentionBlock, TemporalAttentionBlock
 from diffusion.nn.blocks import Downsample, ResBlock, Upsample, conv3, group_norm
@@ -44,6 +45,7 @@ class UNet(nn.Module):
         (:class:`~diffusion.nn.attention.TemporalAttentionBlock`) follows every residual
         block. No parameter depends on ``F``.
       dtype: compute dtype (``bfloat16`` on accelerators); parameters stay float32.
+      remat: the blocks' rematerialisation policy in training (``diffusion.nn.remat``).
     """
 
     channels: int = 64
@@ -58,6 +60,7 @@ class UNet(nn.Module):
     out_channels: int | None = None
     temporal: bool = False
     dtype: jnp.dtype = jnp.float32
+    remat: str = "off"
 
     def down_blocks(self) -> list[tuple[str, int | None]]:
         """The encoder after ``conv_in``, in order: ``(name, width)`` of each residual
@@ -127,16 +130,19 @@ class UNet(nn.Module):
             batch = x.shape[0]
         emb = self._embedding(t, label, guidance, batch)
         retrieve = modes.features == "retrieve"
+        res_block = remat.block(ResBlock, self.remat, train, static_argnums=(3,))
+        attention_block = remat.block(AttentionBlock, self.remat, train, static_argnums=(2,))
+        temporal_block = remat.block(TemporalAttentionBlock, self.remat, train, static_argnums=(2, 3))
 
         def temporal(h, name):
             if frames is None:
                 return h
-            return TemporalAttentionBlock(self.num_heads, self.dtype, name=name)(h, frames, modes.attention)
+            return temporal_block(self.num_heads, self.dtype, name=name)(h, frames, modes.attention)
 
         def res_attn(h, width, name):  # a residual block, then attention at the chosen resolutions
-            h = ResBlock(width, self.dropout, self.scale_shift, self.dtype, name=name)(h, emb, train)
+            h = res_block(width, self.dropout, self.scale_shift, self.dtype, name=name)(h, emb, train)
             if h.shape[1] in self.attn_resolutions:
-                h = AttentionBlock(self.num_heads, self.dtype, name=name.replace("_res_", "_attn_"))(h, modes.attention)
+                h = attention_block(self.num_heads, self.dtype, name=name.replace("_res_", "_attn_"))(h, modes.attention)
             return temporal(h, name.replace("_res_", "_temporal_"))
 
         if part == "decode":
@@ -150,10 +156,10 @@ class UNet(nn.Module):
                 skips.append(h)
 
         if not retrieve and part != "decode":  # the middle block
-            h = ResBlock(h.shape[-1], self.dropout, self.scale_shift, self.dtype, name="mid_res_0")(h, emb, train)
-            h = AttentionBlock(self.num_heads, self.dtype, name="mid_attn")(h, modes.attention)
+            h = res_block(h.shape[-1], self.dropout, self.scale_shift, self.dtype, name="mid_res_0")(h, emb, train)
+            h = attention_block(self.num_heads, self.dtype, name="mid_attn")(h, modes.attention)
             h = temporal(h, "mid_temporal")
-            h = ResBlock(h.shape[-1], self.dropout, self.scale_shift, self.dtype, name="mid_res_1")(h, emb, train)
+            h = res_block(h.shape[-1], self.dropout, self.scale_shift, self.dtype, name="mid_res_1")(h, emb, train)
         if part == "encode":
             return EncoderFeatures(tuple(skips), h)
 

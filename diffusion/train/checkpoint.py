@@ -77,9 +77,10 @@ def _leaf_sums(x) -> tuple[int, int]:
     process holds (each distinct shard once): the same numbers on any mesh."""
     if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
         x = jax.random.key_data(x)
-    if isinstance(x, jax.Array):
+    if isinstance(x, jax.Array) and (jax.process_count() == 1 or not x.is_fully_addressable):
         shards, shape = [(s.index, np.asarray(s.data)) for s in x.addressable_shards if s.replica_id == 0], x.shape
-    else:  # a host value every process holds: counted once, by process 0
+    else:  # a value every process holds whole (a host value, or restored onto each process's own device):
+        # counted once, by process 0
         x = np.asarray(x)
         shards, shape = [(tuple(slice(None) for _ in x.shape), x)] if jax.process_index() == 0 else [], x.shape
     per_element = _words(np.zeros((1,), np.dtype(x.dtype))).size

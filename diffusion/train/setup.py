@@ -14,7 +14,7 @@ import jax
 import optax
 from jax.sharding import Mesh
 
-from diffusion.train.sharding import batch_sharding, replicated, state_shardings
+from diffusion.train.sharding import batch_sharding, place_whole, replicated, state_shardings
 from diffusion.train.state import TrainState, create_train_state
 
 
@@ -50,6 +50,7 @@ def init_state(make: Callable[..., TrainState], shardings: Any, mesh: Mesh, *arg
     time the unoptimised program takes to compile and run.
     """
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    args = place_whole(args, replicated(mesh))  # e.g. teacher params on each process's own device
     with mesh:
         return jax.jit(make, out_shardings=shardings).lower(*args).compile(compiler_options=options)(*args)
 

@@ -80,3 +80,15 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
         return jax.make_array_from_process_local_data(sharding, x)
 
     return jax.tree.map(make, local_batch)
+
+
+def place_whole(tree: Any, sharding: NamedSharding) -> Any:
+    """Puts values every process holds whole (host arrays, or arrays on a process's own
+    device) onto ``sharding``: each process fills its own devices' pieces, so it works with
+    one process or many (unlike ``jax.device_put`` of a one-device array onto a mesh that
+    spans processes)."""
+    def place(a):
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+    return jax.tree.map(place, tree)

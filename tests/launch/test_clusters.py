@@ -80,6 +80,24 @@ def test_gke_manifest_is_a_jobset_with_one_pod_per_host(tmp_path):
     assert text.rstrip().endswith(f"+ kubectl apply -f {path}") and not path.exists()
 
 
+def test_gke_multislice_sets_the_megascale_environment(tmp_path):
+    out = io.StringIO()
+    gke.main(["--dry_run", "--name", "c10", "--image", "reg/kairos:1", "--type", "v5p-16", "--slices", "3",
+              "--manifest", str(tmp_path / "m.yaml"), "--", "evaluate", "--workdir", "/mnt/runs/c10"], out=out)
+    text = out.getvalue()
+    body = json.loads(text[text.index("{"):text.rindex("}") + 1])
+    (replicated,) = body["spec"]["replicatedJobs"]
+    assert replicated["replicas"] == 3 and replicated["template"]["spec"]["parallelism"] == 2  # 8 chips, 4 per host
+    (container,) = replicated["template"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["MEGASCALE_COORDINATOR_ADDRESS"] == "c10-slice-0-0.c10" and env["MEGASCALE_NUM_SLICES"] == "3"
+    assert env["MEGASCALE_SLICE_ID"] == {"fieldRef": {"fieldPath": "metadata.annotations['jobset.sigs.k8s.io/job-index']"}}
+    assert container["command"][-1].endswith("launch.evaluate --workdir /mnt/runs/c10 --multihost")
+    one = io.StringIO()
+    gke.main(["--dry_run", "--name", "c10", "--image", "i", "--manifest", str(tmp_path / "m.yaml"), *TRAIN], out=one)
+    assert "MEGASCALE" not in one.getvalue()
+
+
 @pytest.mark.parametrize("module, argv, match", [
     (tpu_vm, ["run", "--name", "k", "--zone", "z"], "run needs the Kairos command"),
     (tpu_vm, ["logs", "--name", "k", "--zone", "z", "--", "train"], "only `run` takes a command"),
@@ -89,6 +107,7 @@ def test_gke_manifest_is_a_jobset_with_one_pod_per_host(tmp_path):
     (slurm, [], "give the Kairos command"),
     (gke, ["--name", "a", "--image", "i", "--type", "v9-1", *TRAIN], "unknown TPU type 'v9-1'"),
     (gke, ["--name", "a", "--image", "i", "--volume", "runs", *TRAIN], "CLAIM:/absolute"),
+    (gke, ["--name", "a", "--image", "i", "--slices", "0", *TRAIN], "--slices must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_runs_nothing(module, argv, match, capsys):
     with pytest.raises(SystemExit) as e:

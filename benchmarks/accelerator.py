@@ -1,0 +1,212 @@
+r"""The accelerator benchmark pack: one command for the first figures on a new machine.
+
+    python -m benchmarks.accelerator --out docs/results/accelerator_<device>.json [--repeats 5]
+
+On whatever the default JAX backend is (one device), in one run:
+
+* **training**: steps/s, XLA FLOPs per step (cost analysis of the compiled step), achieved
+  FLOP/s and MFU against the device's dense bf16 peak (:data:`PEAK_BF16`), compile time,
+  for the CIFAR-10 config's UNet (bf16 compute, float32 params, the paper's batch and
+  larger) and an SD-1.5-shaped latent UNet (64x64x4 latents, a 77 x 768 context) at
+  batch sizes that fit; a batch that runs out of memory is recorded as such;
+* **sampling**: images/s of Kairos' DDIM sampler against diffusers' PyTorch
+  ``DDIMPipeline`` on an equal UNet (``benchmarks/vs_diffusers.py``; PyTorch on CUDA when
+  its build sees a GPU, else on the CPU, and the result says which);
+* **attention-map reuse and feature caching** at SD size (``benchmarks/sd_unet_speed.py``):
+  the time of one call of each against a full call, and its compile time.
+
+On a CPU it runs a reduced set and says so (``"reduced": true``): the CIFAR-10 UNet at a
+quarter of its width and batch 8, the SD-shaped UNet at an eighth of its width on 16x16
+latents, the sampler comparison at batch 64 with 10 steps, reuse and caching on the
+eighth-width UNet. Times are medians after warm-up (``benchmarks/common.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks.common import emit, flops_of, machine, time_fn, time_interleaved
+
+# Dense bf16 peak FLOP/s per device, from the vendors' data sheets (without sparsity); matched
+# against jax's device_kind. Unknown kinds (and CPUs) report no MFU.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
+             "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12}
+
+
+def peak_flops(device_kind: str) -> float | None:
+    """The dense bf16 peak of ``device_kind`` (longest matching name), or None."""
+    names = sorted((n for n in PEAK_BF16 if n.lower() in device_kind.lower()), key=len, reverse=True)
+    return PEAK_BF16[names[0]] if names else None
+
+
+def cifar_case(reduced: bool):
+    """``(denoiser, batch_fn)`` of the CIFAR-10 config's UNet in bf16 (quarter width when reduced)."""
+    from configs import cifar10
+    from diffusion.data import DatasetInfo
+    from diffusion.nn.denoiser import Denoiser
+    from launch.builders import build_schedule, build_unet
+
+    c = cifar10.get_config()
+    c.model.dtype = "bfloat16"
+    if reduced:
+        c.model.channels = 32
+    den = Denoiser(build_unet(c.model, DatasetInfo((32, 32, 3), None, 50_000)), build_schedule(c.diffusion),
+                   c.model.pred_type)
+    return den, lambda b, key: {"image": jax.random.normal(key, (b, 32, 32, 3))}, c.diffusion.weighting
+
+
+def sd_case(reduced: bool):
+    """``(denoiser, batch_fn)`` of the SD-1.5-shaped latent UNet in bf16 (64x64x4 latents, a
+    77 x 768 context; an eighth of the width on 16x16 latents when reduced)."""
+    from benchmarks.sd_unet_speed import CONTEXT_LEN, SD15_UNET
+    from diffusion.nn.denoiser import Denoiser
+    from diffusion.nn.sd_unet import SDUNet, SDUNetConfig
+    from diffusion.schedules import make_schedule
+
+    fields = dict(SD15_UNET)
+    size = 64
+    if reduced:
+        fields.update(block_out_channels=[w // 8 for w in fields["block_out_channels"]], norm_num_groups=8,
+                      attention_head_dim=4, sample_size=16)
+        size = 16
+    den = Denoiser(SDUNet(SDUNetConfig.from_dict(fields), dtype=jnp.bfloat16), make_schedule("scaled_linear", 1000),
+                   "eps")
+
+    def batch(b, key):
+        k1, k2 = jax.random.split(key)
+        return {"image": jax.random.normal(k1, (b, size, size, 4)),
+                "context": jax.random.normal(k2, (b, CONTEXT_LEN, fields["cross_attention_dim"]))}
+
+    return den, batch, "eps"
+
+
+def train_rate(den, batch_fn, weighting: str, batch: int, steps: int, peak: float | None) -> dict:
+    """Steps/s of one device's jitted train step (Adam, EMA) at ``batch``, its FLOPs and MFU."""
+    from diffusion.train.objective import make_diffusion_loss
+    from diffusion.train.optim import make_optimizer
+    from diffusion.train.setup import abstract_state, init_state, jit_train_step, state_factory
+    from diffusion.train.sharding import global_batch, make_mesh
+    from diffusion.train.step import make_train_step
+
+    mesh = make_mesh(1, 1, jax.devices()[:1])
+    data = batch_fn(batch, jax.random.PRNGKey(0))
+    probe = {k: v[:1] for k, v in data.items()}
+    cond = {"context": probe["context"]} if "context" in probe else {}
+    init = lambda key: den.module.init(key, probe["image"], jnp.zeros((1,)), **cond)["params"]  # noqa: E731
+    optimizer = make_optimizer(1e-4, 0, 1000)
+    make = state_factory(init, optimizer, jax.random.PRNGKey(1))
+    _, shardings = abstract_state(make, mesh)
+    state = init_state(make, shardings, mesh)
+    step = jit_train_step(make_train_step(make_diffusion_loss(den, weighting), optimizer, 0.999), shardings, mesh)
+    data = global_batch(jax.device_get(data), mesh)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, data).compile()
+    compile_s = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def one():
+        holder["state"], metrics = compiled(holder["state"], data)
+        jax.block_until_ready(metrics["loss"])
+
+    timing = time_fn(one, warmup=2, repeats=steps)
+    flops = flops_of(compiled)
+    achieved = flops / timing["median_s"]
+    return {"batch": batch, "compile_s": compile_s, "step_s_median": timing["median_s"],
+            "steps_per_s": 1.0 / timing["median_s"], "images_per_s": batch / timing["median_s"],
+            "step_tflop": flops / 1e12, "achieved_tflops": achieved / 1e12,
+            "mfu": None if peak is None else achieved / peak}
+
+
+def training(reduced: bool, steps: int, peak: float | None) -> dict:
+    cases = {"cifar10_unet_bf16": (cifar_case, [8] if reduced else [128, 256, 512]),
+             "sd15_latent_unet_bf16": (sd_case, [1] if reduced else [8, 16, 32])}
+    out = {}
+    for name, (case, batches) in cases.items():
+        den, batch_fn, weighting = case(reduced)
+        out[name] = []
+        for b in batches:
+            try:
+                row = train_rate(den, batch_fn, weighting, b, steps, peak)
+            except Exception as e:  # noqa: BLE001 - an out-of-memory batch is a result, not a crash
+                if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+                    raise
+                row = {"batch": b, "error": "out of memory"}
+            out[name].append(row)
+            print(f"train {name} batch {b}: " + (row.get("error") or f"{row['steps_per_s']:.2f} steps/s, "
+                  f"{row['achieved_tflops']:.2f} TFLOP/s, MFU {row['mfu'] if row['mfu'] is None else round(row['mfu'], 3)}"),
+                  flush=True)
+    return out
+
+
+def sampling(reduced: bool, repeats: int) -> dict:
+    """Kairos' sampler against diffusers' pipeline on the equal UNet of ``benchmarks.vs_diffusers``."""
+    from benchmarks import vs_diffusers
+
+    batch, steps = (64, 10) if reduced else (256, 50)
+    try:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return {"skipped": "torch is not installed (pip install -e '.[test]')"}
+    sides = {"kairos": vs_diffusers.kairos(batch, steps), "diffusers": vs_diffusers.diffusers_side(batch, steps, device)}
+    med = time_interleaved({s: sides[s]["sampler"] for s in sides}, repeats=repeats)
+    out = {"batch": batch, "steps": steps, "torch_device": device, "torch": sides["diffusers"]["torch"],
+           "images_per_s": {s: batch / med[s] for s in sides}}
+    out["kairos_over_diffusers"] = out["images_per_s"]["kairos"] / out["images_per_s"]["diffusers"]
+    print(f"sampling: kairos {out['images_per_s']['kairos']:.1f} images/s, diffusers ({device}) "
+          f"{out['images_per_s']['diffusers']:.1f}: {out['kairos_over_diffusers']:.2f}x", flush=True)
+    return out
+
+
+def reuse_and_caching(reduced: bool, repeats: int) -> dict:
+    """One call with attention-map reuse and with feature caching against a full call."""
+    from benchmarks.sd_unet_speed import CONTEXT_LEN, SD15_UNET, measure
+
+    den, _, _ = sd_case(reduced)
+    size = 16 if reduced else 64
+    x0 = jnp.zeros((1, size, size, 4))
+    ctx = jnp.zeros((1, CONTEXT_LEN, SD15_UNET["cross_attention_dim"]))
+    params = jax.jit(lambda k: den.module.init(k, x0, jnp.zeros((1,)), context=ctx)["params"])(jax.random.PRNGKey(0))
+    out = {}
+    for batch in (1, 2) if not reduced else (1,):
+        out[str(batch)] = measure(size, batch, repeats, params, den)
+        print(f"reuse/caching batch {batch}: " + ", ".join(f"{k} {v['speedup_vs_compute']:.2f}x (compile "
+                                                           f"{v['compile_s']:.1f}s)" for k, v in out[str(batch)].items()),
+              flush=True)
+    return out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=None, help="also write the JSON here (docs/results/accelerator_<device>.json)")
+    ap.add_argument("--steps", type=int, default=10, help="timed training steps per row, >= 1")
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats of the sampling and reuse rows, >= 1")
+    args = ap.parse_args(argv)
+    if args.steps < 1 or args.repeats < 1:
+        ap.error(f"--steps and --repeats must be >= 1, got {args.steps} and {args.repeats}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = jax.devices()[0]
+    reduced = device.platform == "cpu"
+    peak = peak_flops(device.device_kind)
+    result = {"machine": machine(), "device_kind": device.device_kind, "reduced": reduced,
+              "note": ("a CPU: the reduced set (narrower models, smaller batches and latents); not comparable with "
+                       "an accelerator's figures") if reduced else "the full set",
+              "peak_bf16_flops": peak}
+    print(f"{device.device_kind}: {'the reduced set (a CPU)' if reduced else 'the full set'}", flush=True)
+    result["training"] = training(reduced, args.steps, peak)
+    result["sampling_vs_diffusers"] = sampling(reduced, args.repeats)
+    result["reuse_and_caching"] = reuse_and_caching(reduced, args.repeats)
+    emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
