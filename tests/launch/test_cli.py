@@ -11,14 +11,14 @@ import time
 import pytest
 
 from diffusion.train import checkpoint
-from tests.conftest import ROOT
+from tests.conftest import ROOT, xla_flags
 
 pytestmark = pytest.mark.slow
 
 
 def _env():
     env = dict(os.environ)
-    env["XLA_FLAGS"] = ""  # one CPU device, like a user's machine
+    env["XLA_FLAGS"] = xla_flags(None)  # one CPU device, like a user's machine
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from diffusion.train import checkpoint
-from tests.conftest import ROOT
+from tests.conftest import ROOT, xla_flags
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def _free_port() -> int:
 
 def _env(devices: int) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = xla_flags(devices)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -102,7 +102,7 @@ def test_processes_equal_one_and_only_process_0_writes(trained):
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
 
 
-def test_sample_evaluate_and_distill_as_two_processes_equal_one(trained, tmp_path):
+def test_sample_evaluate_and_distill_as_two_processes(trained, tmp_path):
     two, one = trained
     sample = ["-m", "launch.sample", "--workdir", str(two), "--num", "20", "--batch_size", "10", "--steps", "4",
               "--seed", "3"]
@@ -122,14 +122,18 @@ def test_sample_evaluate_and_distill_as_two_processes_equal_one(trained, tmp_pat
     # the samples are bitwise equal (above); the scores' float sums may differ in the last bits (measured: FD by 2e-9
     # relative), as the feature network runs in processes of 4 devices instead of 8
     assert r2["fd_digits"] == pytest.approx(r1["fd_digits"], rel=1e-6) and r2["class_accuracy"] == r1["class_accuracy"]
-    distill = lambda wd: ["-m", "launch.distill", "--config", "configs/digits_progressive.py:smoke",  # noqa: E731
-                          "--workdir", str(wd), f"--config.distill.teacher_workdir={two}",
-                          "--config.eval.fd_digits=False", "--config.distill.rounds=1"]
-    finish(start_processes(distill(tmp_path / "two"), 2))
-    run_one(distill(tmp_path / "one"))
-    a, b = losses(tmp_path / "two"), losses(tmp_path / "one")
-    assert sorted(a) == [2, 4]
-    assert_equal_to_rounding(a, b)
+    # a distillation as 2 processes: the same loop as training, whose 1 x 8 equality is tested above (a 1 x 8
+    # distillation beside it would cost another minute of CI)
+    student = tmp_path / "student"
+    outs = finish(start_processes(["-m", "launch.distill", "--config", "configs/digits_progressive.py:smoke",
+                                   "--workdir", str(student), f"--config.distill.teacher_workdir={two}",
+                                   "--config.eval.fd_digits=False", "--config.distill.rounds=1"], 2))
+    rows = [json.loads(line) for line in (student / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [2, 4] and all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+    assert "train state per device" in outs[0][0] and "train state per device" not in outs[1][0]
+    manager = checkpoint.reader(student)
+    assert list(manager.all_steps()) == [4]
+    manager.close()
 
 
 def test_checkpoints_move_between_counts_and_one_sigterm_stops_every_process(trained):
