@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import jax
 
 
@@ -14,7 +17,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     the cross-process collectives are gloo's.
 
     Raises:
-      ValueError: incomplete or inconsistent explicit settings (before connecting).
+      ValueError: incomplete or inconsistent explicit settings (before connecting), or a
+        coordinator that does not answer within ``timeout_s``.
     """
     explicit = (coordinator, num_processes, process_id)
     if any(v is not None for v in explicit) and None in explicit:
@@ -29,6 +33,28 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                              f"{num_processes} and {process_id}")
     if timeout_s < 1:
         raise ValueError(f"--distributed_timeout must be >= 1 second, got {timeout_s}")
+    if coordinator is not None and process_id != 0:  # jax would abort the process with "another task died"
+        wait_for_coordinator(coordinator, timeout_s)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # the CPU backend's only; GPUs/TPUs keep theirs
     jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout_s,
                                heartbeat_timeout_seconds=timeout_s)
+
+
+def wait_for_coordinator(coordinator: str, timeout_s: float) -> None:
+    """Waits until process 0's coordination service at ``HOST:PORT`` accepts a connection.
+
+    Raises:
+      ValueError: it did not within ``timeout_s`` seconds.
+    """
+    host, _, port = coordinator.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=max(0.1, min(2.0, deadline - time.monotonic()))).close()
+            return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise ValueError(f"cannot reach the coordinator {coordinator} within {timeout_s} s ({e.strerror or e}): "
+                                 "start process 0 (--process_id 0) on that host, check --coordinator and that the "
+                                 "port is open, or raise --distributed_timeout") from None
+            time.sleep(0.2)

@@ -174,7 +174,7 @@ def test_a_dead_process_makes_the_others_exit_instead_of_hanging():
     assert "process 0: JaxRuntimeError" in outs[0] and "Task 1 heartbeat timeout" in outs[0], outs[0][-3000:]
 
 
-def test_explicit_settings_are_checked_before_connecting():
+def test_explicit_settings_and_an_unreachable_coordinator_are_one_line_errors():
     from launch.distributed import initialize
 
     with pytest.raises(ValueError, match="go together"):
@@ -185,3 +185,8 @@ def test_explicit_settings_are_checked_before_connecting():
         initialize("localhost:1234", 2, 2)
     with pytest.raises(ValueError, match="distributed_timeout must be >= 1"):
         initialize("localhost:1234", 2, 0, timeout_s=0)
+    # nobody listens: one line, instead of jax aborting the process after the timeout with "another task died"
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=r"cannot reach the coordinator localhost:\d+ within 1 s \(Connection refused\)"):
+        initialize(f"localhost:{_free_port()}", 2, 1, timeout_s=1)
+    assert 1 <= time.monotonic() - t0 < 10

@@ -133,6 +133,9 @@ def test_wrong_command_wrong_directory_and_wrong_mesh_write_nothing(tmp_path):
         run(smoke(), a_file)
     with pytest.raises(ValueError, match="batch_size=12 does not split over the 8 devices"):
         train(smoke(**{"train.batch_size": 12}), tmp_path / "m", progress=False, devices=jax.devices())
+    with pytest.raises(ValueError, match=r"mesh data=3 x fsdp=1 does not use the 8 available devices; set "
+                                         r"config.mesh.data / config.mesh.fsdp so that their product is 8"):
+        train(smoke(**{"mesh.data": 3}), tmp_path / "m", progress=False, devices=jax.devices())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and a_file.read_text() == "mine"
 
 

@@ -148,7 +148,9 @@ def test_a_text_teacher_distils_into_a_student_with_its_components(trained, tmp_
     prompts = ["a small 4 above a 2", "a 9"]
     want, _ = draw(teacher, teacher.params(6), spec, 2, prompts=prompts)
     got, _ = draw(student, student.params(8), spec, 2, prompts=prompts)
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    # Adam's first steps move each weight by ~lr: a float32 ulp here and there, which two DDIM steps and the VAE
+    # decoder amplify to ~2e-5 at most (measured in CI); a wrong component would be off by ~0.1
+    np.testing.assert_allclose(got, want, atol=1e-4)
     from launch.distill_experiment import TeacherError
     from configs.common import distill_config
 
