@@ -53,7 +53,7 @@ def activation_estimate(config, info, per_device_batch: int, policies) -> dict[s
     return out
 
 
-def other_policies(configured: str) -> list[str]:
+def policies_from(configured: str) -> list[str]:
     """``configured`` first, then the other remat policies."""
     from diffusion.nn.remat import POLICIES, check_policy
 
@@ -86,7 +86,7 @@ def main(argv):
     make = state_factory(lambda key: init_params(config, info, key), make_optimizer_from(config.train),
                          jax.random.PRNGKey(config.seed))
     activations = activation_estimate(copy.deepcopy(config), info, config.train.batch_size // devices,
-                                      other_policies(config.model.remat))
+                                      policies_from(config.model.remat))
     memory = state_memory(abstract_state(make, mesh)[0], activations)
     print(f"{devices} devices (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}), batch "
           f"{config.train.batch_size} ({config.train.batch_size // devices} per device)")
