@@ -189,6 +189,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.steps < 1 or args.repeats < 1:
         ap.error(f"--steps and --repeats must be >= 1, got {args.steps} and {args.repeats}")
+    if args.out is not None:  # checked now, not after minutes of measuring
+        import pathlib
+        import tempfile
+
+        parent = pathlib.Path(args.out).parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            tempfile.NamedTemporaryFile(dir=parent).close()
+        except OSError as e:
+            ap.error(f"--out {args.out} cannot be written: {e.strerror or e}")
+        if pathlib.Path(args.out).is_dir():
+            ap.error(f"--out {args.out} is a directory; give a .json file path")
     return args
 
 

@@ -71,15 +71,18 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5) -> 
 
 
 def emit(result: dict, out: str | None) -> None:
-    """Prints the result as JSON and writes it to ``out`` when given."""
+    """Prints the result as JSON and writes it to ``out`` when given (atomically)."""
     import json
     import pathlib
 
     text = json.dumps(result, indent=2, default=str)
     print(text)
-    if out:
-        pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(out).write_text(text + "\n")
+    if out:  # atomically: a run killed while writing leaves the old file (or none), never half of one
+        path = pathlib.Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(path)
 
 
 def write_keeping_verdict(path, text: str) -> None:

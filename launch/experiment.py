@@ -7,7 +7,6 @@ Used by ``python -m launch.train`` and by the tests (in-process, sharing compile
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import pathlib
@@ -129,22 +128,27 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, pro
     return run_experiment(config, workdir, exp, progress=progress, devices=devices)
 
 
+def check_batch_splits(batch_size: int, devices: int) -> None:
+    """The global batch must split evenly over the mesh's devices."""
+    if batch_size % devices:
+        raise ValueError(f"config.train.batch_size={batch_size} does not split over the {devices} devices of the mesh; "
+                         f"use a multiple of {devices}")
+
+
 def check_buildable(config: ml_collections.ConfigDict, exp: Experiment, mesh, workdir: pathlib.Path) -> None:
     """What can only fail once built, built before anything is written: the global batch
     on the mesh, the train state's memory per device (printed; where the backend reports
     the device's memory, with the step's activations with and without remat, and refused
     when it cannot fit), and both sampler specs against the model."""
     devices = mesh.devices.size
-    if config.train.batch_size % devices:
-        raise ValueError(f"config.train.batch_size={config.train.batch_size} does not split over the {devices} "
-                         f"devices of the mesh; use a multiple of {devices}")
+    check_batch_splits(config.train.batch_size, devices)
     capacity = device_capacity()
     activations = None
     if capacity is not None and exp.denoiser is not None:  # an accelerator: the fit check counts activations too
         from launch.memory import activation_estimate
 
         configured = config.model.get("remat", "off")
-        activations = activation_estimate(copy.deepcopy(config), exp.info, config.train.batch_size // devices,
+        activations = activation_estimate(config, exp.info, config.train.batch_size // devices,
                                           [configured, "nothing_saveable" if configured == "off" else "off"])
     memory = state_memory(abstract_state(exp.make, mesh, *exp.make_args)[0], activations)
     if jax.process_index() == 0:

@@ -28,13 +28,17 @@ FLAGS = flags.FLAGS
 
 def activation_estimate(config, info, per_device_batch: int, policies) -> dict[str, int]:
     """``{policy: bytes}`` the network's training step keeps for its backward pass on one
-    device (``per_device_batch`` samples), for each remat policy in ``policies``."""
+    device (``per_device_batch`` samples), for each remat policy in ``policies``
+    (``config`` is not changed)."""
+    import copy
+
     import jax
     import jax.numpy as jnp
 
     from diffusion.train.memory import activation_bytes
     from launch.builders import build_network, init_params, network_inputs
 
+    config = copy.deepcopy(config)
     inputs = network_inputs(config, info, per_device_batch)
     params = jax.eval_shape(lambda: init_params(config, info, jax.random.PRNGKey(0)))
     out = {}
@@ -61,37 +65,45 @@ def policies_from(configured: str) -> list[str]:
     return [configured, *(p for p in POLICIES if p != configured)]
 
 
-def main(argv):
-    import copy
+def estimate(config, devices=None) -> tuple:
+    """``(diffusion.train.memory.StateMemory with every policy's activations, mesh)`` of a training ``config`` on a
+    mesh of ``devices`` (default: all); every input is checked before anything is traced.
 
+    Raises:
+      ValueError: a bad config, a VAE config, a mesh or batch that does not fit the devices.
+    """
     import jax
 
-    from diffusion.train.memory import gib, state_memory
+    from diffusion.train.memory import state_memory
     from diffusion.train.setup import abstract_state, state_factory
     from diffusion.train.sharding import make_mesh
     from launch.builders import build_source, init_params
-    from launch.experiment import make_optimizer_from
+    from launch.experiment import check_batch_splits, make_optimizer_from
     from launch.validation import validate_config
 
-    config = FLAGS.config
     validate_config(config, "train")
     if config.model.kind == "vae":
         raise ValueError("launch.memory estimates diffusion models; this config trains a VAE")
-    mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
-    devices = mesh.devices.size
-    if config.train.batch_size % devices:
-        raise ValueError(f"config.train.batch_size={config.train.batch_size} does not split over the {devices} "
-                         f"devices of the mesh; use a multiple of {devices}")
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+    check_batch_splits(config.train.batch_size, mesh.devices.size)
     _, info = build_source(config)
     make = state_factory(lambda key: init_params(config, info, key), make_optimizer_from(config.train),
                          jax.random.PRNGKey(config.seed))
-    activations = activation_estimate(copy.deepcopy(config), info, config.train.batch_size // devices,
+    activations = activation_estimate(config, info, config.train.batch_size // mesh.devices.size,
                                       policies_from(config.model.remat))
-    memory = state_memory(abstract_state(make, mesh)[0], activations)
+    return state_memory(abstract_state(make, mesh)[0], activations), mesh
+
+
+def main(argv):
+    from diffusion.train.memory import gib
+
+    config = FLAGS.config
+    memory, mesh = estimate(config)
+    devices = mesh.devices.size
     print(f"{devices} devices (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}), batch "
           f"{config.train.batch_size} ({config.train.batch_size // devices} per device)")
-    print(memory.describe(None).split(";")[0])
-    for policy, size in activations.items():
+    print(memory.describe_state())
+    for policy, size in memory.activations.items():
         print(f"  remat {policy:<34} activations {gib(size):>10}, with the state {gib(memory.state + size):>10}")
 
 

@@ -59,10 +59,13 @@ class StateMemory:
         """The state plus the configured policy's activations (when estimated)."""
         return self.state + next(iter(self.activations.values()), 0)
 
+    def describe_state(self) -> str:
+        return (f"train state per device: params {gib(self.params)}, optimizer {gib(self.optimizer)}, "
+                f"EMA and method state {gib(self.other)}: {gib(self.state)}")
+
     def describe(self, capacity: int | None) -> str:
         of = f" of {gib(capacity)} on the device" if capacity else ""
-        text = (f"train state per device: params {gib(self.params)}, optimizer {gib(self.optimizer)}, "
-                f"EMA and method state {gib(self.other)}: {gib(self.state)}")
+        text = self.describe_state()
         if not self.activations:
             return text + f"{of} (activations come on top: python -m launch.memory --config ... estimates them)"
         (policy, configured), *others = self.activations.items()

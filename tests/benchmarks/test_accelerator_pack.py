@@ -1,6 +1,8 @@
 """The accelerator pack's parts that need no accelerator: the peak table it divides by,
 its flags, and one training row on a tiny network (the FLOPs XLA counts for the step)."""
 
+import json
+
 import jax
 import pytest
 
@@ -19,6 +21,23 @@ def test_bad_counts_are_one_line(argv, capsys):
     with pytest.raises(SystemExit) as e:
         accelerator.parse_args(argv)
     assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_an_unwritable_out_is_refused_before_measuring(tmp_path, capsys):
+    for out, why in ((tmp_path, "is a directory"), (tmp_path / "file" / "r.json", "cannot be written")):
+        (tmp_path / "file").write_text("not a directory")
+        with pytest.raises(SystemExit) as e:
+            accelerator.parse_args(["--out", str(out)])
+        assert e.value.code == 2 and why in capsys.readouterr().err
+
+
+def test_results_are_written_whole(tmp_path, capsys):
+    from benchmarks.common import emit
+
+    out = tmp_path / "r.json"
+    out.write_text("old")
+    emit({"a": 1}, str(out))
+    assert json.loads(out.read_text()) == {"a": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
 
 
 def test_a_training_row_reports_steps_flops_and_mfu():

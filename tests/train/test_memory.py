@@ -140,3 +140,23 @@ def test_the_memory_command_prints_every_policy():
                           "--config.model.remat=everything"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[0].startswith(
         "error: config.model.remat is 'everything'; expected one of off, nothing_saveable"), bad.stderr
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"train.batch_size": 0}, "config.train.batch_size must be an integer >= 1, got 0"),
+    ({"train.batch_size": -8}, "config.train.batch_size must be an integer >= 1, got -8"),
+    ({"train.batch_size": 12}, "batch_size=12 does not split over the 8 devices of the mesh; use a multiple of 8"),
+    ({"mesh.data": 3}, "mesh data=3 x fsdp=1 does not use the 8 available devices"),
+    ({"model.remat": "nan"}, "config.model.remat is .nan.; expected one of off, nothing_saveable"),
+    ({"model.kind": "vae"}, "estimates diffusion models; this config trains a VAE"),
+])
+def test_the_memory_estimate_checks_its_config_first(overrides, match):
+    from configs import digits
+    from launch.memory import estimate
+
+    config = digits.get_config()
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    with pytest.raises(ValueError, match=match):
+        estimate(config)
