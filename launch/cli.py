@@ -107,16 +107,23 @@ def with_clean_errors(main):
         except (ValueError, OSError) as e:
             if flags.FLAGS["verbosity"].present:
                 raise
-            # orbax's writer coroutines, abandoned by a failed save, would each print a warning at exit
+            # orbax's writer coroutines and futures, abandoned by a failed save, would each print a
+            # warning or an asyncio "exception was never retrieved" record when collected at exit
             warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+            std_logging.getLogger("asyncio").disabled = True
             print(f"error: {e}\n(add --verbosity=1 for the traceback)", file=sys.stderr, flush=True)
             sys.exit(2)
 
     return wrapped
 
 
-def _from_orbax(tb) -> bool:
-    return any("/orbax/" in f.filename.replace("\\", "/") for f in traceback.extract_tb(tb))
+def _from_orbax(exc_info) -> bool:
+    """Whether an exception was raised in orbax's code or is about an orbax save's temporary
+    directory (tensorstore's write errors carry no Python frames, only the path)."""
+    _, exc, tb = exc_info
+    if ".orbax-checkpoint-tmp" in str(exc):
+        return True
+    return tb is not None and any("/orbax/" in f.filename.replace("\\", "/") for f in traceback.extract_tb(tb))
 
 
 class _QuietOrbax:
@@ -128,7 +135,7 @@ class _QuietOrbax:
     def filter(record) -> bool:
         if "/orbax/" in record.pathname.replace("\\", "/"):
             return False
-        return not (record.exc_info and record.exc_info[2] is not None and _from_orbax(record.exc_info[2]))
+        return not (record.exc_info and record.exc_info[1] is not None and _from_orbax(record.exc_info))
 
 
 def _quiet_closed_loop_hook(previous):
