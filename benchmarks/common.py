@@ -77,12 +77,11 @@ def emit(result: dict, out: str | None) -> None:
 
     text = json.dumps(result, indent=2, default=str)
     print(text)
-    if out:  # atomically: a run killed while writing leaves the old file (or none), never half of one
-        path = pathlib.Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(path)
+    if out:
+        from launch import files
+
+        pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
+        files.write_text(out, text + "\n")
 
 
 def write_keeping_verdict(path, text: str) -> None:
@@ -94,4 +93,6 @@ def write_keeping_verdict(path, text: str) -> None:
     old = path.read_text() if path.exists() else ""
     if "## Verdict" in old and "VERDICT" not in old:
         text = text.replace("## Verdict\n\nVERDICT\n", "## Verdict" + old.split("## Verdict", 1)[-1])
-    path.write_text(text)
+    from launch import files
+
+    files.write_text(path, text)

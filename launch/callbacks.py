@@ -12,6 +12,7 @@ import ml_collections
 from diffusion.data import DatasetInfo
 from diffusion.metrics.grid import save_grid
 from diffusion.train.state import TrainState
+from launch import files
 from launch.generate import class_labels, generate
 from launch.phast_files import external_for
 from sampling.registry import ModelCaps
@@ -67,7 +68,7 @@ def final_fd_callback(denoiser, caps: ModelCaps, info: DatasetInfo, config: ml_c
     def fn(step: int, state: TrainState):
         result = {"step": step, **fd_digits_eval(denoiser, caps, state.ema_params, info, config, workdir)}
         if jax.process_index() == 0:
-            (workdir / FD_FILE).write_text(json.dumps(result, indent=2) + "\n")
+            files.write_text(workdir / FD_FILE, json.dumps(result, indent=2) + "\n")
             print(f"FD-digits at step {step}: {result['fd_digits']:.3f}"
                   + (f", class accuracy {result['class_accuracy']:.3f}" if "class_accuracy" in result else "")
                   + f" ({result['num']} samples, {result['sampler']})", flush=True)

@@ -26,7 +26,7 @@ import time
 
 from absl import flags
 
-from launch import cli
+from launch import cli, files
 from launch.workdir import lock
 
 flags.DEFINE_string("workdir", None, "A trained work directory.")
@@ -143,7 +143,7 @@ def default_sweep(config) -> str | None:
 def write_report(records: list[dict], out_dir: pathlib.Path, title: str) -> None:
     from launch.report import markdown, plots
 
-    (out_dir / "report.md").write_text(markdown(records, title))
+    files.write_text(out_dir / "report.md", markdown(records, title))
     plots(records, out_dir)
 
 

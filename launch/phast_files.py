@@ -14,6 +14,7 @@ import pathlib
 
 import numpy as np
 
+from launch import files
 from sampling.spec import TAG_VERSION, SamplerSpec
 
 CACHING = ("attention_reuse", "feature_cache")  # what a PHAST schedule's sampler leaves out
@@ -32,9 +33,7 @@ def save_schedule(path: pathlib.Path, spec: SamplerSpec, schedule: np.ndarray, i
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"tag_version": TAG_VERSION, "sampler": reference(spec).to_string(), "tag": reference(spec).tag(),
             "num_steps": int(len(schedule)), "reuse_steps": np.flatnonzero(schedule).tolist(), **info}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
+    files.write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def load_schedule(workdir, spec: SamplerSpec, k: int) -> np.ndarray:

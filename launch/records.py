@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+from launch import files
 from sampling.spec import TAG_VERSION, SamplerSpec
 
 V1_FIELDS = ("solver", "steps", "grid", "guidance", "time_shift", "time_shift_mode", "eta", "attention_reuse",
@@ -75,6 +76,4 @@ def load_records(path: pathlib.Path, log=print) -> list[dict]:
 
 
 def save_records(path: pathlib.Path, records: list[dict], meta: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**meta, "tag_version": TAG_VERSION, "records": records}, indent=1) + "\n")
-    tmp.replace(path)  # atomic: a kill never leaves half a report
+    files.write_text(path, json.dumps({**meta, "tag_version": TAG_VERSION, "records": records}, indent=1) + "\n")

@@ -33,7 +33,7 @@ import time
 import numpy as np
 from absl import flags
 
-from launch import cli
+from launch import cli, files
 
 flags.DEFINE_string("workdir", None, "A trained work directory.")
 cli.define_sampler_flags()
@@ -122,10 +122,11 @@ def main(argv):
     if truth is not None:
         settings["source"] = FLAGS.source
     extra = {} if truth is None else {"truth": to_uint8(truth)}
-    np.savez_compressed(npz, images=to_uint8(images), **extra,
-                        labels=conds.get("label", np.zeros(0, np.int32)),
-                        prompts=np.asarray(cycled_prompts(FLAGS.num, prompts) if prompts else [], dtype=str),
-                        settings=json.dumps(settings))
+    with files.replacing(npz) as f:  # a killed run leaves no half file that a rerun would refuse to replace
+        np.savez_compressed(f, images=to_uint8(images), **extra,
+                            labels=conds.get("label", np.zeros(0, np.int32)),
+                            prompts=np.asarray(cycled_prompts(FLAGS.num, prompts) if prompts else [], dtype=str),
+                            settings=json.dumps(settings))
     if images.ndim == 5:  # videos [N, F, H, W, C]: a filmstrip, one video per row, and a GIF
         save_grid(images[:16].reshape(-1, *images.shape[2:]), png, nrow=images.shape[1],
                   scale=max(1, 32 // images.shape[2]))

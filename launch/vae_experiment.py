@@ -23,6 +23,7 @@ from diffusion.nn.vae import AutoencoderKL, VAEConfig
 from diffusion.train.loop import Callback
 from diffusion.train.setup import state_factory
 from diffusion.train.vae_objective import make_vae_loss
+from launch import files
 
 EVAL_FILE = "vae_eval.json"
 STATS_IMAGES = 1024  # training images whose latent standard deviation sets the scaling factor
@@ -101,7 +102,7 @@ def vae_callbacks(vae: AutoencoderKL, config: ml_collections.ConfigDict, workdir
         result = {"step": step, "psnr_heldout": mean_psnr(recon, images), "num": len(images),
                   **latent_stats(vae, state.ema_params, config)}
         if jax.process_index() == 0:
-            (workdir / EVAL_FILE).write_text(json.dumps(result, indent=2) + "\n")
+            files.write_text(workdir / EVAL_FILE, json.dumps(result, indent=2) + "\n")
             print(f"VAE at step {step}: held-out PSNR {result['psnr_heldout']:.2f} dB, latent std "
                   f"{result['latent_std']:.3f} -> scaling factor {result['scaling_factor']:.4f}", flush=True)
         return {"psnr_heldout": result["psnr_heldout"]}

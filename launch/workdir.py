@@ -19,6 +19,7 @@ from typing import Any, Iterable, Iterator
 import jax
 
 from configs.common import RESUMABLE_KEYS, upgrade_config
+from launch import files
 
 LOCK_FILE = ".lock"
 
@@ -108,9 +109,7 @@ def write_config(workdir: pathlib.Path, config: dict) -> None:
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     path = workdir / "config.json"
     if jax.process_index() == 0 and not (path.exists() and path.read_text() == text):
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        files.write_text(path, text)
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import pathlib
 from benchmarks.common import machine, write_keeping_verdict
 from diffusion.train.writer import read_metrics
 from distill.progressive import students_steps
+from launch import files
 from launch.evaluate import run_cells
 from launch.run_loader import load_run
 from launch.sweep import parse_sweep
@@ -83,7 +84,7 @@ def main():
     res["cost"] = {w: training_cost(f"runs/{w}") for w in
                    ("digits_v", "digits_progressive", "digits_guided", "digits_consistency", "digits_guided_p1.0")}
     out = pathlib.Path(args.out)
-    (out / "distillation.json").write_text(json.dumps(res, indent=1) + "\n")
+    files.write_text(out / "distillation.json", json.dumps(res, indent=1) + "\n")
     write_keeping_verdict(out / "distillation.md", markdown(res))
     print(f"wrote {out / 'distillation.md'}")
 

@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 from benchmarks.common import machine, write_keeping_verdict
+from launch import files
 from launch.records import load_records, save_records
 from launch.run_loader import load_run
 from scripts.scenes_results import training
@@ -148,9 +149,9 @@ def main():
     out = pathlib.Path(args.out)
     from diffusion.metrics.grid import save_grid
 
-    save_grid(np.concatenate([np.load(e["samples"]) for e in entries] + [thick[:GRID_PER_ROW]]),
+    save_grid(np.concatenate([files.load_npy(e["samples"]) for e in entries] + [thick[:GRID_PER_ROW]]),
               out / "pso_samples.png", nrow=GRID_PER_ROW, scale=3)
-    (out / "pso.json").write_text(json.dumps(res, indent=1) + "\n")
+    files.write_text(out / "pso.json", json.dumps(res, indent=1) + "\n")
     write_keeping_verdict(out / "pso.md", markdown(res))
     print(f"wrote {out / 'pso.md'}")
 

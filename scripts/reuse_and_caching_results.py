@@ -34,6 +34,7 @@ import numpy as np
 from benchmarks.common import flops_of, machine, time_interleaved, write_keeping_verdict
 from diffusion.metrics.psnr import mean_psnr
 from diffusion.contract import COMPUTE, Modes
+from launch import files
 from launch.phast_files import external_for
 from launch.reuse_search import search_for_run
 from launch.run_loader import load_run
@@ -320,7 +321,7 @@ def main():
             result["cost"] = cost_table(bench)
         result["runs"].append(experiments(bench, args.phast_evals, full=i == 0))
     result["wall_s"] = time.time() - t0
-    (out / "reuse_and_caching.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    files.write_text(out / "reuse_and_caching.json", json.dumps(result, indent=1, default=float) + "\n")
     plot(result["runs"], out)
     md = out / "reuse_and_caching.md"
     write_keeping_verdict(md, markdown(result))

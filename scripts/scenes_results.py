@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from benchmarks.common import machine, write_keeping_verdict
+from launch import files
 from launch.evaluate import run_cells
 from launch.scoring import caption_tag
 from launch.run_loader import load_run
@@ -232,7 +233,7 @@ def main():
     r["distill"] = distill_section(teacher, student, args.num)
     r["reuse"] = {"num": args.reuse_num, **reuse_section(teacher, args.reuse_num)}
     r["wall_s"] = time.time() - t0
-    (out / "scenes.json").write_text(json.dumps(r, indent=1, default=float) + "\n")
+    files.write_text(out / "scenes.json", json.dumps(r, indent=1, default=float) + "\n")
     write_keeping_verdict(out / "scenes.md", markdown(r))
     print(f"wrote {out / 'scenes.md'} in {r['wall_s']:.0f}s")
 

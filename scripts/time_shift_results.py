@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import machine, time_interleaved, write_keeping_verdict
+from launch import files
 from launch.evaluate import run_cells
 from launch.generate import class_labels
 from launch.run_loader import load_run
@@ -220,7 +221,7 @@ def main():
         "diagnostic": variance_diagnostic(run, params, best, args.num, out),
         "wall_s": time.time() - t0,
     }
-    (out / "time_shift.json").write_text(json.dumps(result, indent=1) + "\n")
+    files.write_text(out / "time_shift.json", json.dumps(result, indent=1) + "\n")
     md = out / "time_shift.md"
     write_keeping_verdict(md, markdown(result))
     print(f"wrote {md} and {out / 'time_shift.json'} in {result['wall_s']:.0f}s")

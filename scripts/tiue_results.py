@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import machine, time_interleaved, write_keeping_verdict
+from launch import files
 from launch.records import load_records, save_records
 from launch.run_loader import load_run
 from launch.sweep import parse_sweep
@@ -221,7 +222,7 @@ def figures(res: dict, out: pathlib.Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "tiue_similarity.png", dpi=110)
     plt.close(fig)
-    rows = [np.load(e["samples"]) for e in res["entries"]]
+    rows = [files.load_npy(e["samples"]) for e in res["entries"]]
     save_grid(np.concatenate(rows), out / "tiue_samples.png", nrow=GRID_PER_ROW, scale=3)
 
 
@@ -256,7 +257,7 @@ def main():
            "training": {w: training(w) for w in sorted({e["workdir"] for e in entries} - {TEACHER})}}
     out = pathlib.Path(args.out)
     figures(res, out)
-    (out / "tiue.json").write_text(json.dumps(res, indent=1) + "\n")
+    files.write_text(out / "tiue.json", json.dumps(res, indent=1) + "\n")
     write_keeping_verdict(out / "tiue.md", markdown(res))
     print(f"wrote {out / 'tiue.md'}")
 

@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from benchmarks.common import machine, write_keeping_verdict
+from launch import files
 from launch.evaluate import run_cells
 from launch.run_loader import load_run
 from launch.sweep import Cell
@@ -287,7 +288,7 @@ def main():
     figures(runs, out, args.long)
     r["criteria"] = criteria(r)
     r["wall_s"] = time.time() - t0
-    (out / "video_fvdm.json").write_text(json.dumps(r, indent=1, default=float) + "\n")
+    files.write_text(out / "video_fvdm.json", json.dumps(r, indent=1, default=float) + "\n")
     write_keeping_verdict(out / "video_fvdm.md", markdown(r))
     print(f"wrote {out / 'video_fvdm.md'} in {r['wall_s']:.0f}s")
 
