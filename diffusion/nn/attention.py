@@ -24,10 +24,11 @@ def heads_first(x: jnp.ndarray) -> jnp.ndarray:
 def attention_weights(q: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
     """``softmax(q k^T / sqrt(d))``: ``q [B, H, Lq, D]``, ``k [B, H, Lk, D]`` -> ``[B, H, Lq, Lk]``.
 
-    The softmax runs in float32 whatever the compute dtype.
+    The logits and the softmax are float32 whatever the compute dtype: bf16 logits of
+    magnitude 50 are 0.25 apart, which moves the weights by up to 12%.
     """
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+    return jax.nn.softmax(logits / jnp.sqrt(q.shape[-1]).astype(jnp.float32), axis=-1).astype(q.dtype)
 
 
 MAPS = "attention_maps"  # the variable collection holding cached attention maps
