@@ -79,7 +79,8 @@ def build_network(config: ml_collections.ConfigDict, info: DatasetInfo):
     if config.get("text") is None:
         raise ValueError("the SD UNet is text-conditioned: set config.text (the text encoder)")
     return SDUNet(sd_unet_config(config.model), num_train_timesteps=config.diffusion.num_steps,
-                  dtype=DTYPES[config.model.dtype], remat=config.model.get("remat", "off"))
+                  dtype=DTYPES[config.model.dtype], remat=config.model.get("remat", "off"),
+                  dropout=config.model.dropout)
 
 
 def build_unet(model: ml_collections.ConfigDict, info: DatasetInfo) -> UNet:

@@ -133,20 +133,23 @@ def timestep_embedding(k: jnp.ndarray, dim: int, flip_sin_to_cos: bool, freq_shi
 
 
 class SDResnet(nn.Module):
-    """diffusers' ``ResnetBlock2D``: ``x [B, H, W, Cin], temb [B, D] -> [B, H, W, out]``."""
+    """diffusers' ``ResnetBlock2D``: ``x [B, H, W, Cin], temb [B, D] -> [B, H, W, out]``;
+    ``dropout`` (training only) before ``conv2``, where diffusers puts it."""
 
     out_channels: int
     groups: int
     eps: float
     dtype: jnp.dtype = jnp.float32
+    dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, temb: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, temb: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         norm = lambda name: nn.GroupNorm(self.groups, epsilon=self.eps, dtype=self.dtype, name=name)  # noqa: E731
         conv = lambda name, k=3: nn.Conv(self.out_channels, (k, k), padding="SAME", dtype=self.dtype, name=name)  # noqa: E731
         h = conv("conv1")(nn.silu(norm("norm1")(x)))
         h = h + nn.Dense(self.out_channels, dtype=self.dtype, name="time_emb_proj")(nn.silu(temb))[:, None, None, :]
-        h = conv("conv2")(nn.silu(norm("norm2")(h)))
+        h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(norm("norm2")(h)))
+        h = conv("conv2")(h)
         if x.shape[-1] != self.out_channels:
             x = conv("conv_shortcut", 1)(x)
         return x + h
@@ -165,6 +168,7 @@ class SDUNet(nn.Module):
     num_train_timesteps: int = 1000
     dtype: jnp.dtype = jnp.float32
     remat: str = "off"  # the blocks' rematerialisation policy in training (diffusion.nn.remat)
+    dropout: float = 0.0  # in every resnet, training only (config.model.dropout)
 
     def down_blocks(self) -> list[tuple[str, int | None, int, int]]:
         """After ``conv_in``, in order: ``(name, width, heads, layers)`` of each resnet
@@ -219,11 +223,12 @@ class SDUNet(nn.Module):
         conv = lambda width, name, stride=1: nn.Conv(width, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),  # noqa: E731
                                                      dtype=self.dtype, name=name)
 
-        resnet = remat.block(SDResnet, self.remat, train)
+        resnet = remat.block(SDResnet, self.remat, train, static_argnums=(3,))
         transformer = remat.block(Transformer2D, self.remat, train, static_argnums=(3,))
 
         def res_attn(h, name, width, heads, layers):
-            h = resnet(width, c.norm_num_groups, c.norm_eps, self.dtype, name=name.format("resnets"))(h, temb)
+            h = resnet(width, c.norm_num_groups, c.norm_eps, self.dtype, self.dropout, name=name.format("resnets"))(
+                h, temb, train)
             if heads:
                 h = transformer(heads, c.norm_num_groups, layers, self.dtype, name=name.format("attentions"))(
                     h, context, modes.attention)
@@ -242,10 +247,12 @@ class SDUNet(nn.Module):
 
         if not retrieve and part != "decode":  # the middle block
             width = h.shape[-1]
-            h = resnet(width, c.norm_num_groups, c.norm_eps, self.dtype, name="mid_block_resnets_0")(h, temb)
+            h = resnet(width, c.norm_num_groups, c.norm_eps, self.dtype, self.dropout, name="mid_block_resnets_0")(
+                h, temb, train)
             h = transformer(c.num_heads[-1], c.norm_num_groups, c.transformer_layers[-1], self.dtype,
                             name="mid_block_attentions_0")(h, context, modes.attention)
-            h = resnet(width, c.norm_num_groups, c.norm_eps, self.dtype, name="mid_block_resnets_1")(h, temb)
+            h = resnet(width, c.norm_num_groups, c.norm_eps, self.dtype, self.dropout, name="mid_block_resnets_1")(
+                h, temb, train)
         if part == "encode":
             return EncoderFeatures(tuple(skips), h)
 

@@ -152,3 +152,33 @@ def test_sd_unet_speed_refuses_bad_flags(argv, message, capsys):
         parse_args(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert parse_args(["--batches", "1,2", "--size", "16"]).batch_list == [1, 2]
+
+
+def test_dropout_acts_in_training_only(sd1):
+    """config.model.dropout reaches the SD UNet's resnets (before conv2, as in diffusers):
+    sampling ignores it; in training it draws from the 'dropout' rng, the same with and
+    without remat; at rate 1 nothing before a resnet's dropout reaches the output, so those
+    parameters get exactly zero gradient."""
+    config, params = sd1
+    x, ctx = inputs()
+    t = jnp.full((2,), 0.6)
+    plain = SDUNet(config).apply({"params": params}, x, t, ctx)
+    net = SDUNet(config, dropout=0.5)
+    np.testing.assert_array_equal(net.apply({"params": params}, x, t, ctx), plain)
+
+    def train(net, key, p=params):
+        return net.apply({"params": p}, x, t, ctx, train=True, rngs={"dropout": jax.random.key(key)})
+
+    a = train(net, 0)
+    np.testing.assert_array_equal(train(net, 0), a)
+    assert float(jnp.max(jnp.abs(a - plain))) > 1e-2 * float(jnp.max(jnp.abs(plain)))
+    assert float(jnp.max(jnp.abs(train(net, 1) - a))) > 1e-2 * float(jnp.max(jnp.abs(plain)))
+    np.testing.assert_allclose(train(SDUNet(config, dropout=0.5, remat="nothing_saveable"), 0), a, rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(a))))
+    grads = jax.grad(lambda p: jnp.sum(train(SDUNet(config, dropout=1.0), 0, p) ** 2))(params)
+    before_dropout = {"conv1", "norm1", "norm2", "time_emb_proj"}
+    blocked = {k: v for k, v in jax.tree_util.tree_leaves_with_path(grads)
+               if "resnets" in jax.tree_util.keystr(k[:1]) and k[1].key in before_dropout}
+    assert len(blocked) >= 4 * 5  # every resnet's conv1, norm1, norm2 and time_emb_proj
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in blocked.values())
+    assert float(jnp.max(jnp.abs(grads["conv_in"]["kernel"]))) > 0  # the skips still carry the input
