@@ -24,20 +24,33 @@ FD_FILE = "fd_digits.json"
 def sample_grid_callback(denoiser, caps: ModelCaps, info: DatasetInfo, config: ml_collections.ConfigDict,
                          workdir: pathlib.Path):
     """Writes ``samples/step_XXXXXX.png`` from the EMA params with ``config.sample.sampler``
-    (one row per class)."""
+    (one row per class; a video model: one video per row, under the sampler's plan, whose
+    given frames come from the first held-out videos)."""
     classes = caps.null_label
     spec = SamplerSpec.parse(config.sample.sampler)
+    truth = None
+    if info.num_frames is not None:
+        from launch.scoring import VIDEO_TRUTH_SPLIT
+        from launch.video import needs_truth, truth_videos, video_length
+
+        if needs_truth(spec, info.num_frames):  # read once, before training starts
+            truth = truth_videos(config, VIDEO_TRUTH_SPLIT, config.sample.num, video_length(spec, info.num_frames))
 
     def fn(step: int, state: TrainState):
-        shape = info.image_shape if info.num_frames is None else (info.num_frames, *info.image_shape)
-        images = generate(denoiser, state.ema_params, shape, config.sample.num, spec, caps,
-                          batch_size=config.sample.num, seed=config.seed, labels=class_labels(config.sample.num, classes),
-                          external=external_for(workdir, spec))
-        if jax.process_index() == 0 and info.num_frames is not None:  # a filmstrip: one video per row
-            save_grid(images.reshape(-1, *images.shape[2:]), workdir / "samples" / f"step_{step:06d}.png",
-                      nrow=info.num_frames, scale=max(1, 32 // info.image_shape[0]))
-        elif jax.process_index() == 0:  # labels cycle 0..9, so column j shows class j
-            save_grid(images, workdir / "samples" / f"step_{step:06d}.png", nrow=classes or None,
+        path = workdir / "samples" / f"step_{step:06d}.png"
+        kwargs = dict(batch_size=config.sample.num, seed=config.seed, labels=class_labels(config.sample.num, classes),
+                      external=external_for(workdir, spec))
+        if info.num_frames is None:
+            images = generate(denoiser, state.ema_params, info.image_shape, config.sample.num, spec, caps, **kwargs)
+            if jax.process_index() == 0:  # labels cycle 0..9, so column j shows class j
+                save_grid(images, path, nrow=classes or None, scale=max(1, 32 // info.image_shape[0]))
+            return None
+        from launch.video import generate_video
+
+        videos = generate_video(denoiser, state.ema_params, (info.num_frames, *info.image_shape), config.sample.num,
+                                spec, caps, truth=truth, **kwargs)
+        if jax.process_index() == 0:  # a filmstrip: one video per row
+            save_grid(videos.reshape(-1, *videos.shape[2:]), path, nrow=videos.shape[1],
                       scale=max(1, 32 // info.image_shape[0]))
         return None
 

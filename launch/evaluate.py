@@ -87,7 +87,7 @@ def _run_cells(run, ckpts, cells, path: pathlib.Path, num, batch_size, command, 
         if run.caps.frames is not None:
             images = generate_video(run.denoiser, params, run.sample_shape, num, cell.spec, run.caps,
                                     truth=scoring.truth(cell.spec), seed=cell.seed, batch_size=batch_size,
-                                    labels=scoring.labels, external=external_for(run.workdir, cell.spec))
+                                    labels=scoring.labels, external=external_for(run.workdir, cell.spec), mesh=mesh)
         else:
             images = generate(run.denoiser, params, run.sample_shape, num, cell.spec, run.caps,
                               batch_size=batch_size, seed=cell.seed, labels=scoring.labels, conds=scoring.conds,

@@ -131,7 +131,7 @@ def draw(run: Any, params: Any, spec: SamplerSpec, num: int, *, seed: int = 0, b
     ``negative_prompt`` as guidance's null condition; a latent model's samples are decoded
     through its VAE. ``x_T`` replaces the initial noise (``[num, *run.sample_shape]``).
     A video model samples under the spec's plan (``launch.video.generate_video``; ``truth``:
-    the ground-truth videos its given frames come from). ``mesh``: split image batches over
+    the ground-truth videos its given frames come from). ``mesh``: split the batches over
     its devices (:func:`generate`)."""
     check_prompts(run, prompts)
     conds: dict[str, np.ndarray] = {}
@@ -146,7 +146,7 @@ def draw(run: Any, params: Any, spec: SamplerSpec, num: int, *, seed: int = 0, b
         from launch.video import generate_video
 
         out = generate_video(run.denoiser, params, run.sample_shape, num, spec, run.caps, truth=truth, seed=seed,
-                             batch_size=batch_size, labels=labels, progress=progress, external=external)
+                             batch_size=batch_size, labels=labels, progress=progress, external=external, mesh=mesh)
         return out, ({"label": labels} if labels is not None else {})
     out = generate(run.denoiser, params, run.sample_shape, num, spec, run.caps, batch_size=batch_size, seed=seed,
                    labels=labels, progress=progress, external=external, conds=conds, x_T=x_T, mesh=mesh)

@@ -49,21 +49,22 @@ def _with_frames(config: Any, frames: int):
 def generate_video(denoiser: Any, params: Any, shape: tuple[int, ...], num: int, spec: SamplerSpec, caps: Any, *,
                    truth: np.ndarray | None = None, seed: int = 0, batch_size: int = 500,
                    labels: np.ndarray | None = None, progress: bool = False,
-                   external: Mapping[str, Callable[..., Any]] | None = None) -> np.ndarray:
+                   external: Mapping[str, Callable[..., Any]] | None = None, mesh: Any = None) -> np.ndarray:
     """``[num, L, H, W, C]`` videos of a video model (``shape = (F, H, W, C)``) under the
     spec's plan; ``L`` is the long-video length or ``F``.
 
     The plan's given frames come from ``truth [num, >= F, H, W, C]``. Long video: the first
     window is the plan's own (its given frames, if any); window ``w >= 1`` gives its first
     ``F // 2`` frames, the previous window's last ones, and keeps its ``F - F // 2`` new
-    ones. Every window is the same compiled sampler."""
+    ones. Every window is the same compiled sampler. ``mesh``: each window's batches split
+    over its devices, as in :func:`launch.generate.generate`."""
     from launch.generate import generate
 
     frames = shape[0]
     knobs = spec.knobs("plan")
     run = lambda given, key=None: generate(  # noqa: E731
         denoiser, params, shape, num, spec, caps, batch_size=batch_size, seed=seed, labels=labels,
-        progress=progress, external=external, given=given, key=key)
+        progress=progress, external=external, given=given, key=key, mesh=mesh)
     if knobs is None:
         return run(None)
     first = given_frames(knobs, frames)

@@ -99,6 +99,56 @@ def test_launch_sample_writes_an_i2v_run_as_a_filmstrip_a_gif_and_the_truth(vide
     assert gif.n_frames == 4
 
 
+def test_the_training_sample_grid_takes_a_frame_giving_plan(video_run, tmp_path):
+    """config.sample.sampler with an i2v plan: the training callback gives the first
+    held-out videos' frame 0 (before, it failed asking for ground truth), and a long-video
+    plan draws the longer strip."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from diffusion.data import DatasetInfo
+    from launch.callbacks import sample_grid_callback
+    from launch.video import truth_videos
+
+    run = load_run(video_run)
+    state = SimpleNamespace(ema_params=run.params(run.select("latest")[0]))
+    info = DatasetInfo(image_shape=(16, 16, 1), num_classes=None, size=1, num_frames=4)
+    for sampler, frames in (("solver=ddim;steps=2;plan=i2v", 4), ("solver=ddim;steps=2;plan=long:6", 6)):
+        config = video_config(2)
+        config.sample.sampler, config.sample.num = sampler, 2
+        sample_grid_callback(run.denoiser, run.caps, info, config, tmp_path)(7, state)
+        strip = np.asarray(Image.open(tmp_path / "samples" / "step_000007.png"), np.float64)
+        assert strip.shape[:2] == (2 * 33 + 1, frames * 33 + 1)
+        if frames == 4:  # frame 0 of each row is the held-out video's, as make_grid draws it (2x, 1-pixel border)
+            truth = truth_videos(config, "heldout", 2, 4)[:, 0, ..., 0]
+            for row in range(2):
+                tile = strip[1 + 33 * row:33 * (row + 1):2, 1:33:2]
+                np.testing.assert_allclose(tile, np.round((truth[row] + 1) * 127.5), atol=1)
+
+
+def test_sharded_video_plans_equal_the_single_device_run(video_run):
+    """launch.sample and launch.evaluate split a video model's batches over every device
+    too: i2v (given frames placed with the batch) and long video (later windows) on the 8
+    fake devices equal the one-device videos, batches of 3 padded to 8, a short last one."""
+    from diffusion.train.sharding import make_mesh
+    from launch.video import generate_video, truth_videos
+    from sampling.spec import SamplerSpec
+
+    run = load_run(video_run)
+    params = run.params(run.select("latest")[0])
+    mesh = make_mesh(-1, 1, jax.devices())
+    assert mesh.devices.size == 8
+    for sampler in ("solver=ddim;steps=2;plan=i2v", "solver=ddim;steps=2;plan=long:6"):
+        spec = SamplerSpec.parse(sampler)
+        kwargs = dict(truth=truth_videos(run.config, "heldout", 5, 6 if "long" in sampler else 4), seed=2,
+                      batch_size=3)
+        one = generate_video(run.denoiser, params, run.sample_shape, 5, spec, run.caps, **kwargs)
+        sharded = generate_video(run.denoiser, params, run.sample_shape, 5, spec, run.caps, mesh=mesh, **kwargs)
+        np.testing.assert_allclose(sharded, one, rtol=0, atol=2e-6)  # float rounding, as for images
+        assert float(np.abs(one[0] - one[1]).max()) > 0.1
+
+
 def test_evaluate_sweeps_plans_with_the_video_metrics(video_run):
     from diffusion.metrics.psnr import mean_psnr
     from launch.evaluate import run_cells
