@@ -1,10 +1,12 @@
 r"""The accelerator benchmark pack: one command for the first figures on a new machine.
 
-    python -m benchmarks.accelerator --out docs/results/accelerator_<device>.json [--repeats 5]
+    python -m benchmarks.accelerator --out docs/results/accelerator_<device>.json [--repeats 5] \
+        [--sections training,sampling_vs_diffusers,reuse_and_caching]
+    python -m benchmarks.accelerator --recount docs/results/accelerator_<device>.json
 
 On whatever the default JAX backend is (one device), in one run:
 
-* **training**: steps/s, XLA FLOPs per step (cost analysis of the compiled step), achieved
+* **training**: steps/s, XLA FLOPs per step (cost analysis of the lowered step), achieved
   FLOP/s and MFU against the device's dense bf16 peak (:data:`PEAK_BF16`), compile time,
   for the CIFAR-10 config's UNet (bf16 compute, float32 params, the paper's batch and
   larger) and an SD-1.5-shaped latent UNet (64x64x4 latents, a 77 x 768 context) at
@@ -18,18 +20,24 @@ On whatever the default JAX backend is (one device), in one run:
 On a CPU it runs a reduced set and says so (``"reduced": true``): the CIFAR-10 UNet at a
 quarter of its width and batch 8, the SD-shaped UNet at an eighth of its width on 16x16
 latents, the sampler comparison at batch 64 with 10 steps, reuse and caching on the
-eighth-width UNet. Times are medians after warm-up (``benchmarks/common.py``).
+eighth-width UNet. Times are medians after warm-up (``benchmarks/common.py``). ``--out`` is
+rewritten after every training row and every section (``"complete": false`` until the end), so
+a run cut short keeps what it measured; ``--sections`` runs a subset. ``--recount`` recounts a
+result file's training FLOPs and MFU from the lowered steps, on any machine (:func:`recount`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from benchmarks.common import emit, flops_of, machine, time_fn, time_interleaved
+from launch import files
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets (without sparsity); matched
 # against jax's device_kind. Unknown kinds (and CPUs) report no MFU.
@@ -84,8 +92,10 @@ def sd_case(reduced: bool):
     return den, batch, "eps"
 
 
-def train_rate(den, batch_fn, weighting: str, batch: int, steps: int, peak: float | None) -> dict:
-    """Steps/s of one device's jitted train step (Adam, EMA) at ``batch``, its FLOPs and MFU."""
+def train_program(den, batch_fn, weighting: str, batch: int, abstract: bool = False):
+    """``(lowered step, state, data)`` of one device's jitted train step (Adam, EMA) at
+    ``batch``; ``abstract``: state and data are shapes only (for counting FLOPs, nothing is
+    allocated)."""
     from diffusion.train.objective import make_diffusion_loss
     from diffusion.train.optim import make_optimizer
     from diffusion.train.setup import abstract_state, init_state, jit_train_step, state_factory
@@ -93,19 +103,27 @@ def train_rate(den, batch_fn, weighting: str, batch: int, steps: int, peak: floa
     from diffusion.train.step import make_train_step
 
     mesh = make_mesh(1, 1, jax.devices()[:1])
-    data = batch_fn(batch, jax.random.PRNGKey(0))
-    probe = {k: v[:1] for k, v in data.items()}
+    data = (jax.eval_shape if abstract else (lambda f: f()))(lambda: batch_fn(batch, jax.random.PRNGKey(0)))
+    probe = {k: jnp.zeros((1, *v.shape[1:]), v.dtype) for k, v in data.items()}
     cond = {"context": probe["context"]} if "context" in probe else {}
     init = lambda key: den.module.init(key, probe["image"], jnp.zeros((1,)), **cond)["params"]  # noqa: E731
     optimizer = make_optimizer(1e-4, 0, 1000)
     make = state_factory(init, optimizer, jax.random.PRNGKey(1))
-    _, shardings = abstract_state(make, mesh)
-    state = init_state(make, shardings, mesh)
+    shapes, shardings = abstract_state(make, mesh)
     step = jit_train_step(make_train_step(make_diffusion_loss(den, weighting), optimizer, 0.999), shardings, mesh)
+    if abstract:
+        return step.lower(shapes, data), shapes, data
+    state = init_state(make, shardings, mesh)
     data = global_batch(jax.device_get(data), mesh)
+    return step.lower(state, data), state, data
+
+
+def train_rate(den, batch_fn, weighting: str, batch: int, steps: int, peak: float | None) -> dict:
+    """Steps/s of one device's jitted train step (Adam, EMA) at ``batch``, its FLOPs and MFU."""
+    lowered, state, data = train_program(den, batch_fn, weighting, batch)
     t0 = time.perf_counter()
-    compiled = step.lower(state, data).compile()
-    compile_s = time.perf_counter() - t0
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0  # XLA's compile of the traced, lowered step
     holder = {"state": state}
 
     def one():
@@ -113,19 +131,56 @@ def train_rate(den, batch_fn, weighting: str, batch: int, steps: int, peak: floa
         jax.block_until_ready(metrics["loss"])
 
     timing = time_fn(one, warmup=2, repeats=steps)
-    flops = flops_of(compiled)
-    achieved = flops / timing["median_s"]
-    return {"batch": batch, "compile_s": compile_s, "step_s_median": timing["median_s"],
-            "steps_per_s": 1.0 / timing["median_s"], "images_per_s": batch / timing["median_s"],
-            "step_tflop": flops / 1e12, "achieved_tflops": achieved / 1e12,
+    row = {"batch": batch, "compile_s": compile_s, "step_s_median": timing["median_s"],
+           "steps_per_s": 1.0 / timing["median_s"], "images_per_s": batch / timing["median_s"]}
+    return with_flops(row, flops_of(lowered), peak)
+
+
+def with_flops(row: dict, flops: float, peak: float | None) -> dict:
+    """``row`` with its step's TFLOP, the achieved TFLOP/s at its median step time and the MFU."""
+    achieved = flops / row["step_s_median"]
+    return {**row, "step_tflop": flops / 1e12, "achieved_tflops": achieved / 1e12,
             "mfu": None if peak is None else achieved / peak}
 
 
-def training(reduced: bool, steps: int, peak: float | None) -> dict:
-    cases = {"cifar10_unet_bf16": (cifar_case, [8] if reduced else [128, 256, 512]),
-             "sd15_latent_unet_bf16": (sd_case, [1] if reduced else [8, 16, 32])}
-    out = {}
-    for name, (case, batches) in cases.items():
+TRAIN_CASES = {"cifar10_unet_bf16": cifar_case, "sd15_latent_unet_bf16": sd_case}
+TRAIN_BATCHES = {"cifar10_unet_bf16": {True: [8], False: [128, 256, 512]},
+                 "sd15_latent_unet_bf16": {True: [1], False: [8, 16, 32]}}
+
+
+def recount(path: str) -> dict:
+    """Recounts the FLOPs, achieved TFLOP/s and MFU of the training rows of the result file
+    ``path`` from their lowered programs (shapes only: nothing runs, any machine will do) and
+    rewrites it: for files whose run counted a GPU-compiled program (before ``flops_of`` took
+    the lowered one), which leaves out cuDNN / cuBLAS calls."""
+    import pathlib
+
+    try:
+        result = json.loads(pathlib.Path(path).read_text())
+        rows = result["training"]
+        reduced, peak = bool(result["reduced"]), result["peak_bf16_flops"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--recount {path}: not an accelerator pack result ({type(e).__name__}: {e})") from None
+    for name, case_rows in rows.items():
+        if name not in TRAIN_CASES:
+            raise SystemExit(f"--recount {path}: unknown training case {name!r} (known: {', '.join(TRAIN_CASES)})")
+        den, batch_fn, weighting = TRAIN_CASES[name](reduced)
+        for i, row in enumerate(case_rows):
+            if "step_s_median" in row:
+                lowered, _, _ = train_program(den, batch_fn, weighting, row["batch"], abstract=True)
+                case_rows[i] = with_flops(row, flops_of(lowered), peak)
+    result["flops_recounted"] = {"how": "lowered HLO of the same train steps (python -m benchmarks.accelerator "
+                                        "--recount)", **machine()}
+    files.write_text(path, json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
+def training(reduced: bool, steps: int, peak: float | None, out: dict | None = None,
+             save: Callable[[], None] = lambda: None) -> dict:
+    """Training rows of both cases into ``out`` (returned); ``save()`` after every row."""
+    out = {} if out is None else out
+    for name, case in TRAIN_CASES.items():
+        batches = TRAIN_BATCHES[name][reduced]
         den, batch_fn, weighting = case(reduced)
         out[name] = []
         for b in batches:
@@ -136,9 +191,10 @@ def training(reduced: bool, steps: int, peak: float | None) -> dict:
                     raise
                 row = {"batch": b, "error": "out of memory"}
             out[name].append(row)
+            save()
             print(f"train {name} batch {b}: " + (row.get("error") or f"{row['steps_per_s']:.2f} steps/s, "
-                  f"{row['achieved_tflops']:.2f} TFLOP/s, MFU {row['mfu'] if row['mfu'] is None else round(row['mfu'], 3)}"),
-                  flush=True)
+                  f"{row['achieved_tflops']:.2f} TFLOP/s, MFU {row['mfu'] if row['mfu'] is None else round(row['mfu'], 3)}, "
+                  f"compile {row['compile_s']:.1f} s"), flush=True)
     return out
 
 
@@ -181,14 +237,25 @@ def reuse_and_caching(reduced: bool, repeats: int) -> dict:
     return out
 
 
+SECTIONS = ("training", "sampling_vs_diffusers", "reuse_and_caching")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="also write the JSON here (docs/results/accelerator_<device>.json)")
     ap.add_argument("--steps", type=int, default=10, help="timed training steps per row, >= 1")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats of the sampling and reuse rows, >= 1")
+    ap.add_argument("--recount", default=None, metavar="RESULT_JSON",
+                    help="only recount the FLOPs and MFU of a result file's training rows (no timing) and rewrite it")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma-separated subset of {','.join(SECTIONS)} (default: all, in that order)")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.repeats < 1:
         ap.error(f"--steps and --repeats must be >= 1, got {args.steps} and {args.repeats}")
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown or not args.sections:
+        ap.error(f"--sections takes a comma-separated subset of {','.join(SECTIONS)}, got {unknown or 'nothing'}")
     if args.out is not None:  # checked now, not after minutes of measuring
         import pathlib
         import tempfile
@@ -206,6 +273,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.recount is not None:
+        recount(args.recount)
+        return
     device = jax.devices()[0]
     reduced = device.platform == "cpu"
     peak = peak_flops(device.device_kind)
@@ -214,9 +284,19 @@ def main(argv=None):
                        "an accelerator's figures") if reduced else "the full set",
               "peak_bf16_flops": peak}
     print(f"{device.device_kind}: {'the reduced set (a CPU)' if reduced else 'the full set'}", flush=True)
-    result["training"] = training(reduced, args.steps, peak)
-    result["sampling_vs_diffusers"] = sampling(reduced, args.repeats)
-    result["reuse_and_caching"] = reuse_and_caching(reduced, args.repeats)
+
+    def save():  # after every section and training row: a run cut short keeps what it measured
+        if args.out is not None:
+            files.write_text(args.out, json.dumps(result, indent=2, default=str) + "\n")
+
+    runs = {"training": lambda: training(reduced, args.steps, peak, result.setdefault("training", {}), save),
+            "sampling_vs_diffusers": lambda: sampling(reduced, args.repeats),
+            "reuse_and_caching": lambda: reuse_and_caching(reduced, args.repeats)}
+    result["complete"] = False
+    for name in args.sections:
+        result[name] = runs[name]()
+        save()
+    result["complete"] = True
     emit(result, args.out)
 
 

@@ -67,8 +67,8 @@ def main(argv):
     medians = time_interleaved(fns, FLAGS.repeats)
     # FLOPs of the network calls each sampler makes (XLA's cost analysis of each program; the
     # samplers' own programs hold a lax.cond whose untaken branch the analysis would count)
-    flops = {"call": flops_of(call.lower(params, x).compile()), "encode": flops_of(encode.lower(params, x).compile()),
-             "decode_k": flops_of(decode_k.lower(params, feats_k).compile())}
+    flops = {"call": flops_of(call.lower(params, x)), "encode": flops_of(encode.lower(params, x)),
+             "decode_k": flops_of(decode_k.lower(params, feats_k))}
     flops["loop"], flops["loopfree"] = k * flops["call"], flops["encode"] + flops["decode_k"]
     result = {"machine": machine(), "config": str(config.data.name), "model": str(config.model.kind),
               "shape": list(shape), "steps": FLAGS.steps, "repeats": FLAGS.repeats, "median_s": medians,

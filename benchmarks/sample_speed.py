@@ -89,8 +89,9 @@ def throughput(den, params, shape, labels, batch, steps=50) -> dict:
         jax.block_until_ready(compiled_scan(den, params, solver, grid, x_T, cond, key)[0].x)
 
     model = jax.jit(lambda p, x, t: den(p, x, t, cond)[0])
-    model_c = model.lower(params, x_T, grid[0]).compile()
-    model_flops = flops_of(model_c)
+    model_lowered = model.lower(params, x_T, grid[0])
+    model_c = model_lowered.compile()
+    model_flops = flops_of(model_lowered)
 
     @jax.jit
     def update(x, pred_x0, pred_eps, t, s):

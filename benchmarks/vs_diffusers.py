@@ -36,7 +36,8 @@ def kairos(batch: int, steps: int) -> dict:
     grid = make_grid("trailing", steps, sched)
     key = jax.random.PRNGKey(2)
     compiled = loop._chain_jit.lower(den, params, DDIM(sched, 0.0), grid, x_T, None, key, False).compile()
-    model = jax.jit(lambda p, x, t: den(p, x, t)[0]).lower(params, x_T, grid[0]).compile()
+    model_lowered = jax.jit(lambda p, x, t: den(p, x, t)[0]).lower(params, x_T, grid[0])
+    model = model_lowered.compile()
 
     def run_sampler():
         jax.block_until_ready(compiled(den, params, DDIM(sched, 0.0), grid, x_T, None, key)[0].x)
@@ -47,7 +48,7 @@ def kairos(batch: int, steps: int) -> dict:
             out = model(params, x_T, grid[i])
         jax.block_until_ready(out)
 
-    return {"params": sum(x.size for x in jax.tree.leaves(params)), "flops_per_call": flops_of(model),
+    return {"params": sum(x.size for x in jax.tree.leaves(params)), "flops_per_call": flops_of(model_lowered),
             "sampler": run_sampler, "model": run_model}
 
 

@@ -126,7 +126,7 @@ def cost_table(bench: Bench, batch: int = 16) -> dict:
     def flops(modes: Modes = COMPUTE):
         cache = den.init_cache(params, x, cond, modes=stored(modes))
         fn = lambda p, c: den(p, x, t, cond, cache=c, modes=modes)[0]  # noqa: E731
-        return flops_of(jax.jit(fn).lower(params, cache).compile()) / batch
+        return flops_of(jax.jit(fn).lower(params, cache)) / batch
 
     def timed_call(modes: Modes = COMPUTE):
         xb, cb, tb = jnp.zeros((TIME_BATCH, *run.sample_shape)), {k: v[:TIME_BATCH] for k, v in bench.cond.items()}, \
@@ -149,7 +149,7 @@ def cost_table(bench: Bench, batch: int = 16) -> dict:
         from diffusion.nn.denoiser import Denoiser
 
         d_no = Denoiser(no_attn, den.schedule, den.pred_type)
-        attn_free = flops_of(jax.jit(lambda p: d_no(p, x, t, cond)[0]).lower(p_no).compile()) / batch
+        attn_free = flops_of(jax.jit(lambda p: d_no(p, x, t, cond)[0]).lower(p_no)) / batch
         out["attention_share"] = 1 - attn_free / full
     out["feature_retrieve_gflops"] = {}
     for b in range(run.caps.feature_branches):

@@ -51,3 +51,80 @@ def test_a_training_row_reports_steps_flops_and_mfu():
     assert row["batch"] == 4 and row["step_tflop"] > 0 and row["steps_per_s"] == pytest.approx(1 / row["step_s_median"])
     assert row["mfu"] == pytest.approx(row["achieved_tflops"] * 1e12 / 1e12)
     assert row["images_per_s"] == pytest.approx(4 * row["steps_per_s"])
+
+
+@pytest.mark.parametrize("sections", ["training,speed", ",", "Training"])
+def test_unknown_sections_are_one_line(sections, capsys):
+    with pytest.raises(SystemExit) as e:
+        accelerator.parse_args(["--sections", sections])
+    assert e.value.code == 2 and "--sections takes a comma-separated subset of training," in capsys.readouterr().err
+
+
+def test_a_run_cut_short_keeps_the_sections_it_measured(tmp_path, monkeypatch):
+    def broken(*args):
+        raise KeyboardInterrupt("the lease ran out")
+
+    monkeypatch.setattr(accelerator, "training", lambda *args: {"rows": [1, 2]})
+    monkeypatch.setattr(accelerator, "reuse_and_caching", broken)
+    out = tmp_path / "r.json"
+    with pytest.raises(KeyboardInterrupt):
+        accelerator.main(["--out", str(out), "--sections", "training,reuse_and_caching"])
+    got = json.loads(out.read_text())
+    assert got["training"] == {"rows": [1, 2]} and got["complete"] is False and "reuse_and_caching" not in got
+    monkeypatch.setattr(accelerator, "reuse_and_caching", lambda *args: {"one": 1})
+    accelerator.main(["--out", str(out), "--sections", "reuse_and_caching"])
+    got = json.loads(out.read_text())
+    assert got["reuse_and_caching"] == {"one": 1} and got["complete"] is True and "training" not in got
+
+
+def test_flops_are_counted_on_the_lowered_program():
+    """A 1x1 convolution's FLOPs, 2 B H W Cin Cout, exactly; a compiled program is refused
+    (on a GPU its count leaves out the convolutions handed to cuDNN)."""
+    import jax.numpy as jnp
+
+    from benchmarks.common import flops_of
+
+    conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "VALID",
+                                                             dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    lowered = conv.lower(jnp.ones((2, 8, 8, 16)), jnp.ones((1, 1, 16, 32)))
+    assert flops_of(lowered) == 2 * 2 * 8 * 8 * 16 * 32
+    with pytest.raises(TypeError, match="takes a lowered program"):
+        flops_of(lowered.compile())
+
+
+def _tiny_case(reduced):
+    from diffusion.nn.denoiser import Denoiser
+    from diffusion.nn.unet import UNet
+    from diffusion.schedules import make_schedule
+
+    den = Denoiser(UNet(channels=8, channel_mult=(1,), num_res_blocks=1, attn_resolutions=()), make_schedule("linear"))
+    return den, (lambda b, key: {"image": jax.random.normal(key, (b, 8, 8, 1))}), "eps"
+
+
+def test_recount_rewrites_the_training_rows_flops_and_mfu(tmp_path, monkeypatch):
+    """The recount (shapes only) gives the count of the step that ran, and the achieved
+    TFLOP/s and MFU at the row's own median step time; error rows are kept."""
+    monkeypatch.setattr(accelerator, "TRAIN_CASES", {"tiny": _tiny_case})
+    measured = accelerator.train_rate(*_tiny_case(True), 4, steps=1, peak=2e12)
+    stale = {**measured, "step_tflop": 1e-9, "achieved_tflops": 1e-9, "mfu": 1e-9, "step_s_median": 0.5}
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps({"reduced": True, "peak_bf16_flops": 2e12,
+                               "training": {"tiny": [stale, {"batch": 8, "error": "out of memory"}]}}))
+    accelerator.main(["--recount", str(out)])
+    rows = json.loads(out.read_text())["training"]["tiny"]
+    assert rows[0]["step_tflop"] == pytest.approx(measured["step_tflop"], rel=1e-9)
+    assert rows[0]["achieved_tflops"] == pytest.approx(measured["step_tflop"] / 0.5)
+    assert rows[0]["mfu"] == pytest.approx(measured["step_tflop"] * 1e12 / 0.5 / 2e12)
+    assert rows[1] == {"batch": 8, "error": "out of memory"}
+
+
+@pytest.mark.parametrize("text, why", [("{", "not an accelerator pack result"),
+                                       ('{"reduced": true, "peak_bf16_flops": null}', "KeyError"),
+                                       ('{"reduced": true, "peak_bf16_flops": null, "training": {"gpt": []}}',
+                                        "unknown training case 'gpt'")])
+def test_recount_of_a_wrong_file_names_it(tmp_path, text, why):
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    with pytest.raises(SystemExit, match=why) as e:
+        accelerator.main(["--recount", str(bad)])
+    assert str(bad) in str(e.value)
