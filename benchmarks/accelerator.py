@@ -103,7 +103,8 @@ def train_program(den, batch_fn, weighting: str, batch: int, abstract: bool = Fa
     from diffusion.train.step import make_train_step
 
     mesh = make_mesh(1, 1, jax.devices()[:1])
-    data = (jax.eval_shape if abstract else (lambda f: f()))(lambda: batch_fn(batch, jax.random.PRNGKey(0)))
+    make_data = lambda: batch_fn(batch, jax.random.PRNGKey(0))  # noqa: E731
+    data = jax.eval_shape(make_data) if abstract else make_data()
     probe = {k: jnp.zeros((1, *v.shape[1:]), v.dtype) for k, v in data.items()}
     cond = {"context": probe["context"]} if "context" in probe else {}
     init = lambda key: den.module.init(key, probe["image"], jnp.zeros((1,)), **cond)["params"]  # noqa: E731
@@ -148,6 +149,14 @@ TRAIN_BATCHES = {"cifar10_unet_bf16": {True: [8], False: [128, 256, 512]},
                  "sd15_latent_unet_bf16": {True: [1], False: [8, 16, 32]}}
 
 
+def _timed_row_ok(row: dict) -> bool:
+    import math
+
+    batch, step_s = row.get("batch"), row.get("step_s_median")
+    return (isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1
+            and isinstance(step_s, (int, float)) and math.isfinite(step_s) and step_s > 0)
+
+
 def recount(path: str) -> dict:
     """Recounts the FLOPs, achieved TFLOP/s and MFU of the training rows of the result file
     ``path`` from their lowered programs (shapes only: nothing runs, any machine will do) and
@@ -161,9 +170,14 @@ def recount(path: str) -> dict:
         reduced, peak = bool(result["reduced"]), result["peak_bf16_flops"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"--recount {path}: not an accelerator pack result ({type(e).__name__}: {e})") from None
-    for name, case_rows in rows.items():
+    for name, case_rows in rows.items():  # every row checked before minutes of lowering
         if name not in TRAIN_CASES:
             raise SystemExit(f"--recount {path}: unknown training case {name!r} (known: {', '.join(TRAIN_CASES)})")
+        for row in case_rows:
+            if "step_s_median" in row and not _timed_row_ok(row):
+                raise SystemExit(f"--recount {path}: {name} row {row} needs a positive integer 'batch' and a positive, "
+                                 "finite 'step_s_median'")
+    for name, case_rows in rows.items():
         den, batch_fn, weighting = TRAIN_CASES[name](reduced)
         for i, row in enumerate(case_rows):
             if "step_s_median" in row:
@@ -256,6 +270,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown or not args.sections:
         ap.error(f"--sections takes a comma-separated subset of {','.join(SECTIONS)}, got {unknown or 'nothing'}")
+    if args.recount is not None and args.out is not None:
+        ap.error("--recount rewrites the file it is given; --out does not go with it")
     if args.out is not None:  # checked now, not after minutes of measuring
         import pathlib
         import tempfile

@@ -121,10 +121,22 @@ def test_recount_rewrites_the_training_rows_flops_and_mfu(tmp_path, monkeypatch)
 @pytest.mark.parametrize("text, why", [("{", "not an accelerator pack result"),
                                        ('{"reduced": true, "peak_bf16_flops": null}', "KeyError"),
                                        ('{"reduced": true, "peak_bf16_flops": null, "training": {"gpt": []}}',
-                                        "unknown training case 'gpt'")])
+                                        "unknown training case 'gpt'"),
+                                       *[('{"reduced": true, "peak_bf16_flops": null, "training": {"cifar10_unet_bf16": '
+                                          f'[{{"batch": {b}, "step_s_median": {s}}}]}}}}', "positive, finite")
+                                         for b, s in (("8", "0"), ("8", "-1"), ("8", "NaN"), ("0", "0.1"),
+                                                      ("-2", "0.1"), ('"8"', "0.1"))]])
 def test_recount_of_a_wrong_file_names_it(tmp_path, text, why):
     bad = tmp_path / "bad.json"
     bad.write_text(text)
     with pytest.raises(SystemExit, match=why) as e:
         accelerator.main(["--recount", str(bad)])
-    assert str(bad) in str(e.value)
+    assert str(bad) in str(e.value) and bad.read_text() == text  # refused before any write
+
+
+def test_recount_of_a_missing_file_or_with_out_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="not an accelerator pack result"):
+        accelerator.main(["--recount", str(tmp_path / "missing.json")])
+    with pytest.raises(SystemExit) as e:
+        accelerator.parse_args(["--recount", "a.json", "--out", str(tmp_path / "b.json")])
+    assert e.value.code == 2 and "--out does not go with it" in capsys.readouterr().err
