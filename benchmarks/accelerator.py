@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.common import emit, flops_of, machine, time_fn, time_interleaved
-from launch import files
+from orchestration.workdir import files
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets (without sparsity); matched
 # against jax's device_kind. Unknown kinds (and CPUs) report no MFU.
@@ -56,7 +56,7 @@ def cifar_case(reduced: bool):
     from configs import cifar10
     from diffusion.data import DatasetInfo
     from diffusion.nn.denoiser import Denoiser
-    from launch.builders import build_schedule, build_unet
+    from orchestration.build.builders import build_schedule, build_unet
 
     c = cifar10.get_config()
     c.model.dtype = "bfloat16"

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import emit, machine, time_interleaved
-from launch.run_loader import load_run
+from orchestration.build.run_loader import load_run
 from sampling.grids import make_grid
 from sampling.loop import sample
 from sampling.solvers import DDIM

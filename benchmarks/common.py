@@ -87,7 +87,7 @@ def emit(result: dict, out: str | None) -> None:
     text = json.dumps(result, indent=2, default=str)
     print(text)
     if out:
-        from launch import files
+        from orchestration.workdir import files
 
         pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
         files.write_text(out, text + "\n")
@@ -102,6 +102,6 @@ def write_keeping_verdict(path, text: str) -> None:
     old = path.read_text() if path.exists() else ""
     if "## Verdict" in old and "VERDICT" not in old:
         text = text.replace("## Verdict\n\nVERDICT\n", "## Verdict" + old.split("## Verdict", 1)[-1])
-    from launch import files
+    from orchestration.workdir import files
 
     files.write_text(path, text)

@@ -35,14 +35,14 @@ from sampling.solvers.ddim import ddim_update
 def load_model(args):
     """(denoiser, params, image_shape, labels) from a work directory or a fresh config."""
     if args.workdir:
-        from launch.run_loader import load_run
+        from orchestration.build.run_loader import load_run
 
         run = load_run(args.workdir)
         params = run.params(run.select("latest")[0])
         den, shape, classes = run.denoiser, run.info.image_shape, run.num_classes
     else:
         from configs import digits
-        from launch.builders import build_denoiser, build_source, init_params, model_caps
+        from orchestration.build.builders import build_denoiser, build_source, init_params, model_caps
 
         config = digits.get_config()
         _, info = build_source(config)

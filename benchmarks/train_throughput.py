@@ -23,8 +23,8 @@ from diffusion.train.objective import make_diffusion_loss
 from diffusion.train.setup import abstract_state, init_state, jit_train_step, state_factory
 from diffusion.train.sharding import global_batch, make_mesh
 from diffusion.train.step import make_train_step
-from launch.builders import build_denoiser, build_source, init_params, model_caps
-from launch.experiment import make_optimizer_from
+from orchestration.build.builders import build_denoiser, build_source, init_params, model_caps
+from orchestration.build.builders import make_optimizer_from
 
 config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config.")
 flags.DEFINE_integer("steps", 20, "Timed steps (after 3 warm-up steps).")

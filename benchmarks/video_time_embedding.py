@@ -18,7 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from benchmarks.common import emit, machine, time_interleaved
-from launch.builders import build_denoiser, build_source, init_params, model_caps, sample_shape
+from orchestration.build.builders import build_denoiser, build_source, init_params, model_caps, sample_shape
 from sampling.loop import sample
 from sampling.spec import make_spec
 

@@ -5,7 +5,8 @@ then copy ``~/tensorflow_datasets`` and set ``--config.data.data_dir``); Kairos 
 downloads. ``:smoke`` is a tiny model for tests (on ``tfds.testing.mock_data``).
 
 With ``scale_shift=False`` (DDPM's additive time embedding) the UNet has 35.75M
-parameters, the paper's 35.7M (tests/launch/test_configs.py checks the count).
+parameters, the paper's 35.7M (tests/orchestration/test_experiment.py checks the count).
+Sample a run with ``launch.sample``; ``launch.evaluate`` has no CIFAR-10 metric (no FID yet).
 """
 
 from configs.common import base_config
@@ -44,7 +45,7 @@ def get_config(arg: str | None = None):
     c.train.sample_every = 10_000
 
     c.sample.num = 64
-    c.eval.fd_digits = False  # FD-digits is for digits; use launch.evaluate with a local FID model
+    c.eval.fd_digits = False  # FD-digits is for digits, and there is no FID yet: sample with launch.sample
 
     if arg == "smoke":
         c.model.channels = 8

@@ -11,6 +11,8 @@ from configs import digits
 
 
 def get_config(arg: str | None = None):
+    if arg not in (None, "", "smoke"):
+        raise ValueError(f"unknown variant {arg!r} of configs/digits_v.py; use '' or 'smoke'")
     c = digits.get_config(arg)
     c.model.pred_type = "v"
     c.diffusion.weighting = "v"

@@ -10,7 +10,12 @@ Usage::
         --config.latent.vae=runs/scenes_vae
     python -m launch.sample --workdir runs/scenes --prompt "a large 3 to the left of a thick 7" --guidance 3
 
-``:smoke`` is the same path in a minute (a tiny UNet; its VAE is ``configs/scenes_vae.py:smoke``).
+``:smoke`` is the same path in a minute (a tiny UNet); like the full job it names its VAE on
+the command line, e.g. one trained with ``configs/scenes_vae.py:smoke``::
+
+    python -m launch.train --config configs/scenes_vae.py:smoke --workdir runs/scenes_vae_smoke
+    python -m launch.train --config configs/scenes.py:smoke --workdir runs/scenes_smoke \\
+        --config.latent.vae=runs/scenes_vae_smoke
 """
 
 import ml_collections
@@ -49,7 +54,7 @@ def get_config(arg: str | None = None):
     c.eval.fd_digits = False
     if arg == "smoke":
         c.model.sd_unet = dict(c.model.sd_unet, block_out_channels=(16, 32), num_heads=(2, 2), norm_num_groups=8)
-        c.latent.vae = "/tmp/scenes_vae_smoke"
+        c.latent.vae = ""  # no fixed path outside the work directory: --config.latent.vae names the VAE
         c.train.num_steps = 10
         c.train.batch_size = 16
         c.train.log_every = 5

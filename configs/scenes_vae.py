@@ -4,7 +4,7 @@ the scenes job; ``configs/scenes.py`` trains the latent text-to-image UNet on it
 Usage::
 
     python -m launch.train --config configs/scenes_vae.py --workdir runs/scenes_vae
-    python -m launch.train --config configs/scenes_vae.py:smoke --workdir /tmp/scenes_vae_smoke
+    python -m launch.train --config configs/scenes_vae.py:smoke --workdir runs/scenes_vae_smoke
 """
 
 from configs.common import base_config

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
-from sampling.registry import import_modules
+from diffusion.plugins import import_modules
 
 
 class TeacherError(ValueError):

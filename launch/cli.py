@@ -1,4 +1,9 @@
-"""Command-line plumbing shared by the ``launch.*`` entry points.
+"""Command-line plumbing shared by the ``launch.*`` entry points (the one file of ``launch/``
+that is not a command).
+
+Every flag an entry point accepts is defined by it or through the ``define_*`` helpers
+here; each entry point ends its flag definitions with ``flags.adopt_module_key_flags(cli)``
+so that ``--help`` lists them all (``--helpfull`` adds absl's own).
 
 ``run(main)`` is ``absl.app.run`` with a flag parser that turns a bad
 ``--config.a.b=value`` override into one clear line (which field is unknown and which
@@ -138,13 +143,17 @@ class _QuietOrbax:
         return not (record.exc_info and record.exc_info[1] is not None and _from_orbax(record.exc_info))
 
 
-def _quiet_closed_loop_hook(previous):
-    """A ``sys.unraisablehook`` that drops "Event loop is closed" from tensorstore's
-    threads: after one write of an orbax save fails (a full disk), its other writes finish
-    into an event loop that is gone, hundreds of tracebacks that say nothing new."""
+def quiet_unraisable_hook(previous):
+    """A ``sys.unraisablehook`` that drops what orbax's abandoned work raises when it is
+    collected, after the error itself has been reported in one line: "Event loop is closed"
+    from tensorstore's threads (after one write of a save fails on a full disk, its other
+    writes finish into an event loop that is gone), and the failed reads of a damaged
+    checkpoint's other arrays (``_read_array_index_and_device_put`` coroutines, collected
+    at exit). Hundreds of tracebacks that say nothing new; anything else goes to ``previous``."""
 
     def hook(args):
-        if not (args.exc_type is RuntimeError and str(args.exc_value) == "Event loop is closed"):
+        closed_loop = args.exc_type is RuntimeError and str(args.exc_value) == "Event loop is closed"
+        if not (closed_loop or _from_orbax((args.exc_type, args.exc_value, args.exc_traceback))):
             previous(args)
 
     return hook
@@ -156,7 +165,7 @@ def run(main) -> None:
             logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
             logging.get_absl_logger().addFilter(_QuietOrbax())
             std_logging.getLogger("asyncio").addFilter(_QuietOrbax())
-            sys.unraisablehook = _quiet_closed_loop_hook(sys.unraisablehook)
+            sys.unraisablehook = quiet_unraisable_hook(sys.unraisablehook)
         enable_compilation_cache()
         return main(argv)
 
@@ -191,7 +200,7 @@ def join_distributed() -> None:
     (explicit settings imply ``--multihost``); before anything touches a device."""
     explicit = (flags.FLAGS.coordinator, flags.FLAGS.num_processes, flags.FLAGS.process_id)
     if flags.FLAGS.multihost or any(v is not None for v in explicit):
-        from launch.distributed import initialize
+        from orchestration.cluster.distributed import initialize
 
         initialize(*explicit, flags.FLAGS.distributed_timeout)
 
@@ -220,10 +229,11 @@ def define_sampler_flags(what: str = "the run's config.sample.sampler") -> None:
     """``--solver``, ``--steps``, ``--grid`` and one flag per registry key (every sampling
     transform and knob flag, ``sampling.registry``); unset flags keep ``what``."""
     from sampling import registry
+    from sampling.grids import GRIDS
 
     flags.DEFINE_string("solver", None, f"Solver: {', '.join(sorted(registry.solvers()))} (default: {what}).")
     flags.DEFINE_string("steps", None, f"Sampling steps, >= 1 (default: {what}).")
-    flags.DEFINE_string("grid", None, f"Time grid: uniform, trailing, quadratic, logsnr (default: {what}).")
+    flags.DEFINE_string("grid", None, f"Time grid: {', '.join(GRIDS)} (default: {what}).")
     for key, text in registry.key_help().items():
         flags.DEFINE_string(key, None, text)
 

@@ -11,17 +11,17 @@ directory is an ordinary one for ``launch.sample`` and ``launch.evaluate``.
 
 from __future__ import annotations
 
+from absl import flags
+
 from launch import cli
 
 cli.define_run_flags("Distillation")
+flags.adopt_module_key_flags(cli)  # every flag defined through cli shows in --help
 
 
 def distill(config, workdir):
-    from launch.distill_experiment import distill as distill_experiment
+    from orchestration.experiments.distillation import distill as distill_experiment
 
-    if config.get("distill") is None:
-        raise ValueError("this config has no distill section: use launch.train for plain training, "
-                         "or a distillation config such as configs/digits_progressive.py")
     distill_experiment(config, workdir)
 
 

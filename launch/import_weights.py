@@ -7,7 +7,7 @@ The folder is what ``StableDiffusionPipeline.save_pretrained`` writes (``model_i
 ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``); nothing is
 downloaded. Every tensor is converted and checked before anything is written; a
 missing sub-folder, an unsupported option or a missing, unknown or mis-shaped key is an
-error that names it. ``--workdir`` must be new or empty (``launch.importer``).
+error that names it. ``--workdir`` must be new or empty (``orchestration.weights.importer``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    from launch.importer import import_pipeline
+    from orchestration.weights.importer import import_pipeline
 
     record = import_pipeline(FLAGS.diffusers, FLAGS.workdir)
     for note in record["notes"]:

@@ -10,13 +10,16 @@ or several GPU hosts, run the same command on every worker with ``--multihost``.
 
 from __future__ import annotations
 
+from absl import flags
+
 from launch import cli
 
 cli.define_run_flags("Experiment")
+flags.adopt_module_key_flags(cli)  # every flag defined through cli shows in --help
 
 
 def train(config, workdir):
-    from launch.experiment import train as train_experiment
+    from orchestration.experiments.training import train as train_experiment
 
     train_experiment(config, workdir)
 

@@ -13,12 +13,11 @@ and every knob that has a ``flag``.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
-import os
-import pkgutil
 import re
 from typing import Any, Callable, Mapping
+
+from diffusion.plugins import import_modules
 
 CORE_KEYS = ("solver", "steps", "grid")
 # flags of the commands that take sampler flags, and the sweep's own key: no part may use them
@@ -255,20 +254,6 @@ def register(part: SolverPart | TransformPart):
     table[part.name] = part
     _KEYS.update(keys)
     return part
-
-
-def import_modules(packages: tuple[str, ...], env_var: str) -> None:
-    """Imports every module of ``packages`` and the modules named in ``$env_var``
-    (comma-separated): the files that register parts (also used by ``distill.registry``)."""
-    for package in packages:
-        pkg = importlib.import_module(package)
-        for info in pkgutil.iter_modules(pkg.__path__):
-            importlib.import_module(f"{package}.{info.name}")
-    for name in filter(None, (m.strip() for m in os.environ.get(env_var, "").split(","))):
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise ValueError(f"${env_var} names module {name!r}, which cannot be imported: {e}") from None
 
 
 def _load() -> None:

@@ -25,10 +25,10 @@ import pathlib
 from benchmarks.common import machine, write_keeping_verdict
 from diffusion.train.writer import read_metrics
 from distill.progressive import students_steps
-from launch import files
-from launch.evaluate import run_cells
-from launch.run_loader import load_run
-from launch.sweep import parse_sweep
+from orchestration.workdir import files
+from orchestration.generation.evaluation import run_cells
+from orchestration.build.run_loader import load_run
+from orchestration.generation.sweep import parse_sweep
 
 TEACHER = "runs/digits_v"
 

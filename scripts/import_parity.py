@@ -20,9 +20,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from launch.generate import draw  # noqa: E402
-from launch.importer import import_pipeline  # noqa: E402
-from launch.run_loader import load_run  # noqa: E402
+from orchestration.generation.draw import draw  # noqa: E402
+from orchestration.weights.importer import import_pipeline  # noqa: E402
+from orchestration.build.run_loader import load_run  # noqa: E402
 from sampling.spec import SamplerSpec  # noqa: E402
 from tests.launch.test_import_weights import PROMPT, tiny_pipeline  # noqa: E402
 

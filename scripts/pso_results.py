@@ -32,9 +32,9 @@ import jax
 import numpy as np
 
 from benchmarks.common import machine, write_keeping_verdict
-from launch import files
-from launch.records import load_records, save_records
-from launch.run_loader import load_run
+from orchestration.workdir import files
+from orchestration.workdir.records import load_records, save_records
+from orchestration.build.run_loader import load_run
 from scripts.scenes_results import training
 
 START = "runs/digits_progressive"
@@ -93,7 +93,7 @@ def four_step_checkpoint() -> int:
 
 
 def score_run(workdir: str, ckpt: int, num: int, refs: dict) -> dict:
-    from launch.generate import class_labels, generate
+    from orchestration.generation.generate import class_labels, generate
     from sampling.spec import make_spec
 
     out_dir = pathlib.Path(workdir) / "eval_pso"

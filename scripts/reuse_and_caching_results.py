@@ -34,11 +34,11 @@ import numpy as np
 from benchmarks.common import flops_of, machine, time_interleaved, write_keeping_verdict
 from diffusion.metrics.psnr import mean_psnr
 from diffusion.contract import COMPUTE, Modes
-from launch import files
-from launch.phast_files import external_for
-from launch.reuse_search import search_for_run
-from launch.run_loader import load_run
-from launch.scoring import METRICS, scoring_for
+from orchestration.workdir import files
+from orchestration.workdir.phast_files import external_for
+from orchestration.generation.phast_search import search_for_run
+from orchestration.build.run_loader import load_run
+from orchestration.generation.scoring import METRICS, scoring_for
 from sampling.loop import sample
 from sampling.spec import SamplerSpec, make_spec
 from sampling.transforms import AttentionReuse
@@ -50,7 +50,7 @@ TIME_SHIFT = "20:300"  # DDIM's calibrated setting on the 8x8 model (docs/result
 class Bench:
     """Samples the fixed noises with a spec; caches outputs; times against the reference.
 
-    The run's ``launch.scoring`` conditions the samples (a digits model's labels, a scenes
+    The run's ``orchestration.generation.scoring`` conditions the samples (a digits model's labels, a scenes
     model's held-out captions) and scores them (FD-digits or the scenes FD, and the
     accuracy); ``base`` holds knobs every spec gets (a text model's ``guidance``). PSNR is
     taken on images (a latent model's samples decoded); latency times ``sample()`` only."""

@@ -28,11 +28,11 @@ import time
 import numpy as np
 
 from benchmarks.common import machine, write_keeping_verdict
-from launch import files
-from launch.evaluate import run_cells
-from launch.scoring import caption_tag
-from launch.run_loader import load_run
-from launch.sweep import Cell
+from orchestration.workdir import files
+from orchestration.generation.evaluation import run_cells
+from orchestration.generation.scoring import caption_tag
+from orchestration.build.run_loader import load_run
+from orchestration.generation.sweep import Cell
 from sampling.spec import make_spec
 
 GUIDANCES = (1, 3, 5)
@@ -68,7 +68,7 @@ def training(workdir: str) -> dict:
     ``steps / steps_per_sec`` (compilation of the first window included; checkpoints,
     sample grids and start-up excluded)."""
     from diffusion.train.writer import read_metrics
-    from launch.workdir import read_config
+    from orchestration.workdir.directory import read_config
 
     config = read_config(pathlib.Path(workdir) / "config.json")
     rows = [m for m in read_metrics(workdir) if "steps_per_sec" in m]
@@ -125,8 +125,8 @@ def grids(run, out: pathlib.Path, n: int = 20) -> dict:
     """``scenes_heldout.png`` / ``scenes_novel.png``: the teacher's samples for the first
     ``n`` captions of each split (guidance 3, DDIM 20), 10 per row; returns the captions."""
     from diffusion.metrics.grid import save_grid
-    from launch.generate import draw
-    from launch.scoring import split_captions
+    from orchestration.generation.draw import draw
+    from orchestration.generation.scoring import split_captions
 
     params = run.params(run.steps[-1])
     captions = {}

@@ -27,11 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import machine, time_interleaved, write_keeping_verdict
-from launch import files
-from launch.evaluate import run_cells
-from launch.generate import class_labels
-from launch.run_loader import load_run
-from launch.sweep import Cell
+from orchestration.workdir import files
+from orchestration.generation.evaluation import run_cells
+from orchestration.generation.generate import class_labels
+from orchestration.build.run_loader import load_run
+from orchestration.generation.sweep import Cell
 from sampling.spec import make_spec
 
 SOLVERS = ("ddpm", "ddim", "spndm", "fpndm", "dpmpp2m")

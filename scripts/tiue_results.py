@@ -8,7 +8,7 @@ tiue_samples.png.
    trajectory at N = 2, 4, 8, 25 steps, the cosine similarity and the relative change
    between consecutive steps of every encoder block's output (``conv_in``, down blocks,
    middle block) and every decoder block's (up blocks), per sample, averaged over the
-   samples and the blocks of each half (``sampling/step_features.py``); on the digits
+   samples and the blocks of each half (``distill/step_features.py``); on the digits
    teacher (``--similarity_num`` class-balanced samples) and, when ``runs/scenes`` exists,
    on the SD-family scenes UNet (held-out captions): the paper's claim is about SD.
 2. **Students at matched training compute** (each run's wall time of its steps is in the
@@ -34,10 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import machine, time_interleaved, write_keeping_verdict
-from launch import files
-from launch.records import load_records, save_records
-from launch.run_loader import load_run
-from launch.sweep import parse_sweep
+from orchestration.workdir import files
+from orchestration.workdir.records import load_records, save_records
+from orchestration.build.run_loader import load_run
+from orchestration.generation.sweep import parse_sweep
 from scripts.distillation_results import round_checkpoints
 from scripts.scenes_results import training
 
@@ -98,7 +98,7 @@ def score(workdir: str, ckpt: int, sampler: str, num: int, real) -> dict:
     """One model's record, computed or read back from ``<workdir>/eval_tiue/report.json``;
     the first samples are kept beside it for the figure."""
     from diffusion.metrics.fd_digits import fd_digits
-    from launch.generate import class_labels, generate
+    from orchestration.generation.generate import class_labels, generate
 
     spec = parse_sweep(sampler)[0].spec
     out_dir = pathlib.Path(workdir) / "eval_tiue"
@@ -136,16 +136,16 @@ def similarity(num: int, workdir: str = TEACHER) -> dict:
     """``{N: {"encoder", "decoder": cosine [N-1], "encoder_change", "decoder_change": [N-1],
     "times": [N]}}`` along the unguided DDIM trajectories of ``workdir``'s model (class labels
     cycling, or a text model's held-out captions)."""
-    from launch.generate import class_labels
+    from orchestration.generation.generate import class_labels
     from sampling.spec import make_spec
-    from sampling.step_features import consecutive_cosine, consecutive_relative_change, trajectory_features
+    from distill.step_features import consecutive_cosine, consecutive_relative_change, trajectory_features
 
     run = load_run(workdir)
     params = run.params(run.steps[-1])
     x_T = jax.random.normal(jax.random.PRNGKey(0), (num, *run.sample_shape))
     if run.caps.text:
-        from launch.conditioning import text_conds
-        from launch.scoring import split_captions
+        from orchestration.build.frozen import text_conds
+        from orchestration.generation.scoring import split_captions
 
         conds = text_conds(run.prompt_encoder(), split_captions(run.config, "heldout", num))
         cond = {k: jnp.asarray(v) for k, v in conds.items()}
@@ -168,7 +168,7 @@ def similarity(num: int, workdir: str = TEACHER) -> dict:
 
 def wall_times(entries: list[dict], batch: int, repeats: int) -> dict[str, float]:
     """Median seconds of one jitted ``sample()`` of ``batch`` samples per entry."""
-    from launch.generate import class_labels
+    from orchestration.generation.generate import class_labels
     from sampling.loop import sample
 
     fns = {}

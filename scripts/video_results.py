@@ -32,10 +32,10 @@ import time
 import numpy as np
 
 from benchmarks.common import machine, write_keeping_verdict
-from launch import files
-from launch.evaluate import run_cells
-from launch.run_loader import load_run
-from launch.sweep import Cell
+from orchestration.workdir import files
+from orchestration.generation.evaluation import run_cells
+from orchestration.build.run_loader import load_run
+from orchestration.generation.sweep import Cell
 from sampling.spec import make_spec
 from scripts.scenes_results import training
 
@@ -89,8 +89,8 @@ def real_section(config, num: int, frames: int, long: int) -> dict:
     given frames linearly."""
     from diffusion.metrics.psnr import mean_psnr
     from diffusion.metrics.video_metrics import ssim, video_scores
-    from launch.scoring import VIDEO_REFERENCE_SPLIT, VIDEO_TRUTH_SPLIT
-    from launch.video import truth_videos
+    from orchestration.generation.scoring import VIDEO_REFERENCE_SPLIT, VIDEO_TRUTH_SPLIT
+    from orchestration.generation.video import truth_videos
 
     reference = truth_videos(config, VIDEO_REFERENCE_SPLIT, num, frames)
     truth = truth_videos(config, VIDEO_TRUTH_SPLIT, num, long)
@@ -118,9 +118,9 @@ def figures(runs: dict, out: pathlib.Path, long: int, n: int = 4) -> None:
     """Filmstrips (one video per row) of ``n`` videos per model and plan, and a GIF of each
     model's unconditional samples; conditional strips start with the ground truth rows."""
     from diffusion.metrics.grid import save_grid, to_uint8
-    from launch.generate import draw
-    from launch.scoring import VIDEO_TRUTH_SPLIT
-    from launch.video import save_gif, truth_videos
+    from orchestration.generation.draw import draw
+    from orchestration.generation.scoring import VIDEO_TRUTH_SPLIT
+    from orchestration.generation.video import save_gif, truth_videos
 
     any_run = next(iter(runs.values()))
     frames = any_run.caps.frames

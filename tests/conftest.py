@@ -8,7 +8,7 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The suite is bound by XLA:CPU compiles, and LLVM's optimisation is much of each: the tests
-# compile at -O0 (measured on tests/launch/test_experiment.py + tests/golden, cold cache:
+# compile at -O0 (measured on tests/orchestration/test_experiment.py + tests/golden, cold cache:
 # 181 s against 228 s; the golden record of outputs stays bitwise equal). Runs keep XLA's
 # default. Subprocesses get the same flag through ``xla_flags``.
 COMPILE_FLAGS = "--xla_backend_optimization_level=0"
@@ -44,7 +44,7 @@ def one_device():
 # The slowest files (module fixtures that train several runs) start first: with
 # `--dist loadfile` each file runs in one worker, and a long file scheduled last leaves the
 # other worker idle at the end (measured: ~3 min of the CI wall time).
-SLOWEST_FIRST = ("tests/launch/test_distill.py", "tests/launch/test_scenes_training.py",
+SLOWEST_FIRST = ("tests/launch/test_distill.py", "tests/orchestration/test_scenes_training.py",
                  "tests/launch/test_multiprocess.py", "tests/launch/test_sample_evaluate.py")
 
 

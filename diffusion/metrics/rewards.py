@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion.plugins import import_modules
+
 Reward = Callable[[jax.Array, "jax.Array | None"], jax.Array]
 _REWARDS: dict[str, Callable[[], Reward]] = {}  # name -> factory (built on first use)
 
@@ -30,8 +32,6 @@ def register(name: str, factory: Callable[[], Reward]) -> None:
 
 
 def names() -> list[str]:
-    from sampling.registry import import_modules
-
     import_modules((), "KAIROS_REWARDS")
     return sorted(_REWARDS)
 

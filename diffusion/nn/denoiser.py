@@ -14,7 +14,7 @@ from diffusion.param import Prediction, check_pred_type, to_prediction
 from diffusion.schedules import Schedule
 
 
-def _network_cond(cond: Mapping[str, jax.Array] | None) -> dict:
+def network_cond(cond: Mapping[str, jax.Array] | None) -> dict:
     """The condition inputs the network takes (all but guidance's ``null_context``)."""
     return {k: v for k, v in (cond or {}).items() if k != "null_context"}
 
@@ -59,7 +59,7 @@ class Denoiser:
         if t.ndim == 0:
             t = jnp.broadcast_to(t, x_t.shape[:1])
         cache = dict(cache or {})
-        kwargs = dict(**_network_cond(cond), train=train, rngs={"dropout": rng} if rng is not None else {}, modes=modes)
+        kwargs = dict(**network_cond(cond), train=train, rngs={"dropout": rng} if rng is not None else {}, modes=modes)
         if cache:
             raw, written = self.module.apply({"params": params, **cache}, x_t, t, mutable=list(cache), **kwargs)
             cache = {**cache, **written}
@@ -71,14 +71,14 @@ class Denoiser:
     def encode(self, params: Any, x_t: jax.Array, t: jax.Array, cond: Mapping[str, jax.Array] | None = None):
         """TiUE's encoder half of the network (docs/design/tiue.md): ``EncoderFeatures``."""
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x_t.shape[:1])
-        return self.module.apply({"params": params}, x_t, t, **_network_cond(cond), method="encode")
+        return self.module.apply({"params": params}, x_t, t, **network_cond(cond), method="encode")
 
     def decode_raw(self, params: Any, features: Any, t: jax.Array, cond: Mapping[str, jax.Array] | None = None
                    ) -> jax.Array:
         """The decoder half on ``features`` with the time embedding of ``t [B]``: the
         network's raw ``pred_type`` output ``[B, ...]`` (:meth:`prediction` reads it)."""
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (features.batch,))
-        return self.module.apply({"params": params}, features, t, **_network_cond(cond), method="decode")
+        return self.module.apply({"params": params}, features, t, **network_cond(cond), method="decode")
 
     def prediction(self, raw: jax.Array, x_t: jax.Array, t: jax.Array) -> Prediction:
         """A raw network output at ``(x_t, t)`` as a :class:`Prediction`."""
@@ -95,6 +95,6 @@ class Denoiser:
             return {}
         t = jnp.zeros(x_t.shape[:1], jnp.float32)
         _, written = jax.eval_shape(lambda: self.module.apply(
-            {"params": params}, x_t, t, **_network_cond(cond), mutable=True, modes=modes))
+            {"params": params}, x_t, t, **network_cond(cond), mutable=True, modes=modes))
         written = {k: v for k, v in written.items() if k != "params"}
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), written)

@@ -1,5 +1,5 @@
 """PHAST (Hunter et al.): a greedy search for an attention-reuse schedule (its files are
-``launch/phast_files.py``'s).
+``orchestration/workdir/phast_files.py``'s).
 
 The search keeps the number of reuse steps ``k`` fixed (fixed latency) and starts from
 HURRY (the last ``k`` steps). A move swaps one reuse step with one computing step

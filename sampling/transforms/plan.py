@@ -201,6 +201,10 @@ def _check(knobs: dict, frames: int | None) -> None:
                          f"{frames}-frame video (frames 0..{frames - 1})")
     if kind in ("i2v", "interp", "replace") and not given:
         raise ValueError(f"the {kind} plan needs at least one given frame")
+    if kind == "interp" and len(given) < 2:
+        raise ValueError(f"the interp plan fills the frames between given ones, and --given_frames "
+                         f"{format_given_frames(given)} gives one frame: give two or more (e.g. 0,{frames - 1}), "
+                         "or use --plan i2v")
     if len(given) == frames:
         raise ValueError(f"--given_frames gives all {frames} frames: nothing is left to generate")
     if kind == "long" and knobs["length"] <= frames:

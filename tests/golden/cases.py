@@ -29,7 +29,7 @@ from diffusion.train.optim import make_optimizer
 from diffusion.train.state import create_train_state
 from diffusion.train.step import make_train_step
 from distill import ConsistencyFunction, consistency_distillation, guided_distillation, progressive_distillation
-from launch.generate import generate
+from orchestration.generation.generate import generate
 from sampling import registry
 from sampling.loop import sample
 from sampling.registry import ModelCaps

@@ -9,7 +9,7 @@ import sys
 
 from jax.experimental import multihost_utils
 
-from launch.distributed import initialize
+from orchestration.cluster.distributed import initialize
 
 pid, port = int(sys.argv[1]), sys.argv[2]
 initialize(f"localhost:{port}", 2, pid, timeout_s=10)

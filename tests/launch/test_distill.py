@@ -3,6 +3,7 @@ exact resume after a preemption, teacher errors, and students through launch.sam
 launch.evaluate."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -15,12 +16,12 @@ import pytest
 from configs import digits_consistency, digits_guided, digits_progressive, digits_tiue, digits_v
 from diffusion.train import loop
 from diffusion.train.writer import read_metrics
-from launch.distill_experiment import TeacherError, distill
-from launch.experiment import train
-from launch.run_loader import load_run
+from orchestration.experiments.distillation import TeacherError, distill
+from orchestration.experiments.training import train
+from orchestration.build.run_loader import load_run
 from tests.conftest import ROOT
 from tests.launch.test_cli import _env
-from tests.launch.test_experiment import latest_params
+from tests.orchestration.test_experiment import latest_params
 
 pytestmark = pytest.mark.slow
 CONFIGS = {"progressive": digits_progressive, "guided": digits_guided, "consistency": digits_consistency,
@@ -40,9 +41,17 @@ def teacher(tmp_path_factory):
 @pytest.fixture(scope="module")
 def students(teacher, tmp_path_factory):
     """Each method's smoke student, distilled once for the module."""
+    import contextlib
+    import io
+
+    from orchestration.workdir.directory import lock
+
     root = tmp_path_factory.mktemp("students")
     for name, module in CONFIGS.items():
-        distill(smoke(module, teacher), root / name, progress=False, devices=jax.devices()[:1])
+        said = io.StringIO()  # the first student is distilled while a "trainer" holds the teacher's lock
+        with contextlib.redirect_stderr(said), lock(teacher) if name == "progressive" else contextlib.nullcontext():
+            distill(smoke(module, teacher), root / name, progress=False, devices=jax.devices()[:1])
+        (root / f"{name}.stderr").write_text(said.getvalue())
     return root
 
 
@@ -51,6 +60,27 @@ def smoke(module, teacher, fd=False):
     c.distill.teacher_workdir = str(teacher)
     c.eval.fd_digits = fd
     return c
+
+
+def test_students_record_their_teacher_and_a_teacher_in_training_is_said(teacher, students):
+    step = load_run(teacher).steps[-1]
+    for name in CONFIGS:
+        record = json.loads((students / name / "teacher.json").read_text())
+        assert record == {"workdir": str(teacher.resolve()), "step": step}
+        note = [line for line in (students / f"{name}.stderr").read_text().splitlines() if "being written" in line]
+        assert note == ([f"note: the teacher {teacher} is being written by pid {os.getpid()}; distilling from its "
+                         f"checkpoint at step {step}, the newest committed one it had when read (recorded in "
+                         f"{students / name / 'teacher.json'})"] if name == "progressive" else []), note
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"workdir": "w"}', '{"step": "4"}', "[4]", "\xff"])
+def test_a_damaged_teacher_record_is_named(tmp_path, text):
+    from orchestration.experiments.distillation import read_teacher_record
+
+    (tmp_path / "teacher.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match=f"{tmp_path / 'teacher.json'} is damaged .* delete it to take the teacher's"):
+        read_teacher_record(tmp_path)
+    assert read_teacher_record(tmp_path / "new") is None
 
 
 def test_students_are_ordinary_work_directories(students):
@@ -163,9 +193,9 @@ def test_students_sample_and_evaluate_on_their_own_grid(students):
     the others through the same generate() path (TiUE's with its loop-free sampler, not the
     2-step loop); the guided one through launch.evaluate's
     default sweep (its distilled steps and w), for every kept round checkpoint."""
-    from launch.evaluate import default_sweep, run_cells
-    from launch.generate import class_labels, generate
-    from launch.sweep import parse_sweep
+    from orchestration.generation.evaluation import default_sweep, run_cells
+    from orchestration.generation.generate import class_labels, generate
+    from orchestration.generation.sweep import parse_sweep
     from sampling.spec import SamplerSpec
 
     wd = students / "consistency"
@@ -193,9 +223,9 @@ def test_students_sample_and_evaluate_on_their_own_grid(students):
 
 def test_guided_student_at_w_equals_its_teacher_before_training(teacher):
     """The zero-initialised w embedding: a fresh guided student is the teacher for every w."""
-    from launch.builders import build_denoiser, init_params
-    from launch.distill_experiment import _start_from, student_config
-    from launch.run_loader import load_run as load
+    from orchestration.build.builders import build_denoiser, init_params
+    from orchestration.experiments.distillation import _start_from, student_config
+    from orchestration.build.run_loader import load_run as load
 
     t_run = load(teacher)
     cfg = student_config(smoke(digits_guided, teacher), t_run)

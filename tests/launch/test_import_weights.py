@@ -4,6 +4,7 @@ with DDIM 10 steps and guidance 7.5 from the pipeline's own initial latents, mat
 pipeline's output image. Bad folders are clear errors that write nothing."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -15,9 +16,9 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from diffusion.convert.tensors import ConversionError  # noqa: E402
-from launch.generate import draw  # noqa: E402
-from launch.importer import import_pipeline  # noqa: E402
-from launch.run_loader import load_run  # noqa: E402
+from orchestration.generation.draw import draw  # noqa: E402
+from orchestration.weights.importer import import_pipeline  # noqa: E402
+from orchestration.build.run_loader import load_run  # noqa: E402
 from sampling.spec import SamplerSpec  # noqa: E402
 
 CORPUS = ["a small 3 to the left of a thick 7", "a big 5 above a thin 2", "two digits: 1 and 4",
@@ -140,15 +141,18 @@ def test_import_and_sample_from_the_command_line(imported, tmp_path):
     not_a_pipeline.mkdir()
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    made, refused, file_given, again = probe(
+    made, refused, file_given, again, workdir_file = probe(
         "launch.import_weights", ["--diffusers", str(root / "pipe"), "--workdir", str(tmp_path / "w")],
         ["--diffusers", str(not_a_pipeline), "--workdir", str(tmp_path / "w2")],
         ["--diffusers", str(a_file), "--workdir", str(tmp_path / "w3")],
-        ["--diffusers", str(root / "pipe"), "--workdir", str(tmp_path / "w")])
+        ["--diffusers", str(root / "pipe"), "--workdir", str(tmp_path / "w")],
+        ["--diffusers", str(root / "pipe"), "--workdir", str(a_file)])
     assert made["code"] == 0 and "grid=leading" in made["stdout"], made
     assert_one_line_error(refused, "has no model_index.json")
     assert_one_line_error(file_given, "is not a directory")
     assert_one_line_error(again, "exists and is not empty; nothing is overwritten")
+    assert_one_line_error(workdir_file, f"--workdir {a_file} is a file, not a directory")
+    assert a_file.read_text() == "x"
     prompts_file, empty_file, binary = tmp_path / "prompts.txt", tmp_path / "blank.txt", tmp_path / "bin.txt"
     prompts_file.write_text("a cat\n\n  a dog  \n")
     empty_file.write_text("\n \n")
@@ -162,8 +166,10 @@ def test_import_and_sample_from_the_command_line(imported, tmp_path):
                     ["--workdir", w, "--prompts_file", str(tmp_path / "missing.txt")],
                     ["--workdir", w, "--prompts_file", str(binary)],
                     ["--workdir", w, "--prompt", "a cat", "--num", "0"],
-                    ["--workdir", w, "--prompt", "a cat", "--guidance", "nan"])
-    ok, no_prompt, blank, missing, not_text, zero, nan = results
+                    ["--workdir", w, "--prompt", "a cat", "--guidance", "nan"],
+                    ["--workdir", w, "--steps", "3", "--num", "3", "--seed", "1", "--prompt", "a horse " * 12,
+                     "--prompt", "a 🐱"])
+    ok, no_prompt, blank, missing, not_text, zero, nan, lossy = results
     assert ok["code"] == 0, ok
     assert_one_line_error(no_prompt, "is a text-to-image model: give --prompt")
     assert_one_line_error(blank, "holds no prompt")
@@ -171,27 +177,37 @@ def test_import_and_sample_from_the_command_line(imported, tmp_path):
     assert_one_line_error(not_text, "cannot be read as UTF-8 text")
     assert_one_line_error(zero, "--num and --batch_size must be >= 1, got 0")
     assert_one_line_error(nan, "bad guidance 'nan'")
-    assert len(list((tmp_path / "w" / "samples").glob("*.npz"))) == 1  # the failures wrote nothing
-    (npz,) = (tmp_path / "w" / "samples").glob("*.npz")
+    assert lossy["code"] == 0, lossy  # what the tokenizer loses is said, and sampling goes on
+    assert [line for line in ok["stderr"].splitlines() if line.startswith("warning: ")] == [  # this tiny vocabulary
+        "warning: prompt 'blurry': the tokenizer has no token for 'blurry' (in whole or in part), which becomes "
+        "'<|endoftext|>'"]
+    warnings = [line for line in lossy["stderr"].splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2, warnings
+    assert re.search(r"the text encoder takes 16: the last \d+ are cut off", warnings[0]), warnings
+    assert "the tokenizer has no token for '🐱'" in warnings[1], warnings
+    npzs = sorted((tmp_path / "w" / "samples").glob("*.npz"), key=lambda p: "seed1" in p.name)
+    assert len(npzs) == 2  # the failures wrote nothing
+    npz = npzs[0]
     data = np.load(npz)
     assert data["images"].shape == (3, 16, 16, 3) and data["images"].dtype == np.uint8  # decoded by the VAE
     assert data["prompts"].tolist() == ["a horse", "a cat", "a dog"]
     assert json.loads(str(data["settings"]))["negative_prompt"] == "blurry"
-    from launch.reuse_search import calibration_prompts
-    from launch.scoring import scoring_for
+    from orchestration.generation.phast_search import calibration_prompts
+    from orchestration.generation.scoring import scoring_for
 
     with pytest.raises(ValueError, match="give calibration prompts with --prompt"):
         calibration_prompts(load_run(w), 4)  # what launch.phast checks first: no caption split to default to
     assert calibration_prompts(load_run(w), 3, ["a", "b"]) == ["a", "b", "a"]
-    with pytest.raises(ValueError, match="scores digits models .* and text-to-image digit-scenes models"):
+    with pytest.raises(ValueError, match="scores digits models .*, text-to-image digit-scenes models .* which has no "
+                                         "metric here"):
         scoring_for(load_run(w), 10)  # what launch.evaluate calls before it writes: no metric for 'none' data
 
 
 def test_an_imported_config_is_not_trainable_without_a_dataset_and_kinds_are_checked(imported):
     import ml_collections
 
-    from launch.validation import validate_config
-    from launch.workdir import read_config
+    from orchestration.build.validation import validate_config
+    from orchestration.workdir.directory import read_config
 
     _, root = imported
     config = ml_collections.ConfigDict(read_config(root / "run" / "config.json"))
@@ -223,7 +239,7 @@ def test_a_failed_or_killed_import_leaves_no_work_directory(imported, tmp_path, 
     assert list(tmp_path.iterdir()) == []  # neither the work directory nor its temporary folder
     monkeypatch.undo()
     # SIGKILL once the temporary folder holds something: the target never appears half-written
-    code = f"from launch.importer import import_pipeline; import_pipeline({str(root / 'pipe')!r}, {str(tmp_path / 'k')!r})"
+    code = f"from orchestration.weights.importer import import_pipeline; import_pipeline({str(root / 'pipe')!r}, {str(tmp_path / 'k')!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     deadline = time.time() + 120
     while time.time() < deadline and not any((p / "components").exists() for p in tmp_path.glob(".k-import-*")):

@@ -175,7 +175,7 @@ def test_a_dead_process_makes_the_others_exit_instead_of_hanging():
 
 
 def test_explicit_settings_and_an_unreachable_coordinator_are_one_line_errors():
-    from launch.distributed import initialize
+    from orchestration.cluster.distributed import initialize
 
     with pytest.raises(ValueError, match="go together"):
         initialize("localhost:1234", None, 0)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from configs import digits
-from launch.evaluate import run_cells, write_report
-from launch.experiment import train
-from launch.run_loader import load_run
-from launch.sweep import parse_sweep
+from orchestration.generation.evaluation import run_cells, write_report
+from orchestration.experiments.training import train
+from orchestration.build.run_loader import load_run
+from orchestration.generation.sweep import parse_sweep
 from tests.conftest import ROOT
 from tests.launch.test_cli import _env
 
@@ -111,18 +111,20 @@ def test_sample_cli_bad_input_is_one_line_and_writes_nothing(workdir, tmp_path):
     cases += [["--workdir", str(a_file)], ["--workdir", str(unwritable), "--steps", "2", "--num", "4"],
               ["--workdir", str(workdir), "--steps", "2", "--num", "4", "--seed", "9"],  # works,
               ["--workdir", str(workdir), "--steps", "2", "--num", "4", "--seed", "9"],  # then is not overwritten
-              ["--workdir", str(workdir), "--steps", "2", "--num", "5", "--seed", "9"]]  # another num: its own file
+              ["--workdir", str(workdir), "--steps", "2", "--num", "5", "--seed", "9"],  # another num: its own file
+              ["--workdir", str(workdir), "--steps", "2", "--seed", "9"]]  # no --num: the run's config.sample.num
     results = probe("launch.sample", *cases)
     for result, (_, message) in zip(results, SAMPLE_ERRORS):
         assert_one_line_error(result, message)
-    bad_dir, read_only, first, again, other = results[len(SAMPLE_ERRORS):]
+    bad_dir, read_only, first, again, other, default_num = results[len(SAMPLE_ERRORS):]
     assert_one_line_error(bad_dir, f"{a_file} has no config.json")
     assert_one_line_error(read_only, f"cannot write the samples to {unwritable / 'samples'}")
-    assert first["code"] == 0 and other["code"] == 0, (first, other)
+    assert first["code"] == 0 and other["code"] == 0 and default_num["code"] == 0, (first, other, default_num)
+    num = digits.get_config("smoke").sample.num
     assert_one_line_error(again, "ddim_2steps_ckpt20_seed9_n4.npz exists; pass --overwrite")
     made = sorted(set(p.name for p in (workdir / "samples").iterdir()) - set(before))
-    assert made == ["ddim_2steps_ckpt20_seed9_n4.npz", "ddim_2steps_ckpt20_seed9_n4.png",
-                    "ddim_2steps_ckpt20_seed9_n5.npz", "ddim_2steps_ckpt20_seed9_n5.png"]
+    assert made == sorted(f"ddim_2steps_ckpt20_seed9_n{n}.{ext}" for n in (4, 5, num) for ext in ("npz", "png"))
+    assert len(np.load(workdir / "samples" / f"ddim_2steps_ckpt20_seed9_n{num}.npz")["images"]) == num
 
 
 def test_evaluate_cli_bad_input_is_one_line(workdir, tmp_path):
@@ -136,11 +138,15 @@ def test_evaluate_cli_bad_input_is_one_line(workdir, tmp_path):
                     ["--workdir", str(workdir), "--sweep", str(listed)],
                     ["--workdir", str(damaged), "--sweep", "steps=2"],
                     ["--workdir", str(workdir), "--num", "0"],
-                    ["--workdir", str(workdir), "--sweep", "steps=2;x0_clip=1"])
+                    ["--workdir", str(workdir), "--sweep", "steps=2;x0_clip=1"],
+                    ["--workdir", str(workdir), "--sweep", ""],
+                    ["--workdir", str(workdir), "--sweep", ";;"])
     assert_one_line_error(results[0], f"sweep file {listed} must hold an object")
     assert_one_line_error(results[1], f"{damaged / 'eval' / 'report.json'} is not a readable evaluation report")
     assert_one_line_error(results[2], "--num and --batch_size must be >= 1, got 0")
     assert_one_line_error(results[3], "unknown sweep key(s) ['x0_clip']")  # a toy part needs $KAIROS_PARTS
+    for result in results[4:]:  # an empty sweep is refused, not run (or skipped) as the default one
+        assert_one_line_error(result, "holds no key=v1,v2 entry")
 
 
 def test_train_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):

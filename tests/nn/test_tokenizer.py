@@ -53,3 +53,25 @@ def test_a_folder_without_a_tokenizer_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="holds no tokenizer"):
         load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("make", [clip_folder, bert_folder])
+def test_what_tokenizing_loses_is_said(tmp_path, make):
+    """A prompt longer than the encoder takes is cut (as diffusers does, which warns too), and a
+    word the tokenizer cannot encode becomes its unknown token: each is one notice, naming
+    the prompt and what is lost; a prompt that loses nothing gets none."""
+    from diffusion.nn.text.tokenizer import prompt_notices
+
+    make(tmp_path)
+    tok = load_tokenizer(tmp_path)
+    long = "a small 3 to the left of a thick 7 and the 1 of a 4 and a 9"
+    ids = tok(long)["input_ids"]
+    assert len(ids) > 12
+    notes = prompt_notices(tok, ["a small 3", long, "a 🐱 and a 9", long], max_length=12)
+    cut = tok.decode(ids[11:-1], skip_special_tokens=True).strip()
+    assert notes == [f"prompt {long[:37] + '...'!r} is {len(ids)} tokens and the text encoder takes 12: the last "
+                     f"{len(ids) - 12} are cut off ({cut!r})",
+                     f"prompt 'a 🐱 and a 9': the tokenizer has no token for '🐱' (in whole or in part), which "
+                     f"becomes {tok.unk_token!r}"]
+    assert tokenize(tok, [long], max_length=12)[0][0].tolist() == ids[:11] + ids[-1:]  # what is kept, as said
+    assert prompt_notices(tok, ["a small 3", ""], max_length=12) == []

@@ -11,8 +11,8 @@ from flax import struct
 from diffusion.analytic import SharedLatentVideoDenoiser, make_mixture
 from diffusion.contract import Stateless
 from diffusion.schedules import make_schedule
-from launch.generate import generate
-from launch.video import generate_video
+from orchestration.generation.generate import generate
+from orchestration.generation.video import generate_video
 from sampling import loop
 from sampling.registry import ModelCaps
 from sampling.spec import make_spec
@@ -64,6 +64,7 @@ def test_changing_the_given_frames_or_the_lag_does_not_recompile():
     ({"plan": "i2v"}, ModelCaps(), "this model makes images"),
     ({"plan": "i2v", "given_frames": "4"}, CAPS, "frame 4 is outside the model's 4-frame video"),
     ({"plan": "interp", "given_frames": "0,1,2,3"}, CAPS, "nothing is left to generate"),
+    ({"plan": "interp", "given_frames": "0"}, CAPS, r"gives one frame: give two or more \(e.g. 0,3\), or use --plan i2v"),
     ({"plan": "long:4"}, CAPS, "no longer than the model's 4-frame window"),
     ({"plan": "pyramid:1", "solver": "dpmpp2m"}, CAPS, "needs a one-step solver"),
 ])

@@ -86,8 +86,8 @@ def test_every_remat_policy_keeps_less(name):
     import importlib
 
     from diffusion.nn.remat import POLICIES
-    from launch.builders import build_source
-    from launch.memory import activation_estimate
+    from orchestration.build.builders import build_source
+    from orchestration.experiments.memory import activation_estimate
 
     config = importlib.import_module(f"configs.{name}").get_config("smoke")  # the ADM UNet; the SD UNet
     _, info = build_source(config)
@@ -100,9 +100,10 @@ def test_a_run_whose_activations_cannot_fit_is_refused_before_any_write(tmp_path
     import copy
 
     from configs import digits
-    from launch import experiment
-    from launch.builders import build_source
-    from launch.memory import activation_estimate
+    from orchestration.experiments import runner
+    from orchestration.experiments.training import train
+    from orchestration.build.builders import build_source
+    from orchestration.experiments.memory import activation_estimate
 
     class Fits(Exception):
         pass
@@ -111,15 +112,15 @@ def test_a_run_whose_activations_cannot_fit_is_refused_before_any_write(tmp_path
     config.train.batch_size = 512  # activations well above the smoke model's state
     _, info = build_source(config)
     kept = activation_estimate(copy.deepcopy(config), info, config.train.batch_size // 8, ["off", "nothing_saveable"])
-    monkeypatch.setattr(experiment, "device_capacity", lambda: kept["off"])  # the state + kept["off"] cannot fit
+    monkeypatch.setattr(runner, "device_capacity", lambda: kept["off"])  # the state + kept["off"] cannot fit
     with pytest.raises(ValueError, match=r"cannot fit the devices: .*activations at the configured batch .* \(remat "
                                          r"off; remat nothing_saveable: .*MiB\).*--config\.model\.remat=nothing_saveable"):
-        experiment.train(config, tmp_path / "run", progress=False)
+        train(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
     config.model.remat = "nothing_saveable"  # with remat it fits: the run gets past its checks to the work directory
-    monkeypatch.setattr(experiment, "check_workdir", lambda *a: (_ for _ in ()).throw(Fits()))
+    monkeypatch.setattr(runner, "check_workdir", lambda *a: (_ for _ in ()).throw(Fits()))
     with pytest.raises(Fits):
-        experiment.train(config, tmp_path / "run", progress=False)
+        train(config, tmp_path / "run", progress=False)
 
 
 def test_the_memory_command_prints_every_policy():
@@ -152,7 +153,7 @@ def test_the_memory_command_prints_every_policy():
 ])
 def test_the_memory_estimate_checks_its_config_first(overrides, match):
     from configs import digits
-    from launch.memory import estimate
+    from orchestration.experiments.memory import estimate
 
     config = digits.get_config()
     for key, value in overrides.items():

@@ -35,3 +35,27 @@ def tokenize(tokenizer: Any, prompts: Sequence[str], max_length: int | None = No
         raise ValueError(f"the tokenizer's model_max_length is {length}: pass max_length")
     out = tokenizer(list(prompts), padding="max_length", max_length=length, truncation=True, return_tensors="np")
     return out["input_ids"].astype(np.int32), out["attention_mask"].astype(np.int32)
+
+
+def prompt_notices(tokenizer: Any, prompts: Sequence[str], max_length: int | None = None) -> list[str]:
+    """What :func:`tokenize` loses of ``prompts``, one line per prompt and loss (each distinct
+    prompt once): the tokens beyond ``max_length`` that are cut off (diffusers' pipeline warns
+    of the same), and the words the tokenizer has no token for, in whole or in part: those
+    parts become its unknown token (``<|endoftext|>`` for CLIP, ``[UNK]`` for BERT)."""
+    length = max_length or tokenizer.model_max_length
+    unk = tokenizer.unk_token_id
+    notes = []
+    for prompt in dict.fromkeys(prompts):
+        shown = prompt if len(prompt) <= 40 else prompt[:37] + "..."
+        ids = tokenizer(prompt, truncation=False, verbose=False)["input_ids"]
+        if len(ids) > length:  # tokenize keeps the first length - 1 tokens and the end token
+            cut = tokenizer.decode(ids[length - 1:-1], skip_special_tokens=True).strip()
+            notes.append(f"prompt {shown!r} is {len(ids)} tokens and the text encoder takes {length}: the last "
+                         f"{len(ids) - length} are cut off" + (f" ({cut!r})" if cut else ""))
+        if unk is not None:
+            lost = [w for w in dict.fromkeys(prompt.split())
+                    if unk in tokenizer(w, add_special_tokens=False, verbose=False)["input_ids"]]
+            if lost:
+                notes.append(f"prompt {shown!r}: the tokenizer has no token for {', '.join(map(repr, lost))} "
+                             f"(in whole or in part), which becomes {tokenizer.unk_token!r}")
+    return notes

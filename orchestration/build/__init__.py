@@ -1,0 +1,2 @@
+"""A run's pieces from its config: networks, data, model caps, config validation, frozen
+parts, and opening a work directory."""

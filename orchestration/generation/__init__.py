@@ -1,0 +1,1 @@
+"""Drawing samples (images, video plans, prompts), scoring them, sweeps, reports, evaluation and the PHAST search."""

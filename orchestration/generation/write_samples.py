@@ -1,0 +1,138 @@
+"""Samples a work directory into ``<workdir>/samples/`` (``python -m launch.sample``).
+
+Writes ``<sampler tag>_ckpt<step>_seed<seed>_n<num>[_prompts<hash>][_<source>].npz`` (uint8
+``images [N, H, W, C]`` or videos ``[N, L, H, W, C]``, ``labels [N]``, ``prompts [N]`` of a
+text model, a video plan's ground truth as ``truth``, and the settings as JSON) and a PNG
+grid of the first 100 beside it (a video model: a filmstrip, one video per row, and an
+animated GIF). Everything is checked before the parameters are read; an existing file is
+kept unless ``overwrite``; process 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from diffusion.metrics.grid import save_grid, to_uint8
+from orchestration.build.run_loader import load_run
+from orchestration.generation.draw import draw
+from orchestration.generation.generate import all_devices_mesh, check_prompts, cycled_prompts
+from orchestration.generation.video import needs_truth, save_gif, truth_videos, video_length
+from orchestration.workdir import files
+from orchestration.workdir.phast_files import external_for
+from orchestration.workdir.records import record_fields
+from sampling.spec import SamplerSpec
+
+DEFAULT_SOURCE = "heldout"  # the split a video plan's given frames come from
+
+
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """What :func:`write_samples` wrote: ``paths`` (the ``.npz`` first), ``num`` samples (or
+    videos, ``videos``), sampled in ``seconds``; ``paths`` is empty on processes other than 0."""
+
+    paths: tuple[pathlib.Path, ...]
+    num: int
+    seconds: float
+    videos: bool
+
+    def summary(self) -> str:
+        names = [str(p) for p in self.paths]
+        listed = f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else "".join(names)
+        return f"wrote {listed} ({self.num} {'videos' if self.videos else 'samples'}, {self.seconds:.1f}s)"
+
+
+def check_writable(directory: pathlib.Path) -> None:
+    """Fails now, not after sampling, when ``directory`` cannot take the output."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=directory).close()
+    except OSError as e:
+        raise OSError(f"cannot write the samples to {directory}: {e.strerror or e}") from None
+
+
+def sample_name(spec_tag: str, step: int, seed: int, num: int, prompts: list[str], negative_prompt: str) -> str:
+    """The output name; prompts add a short hash of themselves (several prompt sets of one
+    sampler never overwrite each other)."""
+    name = f"{spec_tag}_ckpt{step}_seed{seed}_n{num}"
+    if prompts:
+        digest = hashlib.sha256(json.dumps([prompts, negative_prompt]).encode()).hexdigest()[:8]
+        name += f"_prompts{digest}"
+    return name
+
+
+def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None, num: int | None = None,
+                  ckpt: str = "latest", seed: int = 0, batch_size: int = 500, prompts: list[str] | None = None,
+                  negative_prompt: str = "", source: str | None = None, overwrite: bool = False,
+                  progress: bool = True) -> Written:
+    """Samples checkpoint ``ckpt`` of ``workdir`` with its ``config.sample.sampler`` merged
+    with ``overrides`` (sampler keys, ``SamplerSpec.merged``) and writes the files above.
+
+    ``num`` defaults to the run's ``config.sample.num``. ``source``: the split a video
+    plan's given frames come from (default ``heldout``; refused when the sampler gives none).
+
+    Raises:
+      ValueError: a bad count, sampler, prompt or source (before anything is read or written).
+      FileExistsError: the output exists and ``overwrite`` is off.
+      OSError: ``<workdir>/samples`` cannot be written (before sampling).
+    """
+    prompts = list(prompts or [])
+    if (num is not None and num < 1) or batch_size < 1:
+        raise ValueError(f"--num and --batch_size must be >= 1, got {num} and {batch_size}")
+    run = load_run(workdir)
+    num = int(run.config.sample.num) if num is None else num
+    check_prompts(run, prompts)  # before the parameters are read
+    spec = SamplerSpec.parse(run.config.sample.sampler).merged(overrides or {})
+    spec.build(run.denoiser, run.caps, external_for(run.workdir, spec))  # a bad sampler fails now
+    truth = None
+    if run.caps.frames is not None and needs_truth(spec, run.caps.frames):
+        source = source or DEFAULT_SOURCE
+        truth = truth_videos(run.config, source, num, video_length(spec, run.caps.frames))
+    elif source is not None:
+        raise ValueError("--source names the split a video plan's given frames come from; this sampler gives none "
+                         "(use --plan i2v or interp, or --given_frames with a plan)")
+    step = run.select(ckpt)[0]
+    name = sample_name(spec.tag(), step, seed, num, prompts, negative_prompt)  # tags may hold dots (eta0.5)
+    if truth is not None:
+        name += f"_{source}"
+    npz, png = (pathlib.Path(workdir) / "samples" / f"{name}.{ext}" for ext in ("npz", "png"))
+    if npz.exists() and not overwrite:
+        raise FileExistsError(f"{npz} exists; pass --overwrite to sample it again and replace it")
+    writer = jax.process_index() == 0
+    if writer:
+        check_writable(npz.parent)
+    params = run.params(step)
+    t0 = time.perf_counter()
+    images, conds = draw(run, params, spec, num, seed=seed, batch_size=batch_size, prompts=prompts,
+                         negative_prompt=negative_prompt, progress=progress,
+                         external=external_for(run.workdir, spec), truth=truth, mesh=all_devices_mesh())
+    seconds = time.perf_counter() - t0
+    videos = images.ndim == 5
+    if not writer:
+        return Written((), num, seconds, videos)
+    settings = {"ckpt": step, "seed": seed, "num": num, "seconds": seconds, **record_fields(spec)}
+    if prompts:
+        settings["negative_prompt"] = negative_prompt
+    if truth is not None:
+        settings["source"] = source
+    extra = {} if truth is None else {"truth": to_uint8(truth)}
+    with files.replacing(npz) as f:  # a killed run leaves no half file that a rerun would refuse to replace
+        np.savez_compressed(f, images=to_uint8(images), **extra,
+                            labels=conds.get("label", np.zeros(0, np.int32)),
+                            prompts=np.asarray(cycled_prompts(num, prompts) if prompts else [], dtype=str),
+                            settings=json.dumps(settings))
+    if videos:  # [N, F, H, W, C]: a filmstrip, one video per row, and a GIF
+        save_grid(images[:16].reshape(-1, *images.shape[2:]), png, nrow=images.shape[1],
+                  scale=max(1, 32 // images.shape[2]))
+        gif = png.with_suffix(".gif")
+        save_gif(to_uint8(images), gif)
+        return Written((npz, png, gif), num, seconds, videos)
+    save_grid(images[:100], png, nrow=run.num_classes or None, scale=max(1, 32 // images.shape[1]))
+    return Written((npz, png), num, seconds, videos)

@@ -1,0 +1,1 @@
+"""Foreign weights: a diffusers Stable Diffusion folder imported as a work directory."""

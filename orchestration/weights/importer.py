@@ -1,0 +1,186 @@
+"""A local diffusers Stable Diffusion pipeline folder -> an ordinary Kairos work directory.
+
+The folder (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
+``scheduler/``) is read and converted whole before anything is written; the work
+directory is assembled in a temporary folder beside the target (``.<name>-import-*``) and
+renamed into place, so an import either leaves a complete work directory or none (an
+import killed with SIGKILL leaves only that hidden folder, which may be deleted). It holds:
+
+* ``config.json``: ``model.kind = "sd_unet"`` with the UNet's fields, the scheduler's
+  betas, training steps and prediction type, a default sampler on the scheduler's
+  timestep spacing, ``text`` and ``latent`` sections;
+* ``components/{text_encoder,tokenizer,vae}`` (``orchestration.workdir.components``);
+* ``checkpoints/0``: ``{"ema_params": UNet params}`` (what sampling, evaluation and
+  distillation read);
+* ``import.json``: where it came from and what had to be approximated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import shutil
+import tempfile
+
+import ml_collections
+
+from configs.common import base_config
+from diffusion.convert.clip import load_clip_text
+from diffusion.convert.tensors import ConversionError
+from diffusion.convert.unet import load_unet
+from diffusion.convert.vae import load_vae
+from diffusion.nn.text.tokenizer import load_tokenizer
+
+SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+PRED_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+BETA_SCHEDULES = {"scaled_linear": "scaled_linear", "linear": "linear"}
+IMPORT_FILE = "import.json"
+
+
+def _scheduler(folder: pathlib.Path) -> tuple[dict, str, list[str]]:
+    """``(config.diffusion fields, grid, notes)`` from ``scheduler/scheduler_config.json``."""
+    path = folder / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        raise ConversionError(f"{path} is missing (every diffusers pipeline folder has one)")
+    try:
+        s = json.loads(path.read_text())
+    except ValueError as e:
+        raise ConversionError(f"{path} is not valid JSON ({e})") from None
+    if s.get("trained_betas") is not None:
+        raise ConversionError(f"{path}: trained_betas (an explicit beta table) is not supported")
+    if s.get("rescale_betas_zero_snr"):
+        raise ConversionError(f"{path}: rescale_betas_zero_snr=true is not supported")
+    kind = s.get("beta_schedule", "linear")
+    if kind not in BETA_SCHEDULES:
+        raise ConversionError(f"{path}: beta_schedule={kind!r} is not supported; expected one of {sorted(BETA_SCHEDULES)}")
+    pred = s.get("prediction_type", "epsilon")
+    if pred not in PRED_TYPES:
+        raise ConversionError(f"{path}: prediction_type={pred!r} is not supported; expected one of {sorted(PRED_TYPES)}")
+    diffusion = {"schedule": BETA_SCHEDULES[kind], "num_steps": int(s.get("num_train_timesteps", 1000)),
+                 "beta_start": float(s.get("beta_start", 0.0001)), "beta_end": float(s.get("beta_end", 0.02)),
+                 "pred_type": PRED_TYPES[pred]}
+    spacing, offset = s.get("timestep_spacing", "leading"), int(s.get("steps_offset", 0))
+    alpha_one = bool(s.get("set_alpha_to_one", True))
+    notes = []
+    if spacing == "leading" and offset == 1 and not alpha_one:
+        grid = "leading"
+    elif spacing == "leading" and offset == 0 and alpha_one:
+        grid = "uniform"
+    elif spacing == "trailing" and alpha_one:
+        grid = "trailing"
+    else:
+        grid = "trailing" if spacing == "trailing" else "leading"
+        notes.append(f"the scheduler's timestep_spacing={spacing!r}, steps_offset={offset}, "
+                     f"set_alpha_to_one={alpha_one} has no exact Kairos grid; the default sampler uses grid={grid}")
+    if s.get("clip_sample"):
+        notes.append("the scheduler clips x0 predictions to [-1, 1] (clip_sample=true); Kairos' solvers do not")
+    return diffusion, grid, notes
+
+
+def convert_pipeline(folder: str | pathlib.Path) -> dict:
+    """Reads and converts every part of a diffusers pipeline folder; writes nothing.
+
+    Returns ``{"config": ConfigDict, "unet": params, "text_encoder": (config, params),
+    "vae": (config, params), "notes": [...]}``.
+
+    Raises:
+      ConversionError: a missing sub-folder or file, an unsupported option, a missing,
+        unknown or mis-shaped tensor (named).
+    """
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise ConversionError(f"--diffusers {folder} is not a directory")
+    if not (folder / "model_index.json").is_file():
+        raise ConversionError(f"{folder} has no model_index.json: not a diffusers pipeline folder (save one with "
+                              "pipeline.save_pretrained(folder))")
+    missing = [name for name in SUBFOLDERS if not (folder / name).is_dir()]
+    if missing:
+        raise ConversionError(f"{folder} lacks the sub-folder(s) {missing}; a Stable Diffusion pipeline folder has "
+                              f"{list(SUBFOLDERS)}")
+    diffusion, grid, notes = _scheduler(folder)
+    text_config = json.loads((folder / "text_encoder" / "config.json").read_text()) if (
+        folder / "text_encoder" / "config.json").is_file() else {}
+    if text_config and text_config.get("model_type") not in (None, "clip_text_model"):
+        raise ConversionError(f"{folder / 'text_encoder'} holds a {text_config.get('model_type')!r} model; only "
+                              "CLIP text encoders (SD 1.x / 2.x) are supported")
+    if text_config.get("use_attention_mask"):
+        raise ConversionError(f"{folder / 'text_encoder'}: use_attention_mask=true is not supported (SD 1.x / 2.x "
+                              "encode prompts without an attention mask)")
+    unet_config, unet_params = load_unet(folder / "unet")
+    vae_config, vae_params = load_vae(folder / "vae")
+    clip_config, clip_params = load_clip_text(folder / "text_encoder")
+    tokenizer = load_tokenizer(folder / "tokenizer")
+    if unet_config.cross_attention_dim != clip_config.hidden_size:
+        raise ConversionError(f"unet cross_attention_dim={unet_config.cross_attention_dim} but the text encoder's "
+                              f"hidden_size={clip_config.hidden_size}: the parts do not belong together")
+    if unet_config.in_channels != vae_config.latent_channels:
+        raise ConversionError(f"unet in_channels={unet_config.in_channels} but the VAE has "
+                              f"{vae_config.latent_channels} latent channels")
+    max_length = min(int(tokenizer.model_max_length), clip_config.max_position_embeddings)
+    config = _config(unet_config, vae_config, diffusion, grid, max_length, folder)
+    return {"config": config, "unet": unet_params, "text_encoder": (clip_config, clip_params),
+            "vae": (vae_config, vae_params), "notes": notes}
+
+
+def _config(unet_config, vae_config, diffusion: dict, grid: str, max_length: int, folder: pathlib.Path
+            ) -> ml_collections.ConfigDict:
+    c = base_config()
+    c.data.name = "none"
+    c.data.resolution = unet_config.sample_size * vae_config.downscale
+    c.model.kind = "sd_unet"
+    c.model.sd_unet = json.loads(json.dumps(dataclasses.asdict(unet_config)))
+    c.model.class_conditional = False
+    c.model.dropout = 0.0
+    c.model.pred_type = diffusion.pop("pred_type")
+    c.diffusion.update(diffusion)
+    c.diffusion.cond_drop_prob = 0.0
+    c.text = ml_collections.ConfigDict({"encoder": str(folder / "text_encoder"), "tokenizer": str(folder / "tokenizer"),
+                                        "max_length": max_length, "clip_skip": 0})
+    c.latent = ml_collections.ConfigDict({"vae": str(folder / "vae")})
+    c.sample.sampler = c.eval.sampler = f"solver=ddim;steps=50;grid={grid};guidance=7.5"
+    c.sample.num = 4
+    c.eval.fd_digits = False
+    return c
+
+
+def import_pipeline(folder: str | pathlib.Path, workdir: str | pathlib.Path) -> dict:
+    """Converts ``folder`` and writes the work directory ``workdir`` (which must not exist
+    or be empty). Returns what ``import.json`` records."""
+    from diffusion.train import checkpoint
+    from orchestration.workdir import components
+    from orchestration.workdir.components import component_dir
+    from orchestration.workdir.directory import to_json_dict, write_config
+
+    workdir = pathlib.Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise FileExistsError(f"--workdir {workdir} is a file, not a directory; nothing is overwritten: choose a new "
+                              "--workdir")
+    if workdir.exists() and any(workdir.iterdir()):
+        raise FileExistsError(f"--workdir {workdir} exists and is not empty; nothing is overwritten: choose a new "
+                              "--workdir (or remove this one yourself)")
+    converted = convert_pipeline(folder)
+    config_json = to_json_dict(converted["config"])
+    workdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{workdir.name}-import-", dir=workdir.parent))
+    try:
+        components.save_params(component_dir(tmp, "text_encoder"), "clip_text", *converted["text_encoder"])
+        components.save_params(component_dir(tmp, "vae"), "vae", *converted["vae"])
+        components.save_tokenizer(component_dir(tmp, "tokenizer"), pathlib.Path(folder) / "tokenizer")
+        write_config(tmp, config_json)
+        manager = checkpoint.make_manager(tmp, keep_last=1)
+        try:
+            checkpoint.save(manager, 0, {"ema_params": converted["unet"]}, config_json)
+            manager.wait_until_finished()
+        finally:
+            manager.close()
+        record = {"source": str(pathlib.Path(folder).resolve()), "notes": converted["notes"],
+                  "sampler": converted["config"].sample.sampler}
+        (tmp / IMPORT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        if workdir.exists():
+            workdir.rmdir()  # empty, checked above
+        tmp.rename(workdir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return record

@@ -1,0 +1,79 @@
+"""``eval/report.json``: evaluation records, their tag version, and the upgrade of older ones.
+
+A record's ``id`` is ``ckpt<step>/<sampler tag>/seed<seed>/n<num>`` (``orchestration.generation.sweep.Cell``);
+the file carries ``tag_version`` (``sampling.spec.TAG_VERSION``). A report without one was
+written by issue 3/4's ``launch.evaluate`` (tag version 1: flat ``solver, steps, grid,
+guidance, time_shift, time_shift_mode, eta, attention_reuse, feature_cache, cache_branch``
+fields); its records are converted from those fields, so finished cells are recognised,
+never silently re-run or dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from orchestration.workdir import files
+from sampling.spec import TAG_VERSION, SamplerSpec
+
+V1_FIELDS = ("solver", "steps", "grid", "guidance", "time_shift", "time_shift_mode", "eta", "attention_reuse",
+             "feature_cache", "cache_branch")
+
+
+def record_fields(spec: SamplerSpec) -> dict:
+    """The sampler part of a record: its canonical string and its flat values."""
+    return {"sampler": spec.to_string(), **spec.to_values()}
+
+
+def spec_of_v1(record: dict) -> SamplerSpec:
+    """The sampler of a tag-version-1 record, from its fields."""
+    values = {"solver": record["solver"], "steps": record["steps"], "grid": record.get("grid", "trailing")}
+    if record.get("eta") is not None:
+        values["eta"] = record["eta"]
+    if record.get("guidance") is not None:
+        values["guidance"] = record["guidance"]
+    if record.get("time_shift"):
+        values["time_shift"] = "{}:{}".format(*record["time_shift"])
+        values["time_shift_mode"] = record.get("time_shift_mode", "query")
+    if record.get("attention_reuse"):
+        values["attention_reuse"] = record["attention_reuse"]
+    if record.get("feature_cache"):
+        values["feature_cache"] = record["feature_cache"]
+        values["cache_branch"] = record.get("cache_branch", 0)
+    return SamplerSpec.from_values(values)
+
+
+def upgrade_v1(record: dict) -> dict:
+    spec = spec_of_v1(record)
+    rest = {k: v for k, v in record.items() if k not in V1_FIELDS}
+    rest["id"] = f"ckpt{record['ckpt']}/{spec.tag()}/seed{record['seed']}/n{record['num']}"
+    return {**rest, **record_fields(spec)}
+
+
+def load_records(path: pathlib.Path, log=print) -> list[dict]:
+    """The records of ``path`` in today's tag version (``[]`` if it does not exist).
+
+    Raises:
+      ValueError: the file is not a report (names the file) or has a newer tag version.
+    """
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+        records, version = data["records"], int(data.get("tag_version", 1))
+        if not isinstance(records, list):
+            raise TypeError("'records' is not a list")
+        if version == 1:
+            records = [upgrade_v1(r) for r in records]
+            if records:
+                log(f"{path}: converted {len(records)} record(s) of tag version 1 to version {TAG_VERSION}")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable evaluation report ({type(e).__name__}: {e}); move it away "
+                         "to start a new one") from None
+    if version > TAG_VERSION:
+        raise ValueError(f"{path} has tag version {version}, newer than this Kairos ({TAG_VERSION})")
+    return records
+
+
+def save_records(path: pathlib.Path, records: list[dict], meta: dict) -> None:
+    files.write_text(path, json.dumps({**meta, "tag_version": TAG_VERSION, "records": records}, indent=1) + "\n")
