@@ -63,6 +63,9 @@ class ConsistencyFunction:
     def init_cache(self, params, x_t, cond=None, num_steps=None, modes: Modes = COMPUTE):
         return self.denoiser.init_cache(params, x_t, cond, num_steps, modes)
 
+    def step_plan(self, num_steps: int):
+        return self.denoiser.step_plan(num_steps)
+
 
 @struct.dataclass
 class ConsistencyState:

@@ -18,7 +18,8 @@ from sampling.grids import GRIDS, make_grid
 from sampling.registry import OFF, BuildContext, ModelCaps, fmt
 
 Knobs = tuple[tuple[str, Any], ...]
-TAG_VERSION = 2  # of tag(); launch/ migrates records and files of older versions
+TAG_VERSION = 3  # of tag(); orchestration/workdir migrates records and files of older versions
+# 3: cache_branch in DeepCache's numbering (old branch b is now b - 1, tagged -db instead of -b)
 
 
 def _is_off(value) -> bool:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from diffusion.contract import COMPUTE, Modes
+from diffusion.contract import COMPUTE, Modes, StepPlan
 from diffusion.param import Prediction, check_pred_type, to_prediction
 from diffusion.schedules import Schedule
 
@@ -84,6 +84,11 @@ class Denoiser:
         """A raw network output at ``(x_t, t)`` as a :class:`Prediction`."""
         alpha, sigma = self.schedule.alpha_sigma(jnp.asarray(t, jnp.float32))
         return to_prediction(raw, self.pred_type, x_t, alpha, sigma)
+
+    def step_plan(self, num_steps: int) -> StepPlan:
+        """Plain steps: the network caches nothing unless a transform asks it to."""
+        del num_steps
+        return StepPlan()
 
     def init_cache(self, params: Any, x_t: jax.Array, cond: Mapping[str, jax.Array] | None = None,
                    num_steps: int | None = None, modes: Modes = COMPUTE) -> dict:

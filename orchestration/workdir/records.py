@@ -4,8 +4,9 @@ A record's ``id`` is ``ckpt<step>/<sampler tag>/seed<seed>/n<num>`` (``orchestra
 the file carries ``tag_version`` (``sampling.spec.TAG_VERSION``). A report without one was
 written by issue 3/4's ``launch.evaluate`` (tag version 1: flat ``solver, steps, grid,
 guidance, time_shift, time_shift_mode, eta, attention_reuse, feature_cache, cache_branch``
-fields); its records are converted from those fields, so finished cells are recognised,
-never silently re-run or dropped.
+fields); its records are converted from those fields. Before version 3, ``cache_branch b``
+meant what DeepCache's numbering calls ``b - 1`` (issue 26): such records are renumbered.
+So finished cells are recognised, never silently re-run or dropped.
 """
 
 from __future__ import annotations
@@ -44,9 +45,24 @@ def spec_of_v1(record: dict) -> SamplerSpec:
 
 
 def upgrade_v1(record: dict) -> dict:
+    """A tag-version-1 record in the form of version 2 (then :func:`upgrade_v2`)."""
     spec = spec_of_v1(record)
     rest = {k: v for k, v in record.items() if k not in V1_FIELDS}
     rest["id"] = f"ckpt{record['ckpt']}/{spec.tag()}/seed{record['seed']}/n{record['num']}"
+    return {**rest, **record_fields(spec)}
+
+
+def upgrade_v2(record: dict) -> dict:
+    """A tag-version-2 record in version 3: ``cache_branch`` renumbered (``b -> b - 1``) in its
+    sampler, its values and its id (whatever follows ``n<num>`` in the id, a caption split's
+    ``/novel``, is kept)."""
+    if str(record.get("feature_cache", "off")).lower() in ("off", "none"):
+        return record
+    old = SamplerSpec.parse(record["sampler"]).to_values()
+    spec = SamplerSpec.from_values({**old, "cache_branch": int(record.get("cache_branch", 0)) - 1})
+    suffix = record["id"].split(f"/n{record['num']}", 1)[1]
+    rest = {k: v for k, v in record.items() if k not in old and k != "cache_branch"}
+    rest["id"] = f"ckpt{record['ckpt']}/{spec.tag()}/seed{record['seed']}/n{record['num']}{suffix}"
     return {**rest, **record_fields(spec)}
 
 
@@ -65,8 +81,10 @@ def load_records(path: pathlib.Path, log=print) -> list[dict]:
             raise TypeError("'records' is not a list")
         if version == 1:
             records = [upgrade_v1(r) for r in records]
-            if records:
-                log(f"{path}: converted {len(records)} record(s) of tag version 1 to version {TAG_VERSION}")
+        if version <= 2:
+            records = [upgrade_v2(r) for r in records]
+        if version < TAG_VERSION and records:
+            log(f"{path}: converted {len(records)} record(s) of tag version {version} to version {TAG_VERSION}")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path} is not a readable evaluation report ({type(e).__name__}: {e}); move it away "
                          "to start a new one") from None

@@ -2,9 +2,10 @@
 denoiser transform, registered as the ``attention_reuse`` part.
 
 On a reuse step every self-attention layer multiplies its most recently computed map by
-the current values. The step picks compute or reuse with ``lax.cond`` on a **traced**
-boolean schedule ``[N]``: a new schedule does not recompile, and XLA runs only the taken
-branch (docs/design/caching.md).
+the current values. The **traced** boolean schedule ``[N]`` becomes the attention codes of
+the step plan (``diffusion.contract.read_plan``): the sampling loop runs each step's
+variant and keeps the maps of a store step, the last computing step before a reuse run,
+out of the per-step carry (docs/design/caching.md). A new schedule does not recompile.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import struct
 
-from diffusion.contract import COMPUTE, Modes
+from diffusion.contract import COMPUTE, Modes, StepPlan, read_plan
 from diffusion.param import Prediction
 from sampling.registry import Knob, TransformPart, register
 from sampling.transforms.schedules import check_length, hurry, reuse_block, reuse_steps
@@ -25,7 +25,8 @@ from sampling.transforms.schedules import check_length, hurry, reuse_block, reus
 class AttentionReuse:
     """``reuse: bool [N]`` (traced): at step ``i`` with ``reuse[i]``, self-attention
     layers reuse the maps from the last step that computed them; otherwise they compute
-    and store them. Step 0 always computes. All-False equals the plain denoiser."""
+    (and store them when the next step reuses). Step 0 always computes. All-False equals
+    the plain denoiser. A call runs the attention mode it is given (the loop's plan)."""
 
     denoiser: Any
     reuse: jax.Array
@@ -34,14 +35,16 @@ class AttentionReuse:
         check_length("attention reuse", self.reuse, num_steps)
         return self.denoiser.init_cache(params, x_t, cond, num_steps, modes.replace(attention="store"))
 
+    def step_plan(self, num_steps: int) -> StepPlan:
+        check_length("attention reuse", self.reuse, num_steps)
+        inner = self.denoiser.step_plan(num_steps)
+        if inner.attention is not None:
+            raise ValueError("two attention_reuse transforms in one sampler: keep one")
+        return inner.replace(attention=read_plan(self.reuse))
+
     def __call__(self, params, x_t, t, cond=None, *, cache=None, step=None, modes: Modes = COMPUTE, rng=None,
                  train: bool = False) -> tuple[Prediction, Any]:
-        if step is None:
-            raise ValueError("attention reuse needs the sampler's step index: sample with sampling.loop.sample")
-        call = lambda mode: lambda: self.denoiser(  # noqa: E731
-            params, x_t, t, cond, cache=cache, step=step, modes=modes.replace(attention=mode), rng=rng, train=train)
-        reuse = jnp.asarray(self.reuse)[step] & (step > 0)  # nothing to reuse before step 0
-        return jax.lax.cond(reuse, call("reuse"), call("store"))
+        return self.denoiser(params, x_t, t, cond, cache=cache, step=step, modes=modes, rng=rng, train=train)
 
 
 KINDS = "hurry:K, phast:K, steps:I,J,... or block:K,START"

@@ -66,6 +66,9 @@ class Guided:
         """The inner denoiser's cache for the doubled ``[2B]`` batch."""
         return self.denoiser.init_cache(params, jnp.concatenate([x_t, x_t]), self._both(cond), num_steps, modes)
 
+    def step_plan(self, num_steps: int):
+        return self.denoiser.step_plan(num_steps)
+
 
 @struct.dataclass
 class GuidanceInput:
@@ -86,6 +89,9 @@ class GuidanceInput:
 
     def init_cache(self, params, x_t, cond=None, num_steps=None, modes: Modes = COMPUTE):
         return self.denoiser.init_cache(params, x_t, self._with_scale(cond, x_t), num_steps, modes)
+
+    def step_plan(self, num_steps: int):
+        return self.denoiser.step_plan(num_steps)
 
 
 def _build(denoiser, knobs: dict, ctx):

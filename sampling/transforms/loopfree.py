@@ -37,6 +37,9 @@ class LoopFree:
         shape = jax.eval_shape(lambda: loopfree_predictions(self.denoiser, params, self.times, x_t, cond))
         return {CACHE: jnp.zeros(shape.shape, shape.dtype)}
 
+    def step_plan(self, num_steps: int):
+        return self.denoiser.step_plan(num_steps)  # plain: reuse and caching are excluded
+
     def __call__(self, params, x_t, t, cond=None, *, cache=None, step=None, modes: Modes = COMPUTE, rng=None,
                  train: bool = False) -> tuple[Prediction, Any]:
         if step is None or not cache or CACHE not in cache:

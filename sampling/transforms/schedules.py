@@ -53,29 +53,30 @@ def uniform_full(num_steps: int, interval: int) -> np.ndarray:
 
 
 def nonuniform_full(num_steps: int, interval: int, center: int, power: float = 1.2) -> np.ndarray:
-    """DeepCache non-uniform 1:N: ``ceil(num_steps / interval)`` full steps, packed
-    densely around step ``center`` by a power law.
-
-    Positions are ``center + sign(u) |u|^p`` (truncated) for ``u`` uniform on
-    ``[-center^(1/p), (num_steps - center)^(1/p)]``, endpoints dropped, step 0 added;
-    ``p`` starts at ``power`` and is lowered by 0.02 until the count is right. (The
-    released code writes ``(-center) ** (1 / p)``, a complex number in Python; this is
-    the signed power it means.)
+    """DeepCache non-uniform 1:N, as its code places the full steps
+    (``sample_from_quad_center``, DeepCache@1691a3ab ``sd/pipeline_stable_diffusion.py:86-96``,
+    ``experiments/ddpm/ddpm/functions/deepcache_denoising.py:19-31``): ``ceil(num_steps /
+    interval)`` full steps, step 0 and ``center + trunc(Re(x ** p))`` for ``x`` linearly
+    spaced from ``(-center) ** (1/p)`` (a complex number, as Python computes it) to
+    ``(num_steps - center) ** (1/p)``, unique, endpoints dropped; ``p`` starts at ``power``
+    and is lowered by 0.02 until the count is right (an error once ``p <= 1``, as in its SD
+    pipeline). The placement is nearly uniform, mildly denser around ``center``.
     """
     _check_steps(num_steps)
     if interval < 1:
         raise ValueError(f"feature cache interval N must be >= 1, got {interval}")
     if not 0 <= center < num_steps:
         raise ValueError(f"nonuniform:N,CENTER needs 0 <= CENTER < {num_steps}, got {center}")
+    if not (math.isfinite(power) and power > 1.0):
+        raise ValueError(f"nonuniform:N,CENTER,POW needs a finite POW > 1, got {power}")
     count = math.ceil(num_steps / interval)
     p = power
     while p > 1.0:
-        u = np.linspace(-(center ** (1 / p)), (num_steps - center) ** (1 / p), count + 1)
-        offsets = np.unique(np.trunc(np.sign(u) * np.abs(u) ** p).astype(int))[1:-1]
-        positions = sorted({0, *(int(center + o) for o in offsets if 0 < center + o < num_steps)})
+        x = np.linspace(complex(-center) ** (1 / p), (num_steps - center) ** (1 / p), count + 1)
+        positions = [0] + [int(v) + center for v in np.unique(np.real(x ** p).astype(np.int32))[1:-1]]
         if len(positions) == count:
             out = np.zeros(num_steps, bool)
-            out[positions] = True
+            out[[q for q in positions if 0 <= q < num_steps]] = True
             return out
         p -= 0.02
     raise ValueError(f"nonuniform:{interval},{center} cannot place {count} full steps in {num_steps} steps; "

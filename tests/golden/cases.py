@@ -39,7 +39,8 @@ STEPS = 6
 SCHED = make_schedule("linear")
 MIX = make_mixture(SCHED, [[-1.0, 0.5], [1.0, -0.5]], [0.3, 0.2])
 TS = {"time_shift": "40:300"}
-EVERYTHING = dict(guidance=2.0, time_shift="40:300", attention_reuse="hurry:2", feature_cache="uniform:2", cache_branch=1)
+EVERYTHING = dict(guidance=2.0, time_shift="40:300", attention_reuse="hurry:2", feature_cache="uniform:2",
+                  cache_branch=0)  # DeepCache numbering (feature_branch 1)
 
 
 def tiny_unet(**kw) -> UNet:
@@ -84,7 +85,7 @@ UNET_SPECS = {
     "unet/ddim/guided": make_spec("ddim", STEPS, guidance=2.0),
     "unet/ddim/reuse": make_spec("ddim", STEPS, attention_reuse="hurry:2"),
     "unet/ddim/reuse_steps": make_spec("ddim", STEPS, attention_reuse="steps:2,4"),
-    "unet/ddim/cache": make_spec("ddim", STEPS, feature_cache="uniform:2", cache_branch=1),
+    "unet/ddim/cache": make_spec("ddim", STEPS, feature_cache="uniform:2", cache_branch=0),
     "unet/ddim/everything": make_spec("ddim", STEPS, **EVERYTHING),
     "unet/fpndm/everything": make_spec("fpndm", STEPS, **EVERYTHING),
     "unet/dpmpp2m/plain": make_spec("dpmpp2m", STEPS),

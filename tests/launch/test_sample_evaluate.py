@@ -60,7 +60,7 @@ def test_phast_then_sample_with_reuse_and_caching(workdir):
            "--num", "20", "--attention_reuse", "phast:2", "--feature_cache", "uniform:2"]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    data = np.load(workdir / "samples" / "ddim_4steps_reuse-phast2_cache-uniform2-b0_ckpt20_seed0_n20.npz")
+    data = np.load(workdir / "samples" / "ddim_4steps_reuse-phast2_cache-uniform2-db0_ckpt20_seed0_n20.npz")
     settings = json.loads(str(data["settings"]))
     assert settings["attention_reuse"] == "phast:2" and settings["feature_cache"] == "uniform:2"
 

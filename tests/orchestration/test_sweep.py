@@ -27,7 +27,7 @@ def test_reuse_and_cache_keys_vary_in_a_sweep():
     specs = {(c.spec.to_values().get("attention_reuse"), c.spec.to_values().get("feature_cache")) for c in cells}
     assert (None, None) in specs and ("steps:3,5", "nonuniform:4,10") in specs
     tags = {c.spec.tag() for c in cells}
-    assert "ddim_20steps_reuse-steps3-5_cache-nonuniform4-10-b1" in tags and len(tags) == 6
+    assert "ddim_20steps_reuse-steps3-5_cache-nonuniform4-10-db1" in tags and len(tags) == 6
 
 
 def test_a_knob_applies_to_the_cells_of_its_part():
@@ -85,8 +85,8 @@ def test_build_time_checks_need_the_model():
         make_spec("ddim", 10, attention_reuse="hurry:10").build(mix, ModelCaps(self_attention=True))
     with pytest.raises(ValueError, match="needs a network with self-attention"):
         make_spec("ddim", 10, attention_reuse="hurry:2").build(mix, ModelCaps())
-    with pytest.raises(ValueError, match="cache_branch 3 does not exist: this model has skip branches 0..2"):
-        make_spec("ddim", 10, feature_cache="uniform:2", cache_branch=3).build(mix, ModelCaps(feature_branches=3))
+    with pytest.raises(ValueError, match="cache_branch 2 does not exist: this model has cache branches -1..1"):
+        make_spec("ddim", 10, feature_cache="uniform:2", cache_branch=2).build(mix, ModelCaps(feature_branches=3))
     with pytest.raises(ValueError, match=r"must lie in \[0, T = 1000\]"):
         make_spec("ddim", 10, time_shift="5000,900").build(mix, ModelCaps())
 
@@ -98,7 +98,7 @@ def test_spec_text_form_round_trips_and_is_canonical():
     assert text == ("solver=ddim;steps=20;grid=trailing;eta=0.5;attention_reuse=steps:1/3;feature_cache=uniform:3;"
                     "cache_branch=1;guidance=2;time_shift=80:300;time_shift_mode=destination")
     assert SamplerSpec.parse(text) == spec and hash(SamplerSpec.parse(text)) == hash(spec)
-    assert spec.tag() == "ddim_20steps_eta0.5_reuse-steps1-3_cache-uniform3-b1_w2_ts80-300dest"
+    assert spec.tag() == "ddim_20steps_eta0.5_reuse-steps1-3_cache-uniform3-db1_w2_ts80-300dest"
     # defaults are filled, so spelling them out changes nothing
     assert make_spec("ddim", 10, time_shift="80:300", time_shift_mode="query", eta=0) == \
         make_spec("ddim", 10, time_shift="80:300")

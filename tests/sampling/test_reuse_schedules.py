@@ -16,7 +16,7 @@ def parse_attention_reuse(text, steps):
 
 def parse_feature_cache(text, steps):
     knobs = {"branch": 0, **transform("feature_cache").parse_spec(text)}
-    caps = ModelCaps(feature_branches=1)
+    caps = ModelCaps(feature_branches=2)
     return transform("feature_cache").build(None, knobs, BuildContext(steps, caps)).full
 
 
@@ -37,9 +37,7 @@ def test_uniform_and_nonuniform_feature_schedules():
     full = nonuniform_full(50, 5, 20)
     idx = np.flatnonzero(full)
     assert len(idx) == 10 and idx[0] == 0  # ceil(50 / 5) full steps, the first at step 0
-    gaps = np.diff(idx)
-    j = int(np.argmin(gaps))  # the densest spot is at the center
-    assert gaps.min() < gaps.max() and min(abs(idx[j] - 20), abs(idx[j + 1] - 20)) <= 2
+    assert np.diff(idx).min() < np.diff(idx).max()  # not uniform (positions: tests/sampling/test_deepcache_reference.py)
     np.testing.assert_array_equal(parse_feature_cache("nonuniform:5,20", 50), full)
     with pytest.raises(ValueError, match="CENTER < 50"):
         nonuniform_full(50, 5, 60)

@@ -35,6 +35,9 @@ class ClipX0:
     def init_cache(self, params, x_t, cond=None, num_steps=None, modes=COMPUTE):
         return self.denoiser.init_cache(params, x_t, cond, num_steps, modes)
 
+    def step_plan(self, num_steps):
+        return self.denoiser.step_plan(num_steps)
+
 
 register(TransformPart(
     name="x0_clip", wraps="denoiser", order=95,
