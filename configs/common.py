@@ -28,6 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.random_flip = False
     c.data.frames = config_dict.placeholder(int)  # frames per video: set for a video dataset
     c.data.video_key = config_dict.placeholder(str)  # a TFDS dataset's video feature, when it holds several
+    c.data.max_per_class = config_dict.placeholder(int)  # train on the first N examples of each class (None: all)
 
     c.model = ml_collections.ConfigDict()
     c.model.kind = "unet"  # unet (the ADM UNet below) | sd_unet (diffusers' UNet2DConditionModel: model.sd_unet)
@@ -165,10 +166,12 @@ def upgrade_config(saved: dict) -> dict:
     * ``model.guidance_embed`` is added (False) where it is missing, and so are
       ``model.kind`` ("unet"), ``model.remat`` ("off"), ``diffusion.beta_start`` / ``beta_end`` (None: the
       schedule's own), ``text`` and ``latent`` (None: a label model on pixels),
-      ``train.lora_rank`` (0) and ``train.lora_alpha`` (None);
+      ``train.lora_rank`` (0) and ``train.lora_alpha`` (None), ``data.max_per_class`` (None: all);
     * ``sample`` / ``eval`` ``solver, steps, grid, guidance`` become one ``sampler`` spec;
     * ``distill`` keeps the fields of its method (one section used to hold every method's);
-      a field the method gained since (PSO's ``references``) takes its default.
+      a field the method gained since (PSO's ``references``) takes its default; a PSO run
+      from before issue 26 gets the knobs of the loss it trained with
+      (``distill.pso.settings_before_issue26``).
     """
     saved = json.loads(json.dumps(saved))  # a deep copy
     model = saved.get("model", {})
@@ -183,6 +186,7 @@ def upgrade_config(saved: dict) -> dict:
         saved.setdefault("diffusion", {}).setdefault(key, None)
     saved.setdefault("train", {}).setdefault("lora_rank", 0)
     saved["train"].setdefault("lora_alpha", None)
+    saved.setdefault("data", {}).setdefault("max_per_class", None)
     saved.setdefault("text", None)
     saved.setdefault("latent", None)
     for name in ("sample", "eval"):
@@ -202,4 +206,8 @@ def upgrade_config(saved: dict) -> dict:
             for key, value in defaults.items():
                 if key not in d and isinstance(value, (str, int, float, bool)):
                     saved["distill"][key] = value
+            if d["method"] == "pso" and "pair_times" not in d:  # PSO before issue 26: the loss it trained with
+                from distill.pso import settings_before_issue26
+
+                saved["distill"].update(settings_before_issue26(d.get("loss", "hinge")))
     return saved

@@ -7,11 +7,29 @@
     python -m launch.distill --config configs/digits_pso.py:smoke --workdir /tmp/smoke_pso \\
         --config.distill.teacher_workdir=/tmp/smoke_progressive
 
-Variants: ``""`` (offline, the hinge loss ``pso_db``), ``dpo`` (offline, the DPO loss
-against the frozen copy), ``online`` (two trajectories per label ranked by the ``thick``
-reward), ``naive`` (the baseline: fine-tune on the thick digits with the plain diffusion
-loss), ``lora`` (offline hinge, rank-4 adapters on the attention projections), ``smoke``.
-The runs differ only in the loss: the same steps, batch, learning rate and start.
+Variants. Our runs (the same 400 steps, batch 64, lr 1e-4, full fine-tuning, the whole
+``digits_thick`` train split; only the loss differs), with the authors' loss settings as
+defaults (eps-space pair errors at their times {.751, .501, .251, .001}, beta per loss,
+the prior term 0.5 on hinge and DPO; online: DMD2's re-noising kernel, all transitions):
+
+* ``""``: offline, the hinge loss ``pso_db``; ``dpo``: offline DPO against the frozen copy
+  (beta 200); ``online``: two trajectories per label ranked by the ``thick`` reward
+  (beta 50); ``naive``: the baseline, fine-tune on the thick digits with the plain
+  diffusion loss.
+* ``x0_grid``: the hinge as we had it before issue 26 (x0-MSE at the trailing grid times
+  {1, .75, .5, .25}); ``online_old``: online as before (DDIM eta 1, one transition per pair).
+
+The authors' recipes (their training setup, not only their loss):
+
+* ``lora``: offline hinge with rank-16 LoRA (alpha = rank) at lr 2e-4, 600 steps, 4 pairs a
+  step, weight decay 1e-4 (personalization/scripts/pso_*.sh; DB:607); ``lora_few``: the
+  same on 5 images per class (DreamBooth's few instance images; 20 references per class as
+  the scripts' ``--num_negatives=20`` per subject);
+* ``online_lora``: online with rank-16 LoRA, lr 1e-5, weight decay 1e-6, 4 pairs a step
+  (config_sdxl_dmd_dpo.py; its 8-bit AdamW is not reproduced).
+
+Not reproduced until diffusion/train/lora.py offers it: the reference's LoRA init (A ~
+N(0, 1/r^2), peft 0.11.1 ``init_lora_weights="gaussian"``; ours N(0, 1/d_in)).
 """
 
 from configs.common import distill_config, shrink_distill_for_smoke
@@ -19,8 +37,21 @@ from configs.common import distill_config, shrink_distill_for_smoke
 # runs/digits_progressive halves 128 -> 1 steps in 7 rounds of 300 steps: its 4-step student
 # is the checkpoint that ends round 5 (keep_every = 300 keeps it)
 FOUR_STEP_CHECKPOINT = 1500
-VARIANTS = {"": ({}, {}), "dpo": ({"loss": "dpo"}, {}), "online": ({"mode": "online", "beta": 50.0}, {}),
-            "naive": ({"loss": "diffusion"}, {}), "lora": ({}, {"lora_rank": 4, "lr": 1e-3})}
+REFERENCE_LORA = {"lora_rank": 16, "lr": 2e-4, "num_steps": 600, "batch_size": 4, "weight_decay": 1e-4,
+                  "grad_clip": 1.0}
+# (distill, train, data) overrides of each variant
+VARIANTS = {
+    "": ({}, {}, {}),
+    "dpo": ({"loss": "dpo"}, {}, {}),
+    "online": ({"mode": "online"}, {}, {}),
+    "naive": ({"loss": "diffusion"}, {}, {}),
+    "x0_grid": ({"pair_times": "grid", "pair_weighting": "x0"}, {}, {}),
+    "online_old": ({"mode": "online", "online_kernel": "ddim", "online_transitions": "one"}, {}, {}),
+    "lora": ({}, REFERENCE_LORA, {}),
+    "lora_few": ({}, REFERENCE_LORA, {"max_per_class": 5}),
+    "online_lora": ({"mode": "online"}, {"lora_rank": 16, "lr": 1e-5, "batch_size": 4, "weight_decay": 1e-6,
+                                         "grad_clip": 1.0}, {}),
+}
 
 
 def get_config(arg: str | None = None):
@@ -37,9 +68,10 @@ def get_config(arg: str | None = None):
         shrink_distill_for_smoke(c)
         c.distill.teacher_step = None  # a smoke progressive student's last checkpoint
     elif arg in VARIANTS:
-        distill, train = VARIANTS[arg]
+        distill, train, data = VARIANTS[arg]
         c.distill.update(distill)
         c.train.update(train)
+        c.data.update(data)
     else:
         raise ValueError(f"unknown variant {arg!r} of configs/digits_pso.py; use one of {sorted(VARIANTS)} or 'smoke'")
     return c

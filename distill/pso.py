@@ -1,28 +1,38 @@
 """PSO (Miao et al., ICLR 2025): tuning a timestep-distilled student with pairwise sample
-optimization (METHODS.md §5, as coded in ``ZichenMiao/Pairwise_Sample_Optimization``;
-docs/design/pso.md).
+optimization (METHODS.md §5, as coded in ``ZichenMiao/Pairwise_Sample_Optimization`` at
+85e09df8; docs/design/pso.md, docs/design/fidelity.md).
 
 The run's "teacher" is the distilled student being tuned: its params start the tuned model
-and stay frozen as the reference copy. On the student's ``K``-step trailing grid:
+and stay frozen as the reference copy. For a ``K``-step student:
 
 * **offline** (``mode="offline"``): a target ``x_w`` of the batch (the config's own data:
   the target style) and a reference ``x_l`` with the same label, drawn from
   ``num_references`` samples the frozen student made once at the start (kept in the state,
-  so in every checkpoint); one shared ``eps`` and ``t = grid[k]``, ``k`` uniform;
-  ``l(x) = mean((x0_hat(x_t, t) - x)^2)`` per example under the tuned and the reference params:
+  so in every checkpoint); one shared ``eps`` and one shared ``t``, uniform over
+  ``pair_times``: ``"reference"`` (default) the times the authors' code trains,
+  :func:`reference_times` (``{.751, .501, .251, .001}`` for ``K = 4``: never ``t = 1``),
+  or ``"grid"`` the student's trailing grid ``{1, .75, .5, .25}``. Per example
+  ``l(x) = denoising_loss(..., pair_weighting)`` under the tuned and the reference params
+  (:func:`pair_errors`; ``"eps"``, default: the reference's ``sigma_EDM^-2``-weighted x0
+  error, i.e. eps-MSE; ``"x0"``: unweighted x0-MSE);
 
-  - ``dpo``: ``-log sigmoid(beta ((l_ref(w) - lam l_ref(l)) - (l(w) - lam l(l))))``;
-  - ``hinge`` (the code's ``pso_db``): ``relu(1 + beta (l(w) - lam l(l))) + 0.5 l(l)``;
+  - ``dpo``: ``-log sigmoid(beta ((l_ref(w) - lam l_ref(l)) - (l(w) - lam l(l)))) + prior l(l)``;
+  - ``hinge`` (the code's ``pso_db``): ``relu(1 + beta (l(w) - lam l(l))) + prior l(l)``;
   - ``diffusion``: the naive baseline, the model's denoising loss (``weighting``) on the
     targets at uniform ``t``.
 
 * **online** (``mode="online"``, D3PO-style): two ``K``-step trajectories per condition from
-  the current params (no gradient; DDIM at ``online_eta``, so each transition but the last
-  is Gaussian), ranked by ``reward`` (``diffusion/metrics/rewards.py``); at one random
-  transition ``k < K - 1`` per pair, the Gaussian log-probability (averaged over elements)
-  of the step taken under the tuned and the reference params,
-  ``log r = log clip(exp(logp - logp_ref), 1 - clip, 1 + clip)``,
-  ``L = -log sigmoid(beta (log r_w - log r_l))``.
+  the current params (no gradient) with the Gaussian ``online_kernel`` (``"renoise"``,
+  default: DMD2's ``x_s ~ N(alpha_s x0_hat, sigma_s^2)``, which is the consistency sampler;
+  ``"ddim"``: DDIM at ``online_eta``, Turbo's Euler-ancestral at eta 1), ranked by ``reward``
+  (``diffusion/metrics/rewards.py``) into ``h = sign(r_a - r_b)`` (a tie weighs zero); at
+  every transition ``k < K - 1`` (``online_transitions="all"``; ``"one"``: one random ``k``
+  per pair) the Gaussian log-probability (averaged over elements) of the step taken under
+  the tuned and the reference params, ``d = log clip(exp(logp - logp_ref), 1 - clip, 1 + clip)``,
+  ``L = mean_{k, pairs} -log sigmoid(beta h (d_a - d_b))``. The tuned student is sampled and
+  evaluated with the kernel's sampler (:func:`student_sampler`).
+
+``beta`` None takes the reference's value for the loss (:data:`DEFAULT_BETA`).
 """
 
 from __future__ import annotations
@@ -49,6 +59,13 @@ from sampling.solvers.ddim import DDIM
 
 LOSSES = ("dpo", "hinge", "diffusion")
 MODES = ("offline", "online")
+TIMES = ("reference", "grid")  # offline pair times: the authors' code's, or the student's trailing grid
+KERNELS = ("renoise", "ddim")  # online transitions: DMD2's re-noising, or DDIM at online_eta (Turbo's at 1)
+TRANSITIONS = ("all", "one")  # online: every Gaussian transition of a trajectory, or one random one per pair
+# beta when distill.beta is None: the released scripts' hinge (pso_*.sh:38 --beta_pso=5), the
+# argparse default the DPO loss would run with (train_pso_sdxl_turbo_dreambooth.py:719-724; no
+# script runs it) and the online configs' (config_sdxl_dmd_dpo.py:119)
+DEFAULT_BETA = {"hinge": 5.0, "dpo": 200.0, "online": 50.0}
 REFERENCES_FILE = "pso_references.npz"  # the offline references of a work directory
 
 
@@ -62,21 +79,59 @@ class PSOState:
     labels: jax.Array
 
 
-def per_example_mse(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``[B]``: the mean squared difference of each example."""
-    return jnp.mean(jnp.square(a - b).reshape(a.shape[0], -1), axis=-1)
+def resolve_beta(beta: float | None, loss: str, mode: str) -> float:
+    """``beta``, or the reference's value for the loss when None (:data:`DEFAULT_BETA`;
+    the naive ``diffusion`` loss has no beta: 5)."""
+    if beta is not None:
+        return float(beta)
+    return DEFAULT_BETA["online" if mode == "online" else loss if loss in DEFAULT_BETA else "hinge"]
 
 
-def dpo_loss(l_w, l_l, ref_w, ref_l, beta: float, lam: float) -> jax.Array:
+def reference_times(steps: int, schedule) -> jax.Array:
+    """``[K]``: the times the authors' code trains a ``K``-step student at
+    (``train_pso_sdxl_turbo_dreambooth.py:1727-1739``): indices ``stride k + stride - 1``,
+    ``stride = T // K``, into diffusers' ``EulerDiscreteScheduler.timesteps``, which run
+    *down* from ``T - 1`` (diffusers 0.27.0 ``scheduling_euler_discrete.py:218``), so the
+    diffusers timesteps ``n_k = T - stride (k + 1)``; diffusers ``n`` is our
+    ``t = (n + 1) / T``. ``K = 4, T = 1000``: ``{.751, .501, .251, .001}`` (never ``t = 1``)."""
+    T = schedule.T
+    n = T - (T // steps) * (np.arange(steps) + 1)
+    return jnp.asarray((n + 1) / T, jnp.float32)
+
+
+def pair_times_of(pair_times: str, steps: int, schedule) -> jax.Array:
+    """``[K]``: the times the offline pair losses draw ``t`` from, uniformly (``TIMES``)."""
+    if pair_times == "reference":
+        return reference_times(steps, schedule)
+    return make_grid("trailing", steps, schedule)[:steps]
+
+
+def pair_errors(student, params, x_w, x_l, eps, t, cond, weighting: str) -> tuple[jax.Array, jax.Array]:
+    """``(l_w [B], l_l [B])``: the per-example denoising errors (``diffusion.losses``'
+    ``weighting``) of targets ``x_w`` and references ``x_l`` (``[B, ...]``) noised with one
+    shared ``eps [B, ...]`` at one shared ``t [B]``, in one network call. ``"eps"`` (the
+    reference, DB:1812-1848): ``mean((eps_hat - eps)^2) = sigma_EDM(t)^-2 mean((x0_hat - x)^2)
+    = SNR(t) mean((x0_hat - x)^2)``; ``"x0"``: ``mean((x0_hat - x)^2)``."""
+    b = x_w.shape[0]
+    x, e, tt = jnp.concatenate([x_w, x_l]), jnp.concatenate([eps, eps]), jnp.concatenate([t, t])
+    cc = jax.tree.map(lambda a: jnp.concatenate([a, a]), cond)
+    pred = student(params, forward_noise(student.schedule, x, e, tt), tt, cc)[0]
+    per = denoising_loss(pred, x, e, tt, student.schedule, weighting)[1]
+    return per[:b], per[b:]
+
+
+def dpo_loss(l_w, l_l, ref_w, ref_l, beta: float, lam: float, prior: float) -> jax.Array:
     """Diffusion-DPO's loss on per-example denoising errors ``[B]`` of the tuned model
-    (``l_w``, ``l_l``) and the frozen reference (``ref_w``, ``ref_l``)."""
+    (``l_w``, ``l_l``) and the frozen reference (``ref_w``, ``ref_l``), plus the prior term
+    ``prior mean(l_l)`` (DB:1878-1893: added to every loss type)."""
     margin = (ref_w - lam * ref_l) - (l_w - lam * l_l)
-    return jnp.mean(-jax.nn.log_sigmoid(beta * margin))
+    return jnp.mean(-jax.nn.log_sigmoid(beta * margin)) + prior * jnp.mean(l_l)
 
 
-def hinge_loss(l_w, l_l, beta: float, lam: float) -> jax.Array:
-    """``pso_db``: reference-free hinge on the margin plus the prior term ``0.5 l_l``."""
-    return jnp.mean(jax.nn.relu(1.0 + beta * (l_w - lam * l_l)) + 0.5 * l_l)
+def hinge_loss(l_w, l_l, beta: float, lam: float, prior: float) -> jax.Array:
+    """``pso_db``: the reference-free hinge on the margin plus the prior term ``prior mean(l_l)``
+    (DB:1850, 1880-1893)."""
+    return jnp.mean(jax.nn.relu(1.0 + beta * (l_w - lam * l_l))) + prior * jnp.mean(l_l)
 
 
 def gaussian_logprob(x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
@@ -91,9 +146,20 @@ def clipped_log_ratio(logp: jax.Array, logp_ref: jax.Array, clip: float) -> jax.
     return jnp.clip(logp - logp_ref, jnp.log1p(-clip), jnp.log1p(clip))
 
 
-def online_loss(logp_w, ref_w, logp_l, ref_l, beta: float, clip: float) -> jax.Array:
-    margin = clipped_log_ratio(logp_w, ref_w, clip) - clipped_log_ratio(logp_l, ref_l, clip)
-    return jnp.mean(-jax.nn.log_sigmoid(beta * margin))
+def preference(r: jax.Array) -> jax.Array:
+    """``h [B]`` of rewards ``r [2B]`` (pairs ``(i, i + B)``): +1 when the first wins, -1 when
+    the second does, 0 on a tie (DMD2's ``compare``, train_online_pso_sdxl_dmd2.py:426-434)."""
+    b = r.shape[0] // 2
+    return jnp.sign(r[:b] - r[b:])
+
+
+def online_loss(d: jax.Array, h: jax.Array, beta: float) -> jax.Array:
+    """The mean over transitions ``J`` and pairs ``B`` of ``-log sigmoid(beta h (d_a - d_b))``
+    (train_online_pso_sdxl_dmd2.py:851-854, averaged over the transitions as ON:236/773
+    accumulate): ``d [J, 2B]`` clipped log-ratios of the pairs' members ``(i, i + B)``,
+    ``h [B]`` (:func:`preference`). A tie (``h = 0``) gives ``log 2`` and no gradient."""
+    b = h.shape[0]
+    return jnp.mean(-jax.nn.log_sigmoid(beta * h[None] * (d[:, :b] - d[:, b:])))
 
 
 def ddim_transition(denoiser, params, x, t, s, cond, eta):
@@ -107,14 +173,26 @@ def ddim_transition(denoiser, params, x, t, s, cond, eta):
     return mean, std
 
 
-def trajectories(denoiser, params, grid, x_T, cond, eta, key) -> jax.Array:
-    """``[K + 1, B, ...]``: the states of DDIM at ``eta`` over ``grid`` from ``x_T`` (no gradient)."""
+def transition(denoiser, params, x, t, s, cond, kernel: str, eta: float):
+    """``(mean [B, ...], std [B])`` of the online kernel's step ``t -> s`` (``KERNELS``):
+    ``"renoise"`` (DMD2, distilled_inference_with_logprob.py:102-126; the consistency
+    sampler's step) ``N(alpha_s x0_hat, sigma_s^2)``; ``"ddim"``: :func:`ddim_transition`."""
+    if kernel == "renoise":
+        pred = denoiser(params, x, t, cond)[0]
+        alpha_s, sigma_s = denoiser.schedule.alpha_sigma(s)
+        return bcast_right(alpha_s, x) * pred.x0, sigma_s
+    return ddim_transition(denoiser, params, x, t, s, cond, eta)
+
+
+def trajectories(denoiser, params, grid, x_T, cond, eta, key, kernel: str = "ddim") -> jax.Array:
+    """``[K + 1, B, ...]``: the states of the ``kernel``'s chain over ``grid`` from ``x_T``
+    (no gradient)."""
     params = jax.lax.stop_gradient(params)
 
     def body(x, k):
         b = x.shape[0]
         t, s = jnp.full((b,), grid[k]), jnp.full((b,), grid[k + 1])
-        mean, std = ddim_transition(denoiser, params, x, t, s, cond, eta)
+        mean, std = transition(denoiser, params, x, t, s, cond, kernel, eta)
         x_next = mean + bcast_right(std, x) * jax.random.normal(jax.random.fold_in(key, k), x.shape)
         return x_next, x_next
 
@@ -122,9 +200,35 @@ def trajectories(denoiser, params, grid, x_T, cond, eta, key) -> jax.Array:
     return jnp.concatenate([x_T[None], states])
 
 
-def _pick(tree, index):
-    return jax.tree.map(lambda a: a[index], tree)
+def transition_indices(key: jax.Array, transitions: str, steps: int, b: int) -> jax.Array:
+    """``[J, 2B]``: which transition ``k < K - 1`` each row of the ``2B`` trajectories is
+    scored at (the last, deterministic one never): ``"all"``, ``J = K - 1``, every one
+    (train_online_pso_sdxl_dmd2.py:628-635, 773); ``"one"``, ``J = 1``, one uniform ``k``
+    per pair, shared by its two members."""
+    if transitions == "all":
+        return jnp.broadcast_to(jnp.arange(steps - 1)[:, None], (steps - 1, 2 * b))
+    k = jax.random.randint(key, (b,), 0, steps - 1)
+    return jnp.concatenate([k, k])[None]
 
+
+def student_sampler(settings) -> dict:
+    """The tuned student's sampler (``Distiller.student``; its sample grids, its final FD and
+    scripts/pso_results.py): online, the kernel's own (``renoise``: the consistency sampler;
+    ``ddim``: DDIM at ``online_eta``), as the reference evaluates (train_online_pso_sdxl_dmd2.py:137,
+    152-158); offline, the progressive student's DDIM (eta 0)."""
+    if settings.mode == "online" and settings.get("online_kernel", "ddim") == "renoise":
+        return {"solver": "consistency", "steps": settings.steps}
+    if settings.mode == "online":
+        return {"solver": "ddim", "steps": settings.steps, "eta": float(settings.online_eta)}
+    return {"solver": "ddim", "steps": settings.steps}
+
+
+def settings_before_issue26(loss: str) -> dict:
+    """The knobs that reproduce PSO as it was before issue 26 (what an old work directory
+    trained with): x0-MSE at the trailing grid times, the prior term on the hinge only,
+    one DDIM transition per pair (a tie then went to the first trajectory; now zero)."""
+    return {"pair_times": "grid", "pair_weighting": "x0", "prior_weight": 0.5 if loss == "hinge" else 0.0,
+            "online_kernel": "ddim", "online_transitions": "one"}
 
 
 def sample_references(student: Any, params: Any, steps: int, num_references: int, seed: int,
@@ -199,18 +303,22 @@ def offline_references(settings, workdir: pathlib.Path, student: Any, params: An
     return images, labels, True
 
 
-def check_settings(*, steps: int, loss: str, mode: str, beta: float, lam: float, clip: float, online_eta: float,
-                   weighting: str, reward: str, num_references: int = 1, num_classes: int | None = None) -> None:
+def check_settings(*, steps: int, loss: str, mode: str, beta: float | None, lam: float, clip: float,
+                   online_eta: float, weighting: str, reward: str, num_references: int = 1,
+                   num_classes: int | None = None, pair_times: str = "reference", pair_weighting: str = "eps",
+                   prior_weight: float = 0.5, online_kernel: str = "renoise", online_transitions: str = "all") -> None:
     """Every PSO knob, before anything runs: a ``ValueError`` naming the bad one."""
-    if loss not in LOSSES:
-        raise ValueError(f"unknown distill.loss {loss!r}; expected one of {LOSSES}")
-    if mode not in MODES:
-        raise ValueError(f"unknown distill.mode {mode!r}; expected one of {MODES}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown distill.weighting {weighting!r}; expected one of {WEIGHTINGS}")
-    if not (steps >= 1 and beta > 0 and lam >= 0 and 0 < clip < 1 and online_eta > 0):  # NaN fails too
-        raise ValueError(f"need distill.steps >= 1, beta > 0, lam >= 0, 0 < clip < 1, online_eta > 0; got {steps}, "
-                         f"{beta}, {lam}, {clip}, {online_eta}")
+    for name, value, allowed in (("loss", loss, LOSSES), ("mode", mode, MODES), ("weighting", weighting, WEIGHTINGS),
+                                 ("pair_times", pair_times, TIMES), ("pair_weighting", pair_weighting, WEIGHTINGS),
+                                 ("online_kernel", online_kernel, KERNELS),
+                                 ("online_transitions", online_transitions, TRANSITIONS)):
+        if value not in allowed:
+            raise ValueError(f"unknown distill.{name} {value!r}; expected one of {allowed}")
+    if not (steps >= 1 and (beta is None or beta > 0) and lam >= 0 and 0 < clip < 1 and 0 < online_eta <= 1
+            and prior_weight >= 0):  # NaN fails too
+        raise ValueError(f"need distill.steps >= 1, beta > 0 (or None: the loss's default), lam >= 0, 0 < clip < 1, "
+                         f"0 < online_eta <= 1, prior_weight >= 0; got {steps}, {beta}, {lam}, {clip}, {online_eta}, "
+                         f"{prior_weight}")
     if mode == "online" and steps < 2:
         raise ValueError("online PSO needs distill.steps >= 2: the last step of a trajectory is deterministic, "
                          "so a 1-step student has no Gaussian transition to score")
@@ -225,17 +333,21 @@ def check_settings(*, steps: int, loss: str, mode: str, beta: float, lam: float,
         rewards.get(reward)  # an unknown name fails here, before anything runs
 
 
-def pso_tuning(student: Any, *, steps: int = 4, loss: str = "hinge", mode: str = "offline", beta: float = 5.0,
+def pso_tuning(student: Any, *, steps: int = 4, loss: str = "hinge", mode: str = "offline", beta: float | None = None,
                lam: float = 0.1, references: tuple[np.ndarray, np.ndarray] | None = None, reward: str = "thick",
-               clip: float = 0.1, online_eta: float = 1.0, weighting: str = "v",
-               num_classes: int | None = None, cache: pathlib.Path | None = None) -> Method:
+               clip: float = 0.1, online_eta: float = 1.0, weighting: str = "v", pair_times: str = "reference",
+               pair_weighting: str = "eps", prior_weight: float = 0.5, online_kernel: str = "renoise",
+               online_transitions: str = "all", num_classes: int | None = None,
+               cache: pathlib.Path | None = None) -> Method:
     """PSO on ``student`` (module docstring). ``references``: the offline pair losses'
     ``(images [R, ...], labels [R])`` in cycling order (:func:`offline_references`), ``R`` a
     multiple of the classes; ``num_classes``: the null label of a class-conditional model
     (labels pair targets with references); ``cache``: where ``before_training`` writes the
     references (None: nowhere)."""
     check_settings(steps=steps, loss=loss, mode=mode, beta=beta, lam=lam, clip=clip, online_eta=online_eta,
-                   weighting=weighting, reward=reward)
+                   weighting=weighting, reward=reward, pair_times=pair_times, pair_weighting=pair_weighting,
+                   prior_weight=prior_weight, online_kernel=online_kernel, online_transitions=online_transitions)
+    beta = resolve_beta(beta, loss, mode)
     pairs = mode == "offline" and loss != "diffusion"
     if pairs and references is None:
         raise ValueError("offline PSO needs its references (images, labels): see offline_references")
@@ -250,9 +362,7 @@ def pso_tuning(student: Any, *, steps: int = 4, loss: str = "hinge", mode: str =
         score = rewards.get(reward)
     schedule = student.schedule
     grid = make_grid("trailing", steps, schedule)
-
-    def x0_of(params, x_t, t, cond):
-        return student(params, x_t, t, cond)[0].x0
+    times = pair_times_of(pair_times, steps, schedule)
 
     def twice(cond):
         return jax.tree.map(lambda a: jnp.concatenate([a, a]), cond)
@@ -274,42 +384,40 @@ def pso_tuning(student: Any, *, steps: int = 4, loss: str = "hinge", mode: str =
         else:
             idx = jax.random.randint(k_ref, (b,), 0, num_references)
         x_l = refs.images[idx]
-        t = grid[jax.random.randint(k_t, (b,), 0, steps)]
+        t = times[jax.random.randint(k_t, (b,), 0, steps)]
         eps = jax.random.normal(k_eps, x_w.shape)
-        x_t = jnp.concatenate([forward_noise(schedule, x_w, eps, t), forward_noise(schedule, x_l, eps, t)])
-        target = jnp.concatenate([x_w, x_l])
-        tt, cc = jnp.concatenate([t, t]), twice(cond)
-        err = per_example_mse(x0_of(params, x_t, tt, cc), target)
-        l_w, l_l = err[:b], err[b:]
+        l_w, l_l = pair_errors(student, params, x_w, x_l, eps, t, cond, pair_weighting)
         aux = {"loss_target": jnp.mean(l_w), "loss_reference": jnp.mean(l_l)}
         if loss == "hinge":
-            return hinge_loss(l_w, l_l, beta, lam), aux
-        ref = per_example_mse(jax.lax.stop_gradient(x0_of(refs.reference, x_t, tt, cc)), target)
-        return dpo_loss(l_w, l_l, ref[:b], ref[b:], beta, lam), aux
+            return hinge_loss(l_w, l_l, beta, lam, prior_weight), aux
+        ref_w, ref_l = pair_errors(student, jax.lax.stop_gradient(refs.reference), x_w, x_l, eps, t, cond,
+                                   pair_weighting)
+        return dpo_loss(l_w, l_l, ref_w, ref_l, beta, lam, prior_weight), aux
 
     def online_loss_fn(params, batch, rng, state):
         b = batch["image"].shape[0]
         cond = batch_cond(batch, num_classes)
         k_T, k_traj, k_k = jax.random.split(rng, 3)
         x_T = jax.random.normal(k_T, (2 * b, *batch["image"].shape[1:]))
-        states = trajectories(student, params, grid, x_T, twice(cond), online_eta, k_traj)  # [K+1, 2B, ...]
+        cc = twice(cond)
+        states = trajectories(student, params, grid, x_T, cc, online_eta, k_traj, online_kernel)  # [K+1, 2B, ...]
         labels = batch.get("label")
         r = score(states[-1], None if labels is None else jnp.concatenate([labels, labels]))
-        a_wins = r[:b] >= r[b:]
-        k = jax.random.randint(k_k, (b,), 0, steps - 1)  # a Gaussian transition (not the last)
-        rows = jnp.arange(b)
-        pick = lambda k_, first: jnp.where(bcast_right(first, states[0][:b]),  # noqa: E731
-                                           states[k_, rows], states[k_, rows + b])
-        x_w, x_l = pick(k, a_wins), pick(k, ~a_wins)
-        n_w, n_l = pick(k + 1, a_wins), pick(k + 1, ~a_wins)
-        x, x_next = jnp.concatenate([x_w, x_l]), jnp.concatenate([n_w, n_l])
-        t, s = grid[jnp.concatenate([k, k])], grid[jnp.concatenate([k, k]) + 1]
-        cc = twice(cond)
-        mean, std = ddim_transition(student, params, x, t, s, cc, online_eta)
-        ref_mean, _ = ddim_transition(student, jax.lax.stop_gradient(state.extra.reference), x, t, s, cc, online_eta)
+        h = preference(r)
+        ks = transition_indices(k_k, online_transitions, steps, b)  # [J, 2B]
+        j = ks.shape[0]
+        cols = jnp.arange(2 * b)[None]
+        flat = lambda a: a.reshape(j * 2 * b, *a.shape[2:])  # noqa: E731
+        x, x_next = flat(states[ks, cols]), flat(states[ks + 1, cols])
+        t, s = grid[ks].reshape(-1), grid[ks + 1].reshape(-1)
+        cj = jax.tree.map(lambda a: jnp.tile(a, (j,) + (1,) * (a.ndim - 1)), cc)
+        mean, std = transition(student, params, x, t, s, cj, online_kernel, online_eta)
+        ref_mean, _ = transition(student, jax.lax.stop_gradient(state.extra.reference), x, t, s, cj, online_kernel,
+                                 online_eta)
         logp, logp_ref = gaussian_logprob(x_next, mean, std), gaussian_logprob(x_next, ref_mean, std)
-        out = online_loss(logp[:b], logp_ref[:b], logp[b:], logp_ref[b:], beta, clip)
-        return out, {"reward": jnp.mean(r), "reward_gap": jnp.mean(jnp.abs(r[:b] - r[b:]))}
+        d = clipped_log_ratio(logp, logp_ref, clip).reshape(j, 2 * b)
+        return online_loss(d, h, beta), {"reward": jnp.mean(r), "reward_gap": jnp.mean(jnp.abs(r[:b] - r[b:])),
+                                         "ties": jnp.mean(h == 0)}
 
     def init_extra(student_params, teacher_params):
         reference = jax.tree.map(jnp.copy, teacher_params)
@@ -324,21 +432,24 @@ def pso_tuning(student: Any, *, steps: int = 4, loss: str = "hinge", mode: str =
     return Method(online_loss_fn if mode == "online" else offline_loss, init_extra, before_training=before_training)
 
 
+def knobs(settings) -> dict:
+    """The ``config.distill`` fields :func:`pso_tuning` and :func:`check_settings` share."""
+    return {k: settings[k] for k in ("steps", "loss", "mode", "beta", "lam", "clip", "online_eta", "weighting",
+                                     "reward", "pair_times", "pair_weighting", "prior_weight", "online_kernel",
+                                     "online_transitions")}
+
+
 def build(a: BuildArgs) -> Method:
     """PSO from the run's settings; the offline pair losses' references from the work
     directory's cache, ``distill.references`` or the frozen student (:func:`offline_references`)."""
     s = a.settings
-    check_settings(steps=s.steps, loss=s.loss, mode=s.mode, beta=s.beta, lam=s.lam, clip=s.clip,
-                   online_eta=s.online_eta, weighting=s.weighting, reward=s.reward,
-                   num_references=s.num_references, num_classes=a.null_label)
+    check_settings(**knobs(s), num_references=s.num_references, num_classes=a.null_label)
     references, cache = None, None
     if s.mode == "offline" and s.loss != "diffusion":
         images, labels, _ = offline_references(s, a.workdir, a.student, a.teacher_params, a.null_label,
                                                a.image_shape)
         references, cache = (images, labels), pathlib.Path(a.workdir) / REFERENCES_FILE
-    return pso_tuning(a.student, steps=s.steps, loss=s.loss, mode=s.mode, beta=s.beta, lam=s.lam,
-                      references=references, reward=s.reward, clip=s.clip, online_eta=s.online_eta,
-                      weighting=s.weighting, num_classes=a.null_label, cache=cache)
+    return pso_tuning(a.student, **knobs(s), references=references, num_classes=a.null_label, cache=cache)
 
 
 def _check_teacher(settings, teacher: Teacher) -> None:
@@ -360,17 +471,23 @@ register(Distiller(
               "steps": 4,  # K: the student's steps (its trailing DDIM grid)
               "loss": "hinge",  # hinge (pso_db) | dpo | diffusion (naive fine-tuning, the baseline)
               "mode": "offline",  # offline (cached references) | online (two trajectories ranked by a reward)
-              "beta": 5.0, "lam": 0.1,  # the margin's scale and the reference term's weight (neg_defactor)
+              "beta": config_dict.placeholder(float),  # the margin's scale; None: hinge 5, dpo 200, online 50
+              "lam": 0.1,  # the reference term's weight (neg_defactor)
+              "prior_weight": 0.5,  # offline: + prior_weight * mean(l_l), on the hinge and DPO (the scripts' 0.5)
+              "pair_times": "reference",  # offline t: reference ({.751,.501,.251,.001} at K=4) | grid ({1,.75,.5,.25})
+              "pair_weighting": "eps",  # offline pair errors: eps (the reference's sigma_EDM^-2 x0-MSE) | x0 | v
               "num_references": 200,  # offline references sampled once by the frozen student
               "reference_seed": 0,
               "references": "",  # or an .npz of images [R, ...] and labels [R] to use instead
               "reward": "thick",  # online ranking: a name in diffusion/metrics/rewards.py
               "clip": 0.1,  # online: the ratio's clip (1 +- clip)
-              "online_eta": 1.0,  # online: DDIM's eta of the sampled trajectories
+              "online_kernel": "renoise",  # online transitions: renoise (DMD2; sampled with consistency) | ddim
+              "online_eta": 1.0,  # online_kernel=ddim: DDIM's eta of the sampled trajectories (<= 1)
+              "online_transitions": "all",  # online: score all K-1 Gaussian transitions | one random per pair
               "weighting": "v"},  # loss=diffusion: the denoising loss's weighting
     smoke={"steps": 2, "num_references": 20},
     check_teacher=_check_teacher,
     tunes_students=True,
     own_data=True,
-    student=lambda config: {"solver": "ddim", "steps": config.distill.steps},
+    student=lambda config: student_sampler(config.distill),
     build=build))

@@ -5,12 +5,18 @@ pso_samples.png.
     python -m scripts.pso_results [--num 1000] [--out docs/results]
 
 The start is ``runs/digits_progressive`` at its 4-step checkpoint; the target style is
-``digits_thick`` (strokes grey-dilated). Every run of configs/digits_pso.py takes the same
-optimizer steps, batch and learning rate from that start; only the loss differs: naive
-fine-tuning (the plain diffusion loss on the thick digits), PSO offline with the hinge
-(``pso_db``) and the DPO loss, PSO online (ranked by the ``thick`` reward), PSO offline with
-rank-4 LoRA. Each model is sampled at the student's 4 DDIM steps (``--num`` class-balanced
-samples, seed 0) and scored in the digits CNN's features:
+``digits_thick`` (strokes grey-dilated). The runs of configs/digits_pso.py (its docstring
+lists them): naive fine-tuning (the plain diffusion loss on the thick digits); PSO with the
+authors' loss settings (eps-space pair errors at their times, the prior term on hinge and
+DPO, beta per loss; online: DMD2's re-noising kernel over all transitions) offline with the
+hinge (``pso_db``) and DPO, and online (ranked by the ``thick`` reward); our settings before
+issue 26 (``x0_grid``: x0-MSE at the grid times; ``online_old``: DDIM eta 1, one transition);
+and the authors' recipes (``lora``: rank-16 LoRA, lr 2e-4, 600 steps of 4 pairs, weight decay
+1e-4; ``lora_few``: the same on 5 images per class; ``online_lora``). Offline models are
+sampled at the student's 4 DDIM steps (eta 0, its own sampler); online models with their
+kernel's sampler (re-noising: the consistency sampler; DDIM eta 1) as the reference
+evaluates them, and at DDIM eta 0 beside it (``--num`` class-balanced samples, seed 0). Each
+is scored in the digits CNN's features:
 
 * **target score**: the ``thick`` reward (a classifier's log-odds that the strokes are
   thick) and the fraction it calls thick;
@@ -39,15 +45,27 @@ from scripts.scenes_results import training
 
 START = "runs/digits_progressive"
 STEPS = 4
-# (key, label, work directory, checkpoint or None for the last)
+# (key, label, work directory, checkpoint or None for the last, sampler: "ddim" DDIM eta 0 at STEPS
+# steps, "kernel" the run's own: distill.pso.student_sampler of its config)
 RUNS = (
-    ("start", "start: the 4-step progressive student", START, "four"),
-    ("naive", "naive fine-tuning (diffusion loss)", "runs/digits_pso_naive", None),
-    ("pso", "PSO offline, hinge (pso_db)", "runs/digits_pso", None),
-    ("pso_dpo", "PSO offline, DPO", "runs/digits_pso_dpo", None),
-    ("pso_online", "PSO online (thick reward)", "runs/digits_pso_online", None),
-    ("pso_lora", "PSO offline, hinge, LoRA rank 4", "runs/digits_pso_lora", None),
+    ("start", "start: the 4-step progressive student", START, "four", "ddim"),
+    ("naive", "naive fine-tuning (diffusion loss)", "runs/digits_pso_naive", None, "ddim"),
+    ("pso", "PSO offline, hinge (pso_db)", "runs/digits_pso", None, "ddim"),
+    ("pso_dpo", "PSO offline, DPO (beta 200)", "runs/digits_pso_dpo", None, "ddim"),
+    ("pso_online", "PSO online (thick reward), at its kernel", "runs/digits_pso_online", None, "kernel"),
+    ("pso_online_eta0", "PSO online (thick reward), at DDIM eta 0", "runs/digits_pso_online", None, "ddim"),
+    ("pso_x0_grid", "PSO offline, hinge, before issue 26 (x0-MSE, grid times)", "runs/digits_pso_x0_grid", None,
+     "ddim"),
+    ("pso_online_old", "PSO online before issue 26 (DDIM eta 1, one transition), at eta 1",
+     "runs/digits_pso_online_old", None, "kernel"),
+    ("pso_lora", "PSO offline, hinge, the authors' LoRA recipe (r16, 600 x 4 pairs)", "runs/digits_pso_lora", None,
+     "ddim"),
+    ("pso_lora_few", "PSO offline, hinge, the authors' LoRA recipe on 5 images per class", "runs/digits_pso_lora_few",
+     None, "ddim"),
+    ("pso_online_lora", "PSO online, the authors' LoRA recipe (r16, lr 1e-5), at its kernel",
+     "runs/digits_pso_online_lora", None, "kernel"),
 )
+PSO_KEYS = tuple(r[0] for r in RUNS if r[0] not in ("start", "naive"))
 GRID_PER_ROW = 20
 
 
@@ -92,22 +110,34 @@ def four_step_checkpoint() -> int:
     return FOUR_STEP_CHECKPOINT
 
 
-def score_run(workdir: str, ckpt: int, num: int, refs: dict) -> dict:
-    from orchestration.generation.generate import class_labels, generate
+def run_sampler(run, sampler: str):
+    """The ``SamplerSpec`` a row samples with: DDIM eta 0 at ``STEPS`` steps, or the run's
+    own (``distill.pso.student_sampler``: an online run's kernel)."""
+    from distill.pso import student_sampler
     from sampling.spec import make_spec
 
+    if sampler == "ddim" or run.config.get("distill") is None or run.config.distill.method != "pso":
+        return make_spec("ddim", STEPS)
+    values = dict(student_sampler(run.config.distill))
+    return make_spec(values.pop("solver"), values.pop("steps"), **values)
+
+
+def score_run(workdir: str, ckpt: int, num: int, refs: dict, sampler: str = "ddim") -> dict:
+    from orchestration.generation.generate import class_labels, generate
+
+    run = load_run(workdir)
+    spec = run_sampler(run, sampler)
     out_dir = pathlib.Path(workdir) / "eval_pso"
-    path, rid = out_dir / "report.json", f"ckpt{ckpt}/ddim_{STEPS}steps/seed0/n{num}"
-    samples = out_dir / f"ckpt{ckpt}_n{num}.npy"
+    tag = spec.tag()  # ddim_4steps (the ids and files of earlier pages), consistency_4steps, ddim_4steps_eta1
+    path, rid = out_dir / "report.json", f"ckpt{ckpt}/{tag}/seed0/n{num}"
+    samples = out_dir / (f"ckpt{ckpt}_n{num}.npy" if tag == f"ddim_{STEPS}steps" else f"ckpt{ckpt}_{tag}_n{num}.npy")
     records = load_records(path)
     found = [r for r in records if r["id"] == rid]
     if found and samples.is_file():
-        return found[0]
-    run = load_run(workdir)
+        return {**found[0], "samples": str(samples)}
     labels = class_labels(num, run.num_classes)
-    images = generate(run.denoiser, run.params(ckpt), run.sample_shape, num, make_spec("ddim", STEPS), run.caps,
-                      labels=labels)
-    record = {"id": rid, "ckpt": ckpt, "num": num, **score_images(images, labels, refs)}
+    images = generate(run.denoiser, run.params(ckpt), run.sample_shape, num, spec, run.caps, labels=labels)
+    record = {"id": rid, "ckpt": ckpt, "num": num, "sampler": spec.to_string(), **score_images(images, labels, refs)}
     out_dir.mkdir(exist_ok=True)
     tmp = samples.with_suffix(".tmp.npy")
     np.save(tmp, images[:GRID_PER_ROW])
@@ -118,7 +148,7 @@ def score_run(workdir: str, ckpt: int, num: int, refs: dict) -> dict:
 
 
 def check_runs() -> None:
-    missing = sorted({w for _, _, w, _ in RUNS if not (pathlib.Path(w) / "config.json").is_file()})
+    missing = sorted({r[2] for r in RUNS if not (pathlib.Path(r[2]) / "config.json").is_file()})
     if missing:
         raise SystemExit(f"error: missing work directories {missing}: run bash scripts/distill_digits.sh and "
                          "bash scripts/pso_digits.sh first")
@@ -137,11 +167,10 @@ def main():
 
     thick, labels = load_digits("train", thick=True)  # real thick digits scored like samples: the floor
     entries = []
-    for key, label, workdir, ckpt in RUNS:
+    for key, label, workdir, ckpt, sampler in RUNS:
         step = four_step_checkpoint() if ckpt == "four" else load_run(workdir).steps[-1]
-        rec = score_run(workdir, step, args.num, refs)
-        entries.append({"key": key, "label": label, "workdir": workdir,
-                        "samples": str(pathlib.Path(workdir) / "eval_pso" / f"ckpt{step}_n{args.num}.npy"),
+        rec = score_run(workdir, step, args.num, refs, sampler)
+        entries.append({"key": key, "label": label, "workdir": workdir, "samples": rec["samples"],
                         **{k: v for k, v in rec.items() if k not in ("id", "samples")}})
     res = {"command": f"python -m scripts.pso_results --num {args.num}", "machine": machine(), "num": args.num,
            "real_thick": score_images(thick, labels, refs), "entries": entries,
@@ -165,7 +194,7 @@ def criteria(res: dict) -> list[str]:
              f"{'holds' if blur >= 1.3 else 'does not hold'}: naive's FD to its target is {naive['fd_target']:.2f}, "
              f"{blur:.2f}x the start's FD to its own distribution ({base:.2f}); sharpness "
              f"{naive['sharpness_ratio']:.2f} of the real thick digits'."]
-    for key in ("pso", "pso_dpo", "pso_online", "pso_lora"):
+    for key in PSO_KEYS:
         p = e[key]
         ok = p["thick_fraction"] >= naive["thick_fraction"] and p["fd_target"] <= 1.1 * base
         lines.append(f"2. **{p['label']} reaches a higher or equal target fraction than naive with an FD to its "
@@ -174,7 +203,7 @@ def criteria(res: dict) -> list[str]:
                      f"{p['fd_target']:.2f} = {p['fd_target'] / base:.2f}x the start's {base:.2f}.")
     lines.append(f"3. **Without the reference term (plain fine-tuning on the targets) the model collapses**: "
                  f"coverage of the thick digits {naive['coverage']:.3f} (naive) vs "
-                 + ", ".join(f"{e[k]['coverage']:.3f} ({k})" for k in ("pso", "pso_dpo", "pso_online", "pso_lora"))
+                 + ", ".join(f"{e[k]['coverage']:.3f} ({k})" for k in PSO_KEYS)
                  + f"; real thick digits {res['real_thick']['coverage']:.3f}: "
                  f"{'holds' if naive['coverage'] < 0.5 * max(e[k]['coverage'] for k in ('pso', 'pso_dpo')) else 'does not hold'}.")
     return lines
@@ -185,15 +214,18 @@ def markdown(res: dict) -> str:
     lines = ["# PSO: tuning the 4-step digits student towards thick strokes", "",
              f"`bash scripts/distill_digits.sh && bash scripts/pso_digits.sh && {res['command']}` — {m['cpu']}, "
              f"{m['cores']} cores, {m['backend']}, jax {m['jax']}, {m['date']}.",
-             f"Start: `{START}` at its {STEPS}-step checkpoint. Target: `digits_thick`. Every model sampled with DDIM "
-             f"at {STEPS} steps, {res['num']} class-balanced samples, seed 0. FD to target: against the 360 held-out "
-             "digits thickened; FD to original: FD-digits (plain held-out digits); coverage (k = 5) of the thick "
-             "held-out digits; sharpness: mean absolute Laplacian over the real thick digits'.", "",
-             "| model | thick reward | thick fraction | FD to target | FD to original | class acc. | coverage | "
-             "sharpness |", "|---|---|---|---|---|---|---|---|"]
-    rows = [*res["entries"], {"label": "real thick train digits", **res["real_thick"]}]
+             f"Start: `{START}` at its {STEPS}-step checkpoint. Target: `digits_thick`. Every model sampled at "
+             f"{STEPS} steps with the row's sampler (DDIM eta 0, the progressive student's own; online runs also "
+             f"with their training kernel's), {res['num']} class-balanced samples, seed 0. FD to target: against the "
+             "360 held-out digits thickened; FD to original: FD-digits (plain held-out digits); coverage (k = 5) of "
+             "the thick held-out digits; sharpness: mean absolute Laplacian over the real thick digits'.", "",
+             "| model | sampler | thick reward | thick fraction | FD to target | FD to original | class acc. | "
+             "coverage | sharpness |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [*res["entries"], {"label": "real thick train digits", "sampler": "", **res["real_thick"]}]
     for e in rows:
-        lines.append(f"| {e['label']} | {e['thick_reward']:.2f} | {e['thick_fraction']:.3f} | {e['fd_target']:.2f} | "
+        sampler = e.get("sampler") or ("" if "workdir" not in e else f"solver=ddim;steps={STEPS}")
+        lines.append(f"| {e['label']} | `{sampler}` | {e['thick_reward']:.2f} | {e['thick_fraction']:.3f} | "
+                     f"{e['fd_target']:.2f} | "
                      f"{e['fd_original']:.2f} | {e['class_accuracy']:.3f} | {e['coverage']:.3f} | "
                      f"{e['sharpness_ratio']:.2f} |")
     lines += ["", "Samples, one row per model in the table's order (2 per class), then real thick train digits:", "",

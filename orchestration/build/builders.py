@@ -6,9 +6,12 @@ its config here (:func:`model_caps`), never by probing the network.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from diffusion.data import DatasetInfo, make_source
 from diffusion.nn.denoiser import Denoiser
@@ -127,9 +130,32 @@ def model_caps(config: ml_collections.ConfigDict, info: DatasetInfo) -> ModelCap
 
 
 def build_source(config: ml_collections.ConfigDict, split: str = "train"):
-    """``(source, DatasetInfo)`` of ``config.data``."""
-    return make_source(config.data.name, split, resolution=config.data.resolution, data_dir=config.data.data_dir,
-                       frames=config.data.get("frames"), video_key=config.data.get("video_key"))
+    """``(source, DatasetInfo)`` of ``config.data``; the train split cut to its first
+    ``data.max_per_class`` examples of each class when set (:func:`first_per_class`)."""
+    source, info = make_source(config.data.name, split, resolution=config.data.resolution,
+                               data_dir=config.data.data_dir, frames=config.data.get("frames"),
+                               video_key=config.data.get("video_key"))
+    n = config.data.get("max_per_class")
+    if n is not None and split == "train":
+        source = first_per_class(source, n, config.data.name)
+        info = dataclasses.replace(info, size=len(source))
+    return source, info
+
+
+def first_per_class(source, n: int, name: str = "the dataset"):
+    """An ``ArraySource`` of the first ``n`` examples of every class of ``source`` (an
+    in-memory labelled source), in the source's order (a few-shot target set, as
+    DreamBooth's few instance images)."""
+    from diffusion.data.sources import ArraySource
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"config.data.max_per_class must be an integer >= 1 (None: all examples), got {n!r}")
+    if not isinstance(source, ArraySource):
+        raise ValueError(f"config.data.max_per_class needs an in-memory labelled dataset (digits, digits_thick); "
+                         f"{name!r} is not one: unset it")
+    keep = np.concatenate([np.flatnonzero(source.labels == c)[:n] for c in np.unique(source.labels)])
+    keep.sort()
+    return ArraySource(source.images[keep], source.labels[keep])
 
 
 def network_inputs(config: ml_collections.ConfigDict, info: DatasetInfo, batch: int) -> dict[str, jax.ShapeDtypeStruct]:

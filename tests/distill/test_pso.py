@@ -1,6 +1,8 @@
-"""PSO's losses against float64, its Gaussian transitions against DDIM, the method's
-invariants at the start (tuned == reference: log 2, the diffusion loss's gradient), and its
-references (sampled, read from a file, cached in the work directory)."""
+"""PSO's losses against float64 (a port of the authors' formulas on a Gaussian-mixture
+oracle, docs/design/fidelity.md), its times against diffusers' indexing, its Gaussian
+transitions against DDIM and the consistency sampler, the online loss's aggregation, the
+method's invariants at the start (tuned == reference: log 2, the diffusion loss's gradient),
+its configs, and its references (sampled, read from a file, cached in the work directory)."""
 
 import functools
 
@@ -27,14 +29,17 @@ def log_sigmoid(z):
 def test_dpo_and_hinge_against_float64():
     lw, ll, rw, rl = (RNG.uniform(0.01, 0.5, size=6) for _ in range(4))
     beta, lam = 5.0, 0.1
-    want = np.mean(-log_sigmoid(beta * ((rw - lam * rl) - (lw - lam * ll))))
-    assert float(pso.dpo_loss(*(jnp.asarray(a, jnp.float32) for a in (lw, ll, rw, rl)), beta, lam)) == pytest.approx(
-        want, rel=1e-5)
-    want = np.mean(np.maximum(0.0, 1.0 - beta * -(lw - lam * ll)) + 0.5 * ll)
-    assert float(pso.hinge_loss(jnp.asarray(lw), jnp.asarray(ll), beta, lam)) == pytest.approx(want, rel=1e-5)
-    # the DPO loss at tuned == reference is log 2, and lowering the target's error lowers it
-    assert float(pso.dpo_loss(lw, ll, lw, ll, beta, lam)) == pytest.approx(np.log(2.0), rel=1e-6)
-    assert float(pso.dpo_loss(lw * 0.5, ll, lw, ll, beta, lam)) < np.log(2.0)
+    for prior in (0.0, 0.5, 1.0):  # the prior term is on both (train_pso_sdxl_turbo_dreambooth.py:1889-1893)
+        want = np.mean(-log_sigmoid(beta * ((rw - lam * rl) - (lw - lam * ll)))) + prior * np.mean(ll)
+        got = pso.dpo_loss(*(jnp.asarray(a, jnp.float32) for a in (lw, ll, rw, rl)), beta, lam, prior)
+        assert float(got) == pytest.approx(want, rel=1e-5)
+        want = np.mean(np.maximum(0.0, 1.0 - beta * -(lw - lam * ll))) + prior * np.mean(ll)
+        got = pso.hinge_loss(jnp.asarray(lw), jnp.asarray(ll), beta, lam, prior)
+        assert float(got) == pytest.approx(want, rel=1e-5)
+    # the DPO loss at tuned == reference is log 2 (+ the prior), and lowering the target's error lowers it
+    assert float(pso.dpo_loss(lw, ll, lw, ll, beta, lam, 0.0)) == pytest.approx(np.log(2.0), rel=1e-6)
+    assert float(pso.dpo_loss(lw, ll, lw, ll, beta, lam, 0.5)) == pytest.approx(np.log(2.0) + 0.5 * ll.mean(), rel=1e-6)
+    assert float(pso.dpo_loss(lw * 0.5, ll, lw, ll, beta, lam, 0.0)) < np.log(2.0)
 
 
 def test_gaussian_logprob_and_clipped_ratio_against_float64():
@@ -46,7 +51,8 @@ def test_gaussian_logprob_and_clipped_ratio_against_float64():
                                rtol=1e-5)
     r = pso.clipped_log_ratio(jnp.array([0.5, -0.5, 0.01]), jnp.zeros(3), 0.1)
     np.testing.assert_allclose(np.exp(r), [1.1, 0.9, np.exp(0.01)], rtol=1e-6)
-    assert float(pso.online_loss(*(jnp.zeros(4) for _ in range(4)), 50.0, 0.1)) == pytest.approx(np.log(2.0))
+    assert float(pso.online_loss(jnp.zeros((3, 8)), jnp.array([1.0, -1.0, 0.0, 1.0]), 50.0)) == pytest.approx(
+        np.log(2.0))
 
 
 def test_the_transition_is_ddims_step_and_trajectories_at_eta_0_are_ddim_samples():
@@ -100,14 +106,13 @@ def test_offline_references_are_the_frozen_students_samples_cycling_the_labels()
     k_ref, k_t, k_eps = jax.random.split(key, 3)
     idx = batch["label"] + 3 * jax.random.randint(k_ref, (4,), 0, 2)
     assert np.all(np.asarray(extra.labels[idx]) == np.asarray(batch["label"]))
-    grid = make_grid("trailing", 3, SCHED)
-    t = grid[jax.random.randint(k_t, (4,), 0, 3)]
+    t = jnp.asarray([0.668, 0.335, 0.002], jnp.float32)[jax.random.randint(k_t, (4,), 0, 3)]  # the reference's K = 3
     eps = jax.random.normal(k_eps, (4, 8, 8, 1))
-    err = lambda x: np.mean(np.square(np.asarray(  # noqa: E731
+    err = lambda x: np.mean(np.square(np.asarray(  # noqa: E731  eps-MSE, the reference's sigma_EDM^-2 x0 error
         DEN(PARAMS, SCHED.alpha_sigma(t)[0][:, None, None, None] * x + SCHED.alpha_sigma(t)[1][:, None, None, None]
-            * eps, t, {"label": batch["label"]})[0].x0 - x, np.float64)).reshape(4, -1), axis=1)
+            * eps, t, {"label": batch["label"]})[0].eps - eps, np.float64)).reshape(4, -1), axis=1)
     lw, ll = err(batch["image"]), err(extra.images[idx])
-    want = np.mean(np.maximum(0.0, 1.0 + 5.0 * (lw - 0.1 * ll)) + 0.5 * ll)
+    want = np.mean(np.maximum(0.0, 1.0 + 5.0 * (lw - 0.1 * ll))) + 0.5 * np.mean(ll)
     assert float(value) == pytest.approx(want, rel=1e-4)
 
 
@@ -117,10 +122,14 @@ def test_offline_references_are_the_frozen_students_samples_cycling_the_labels()
     ({"mode": "online", "steps": 1}, "1-step student"), ({"mode": "online", "reward": "beauty"}, "unknown reward"),
     ({"mode": "online", "loss": "diffusion"}, "offline baseline"), ({"num_references": 7}, "multiple of the 3"),
     ({"num_references": 0}, "positive multiple"), ({"steps": 0}, "steps >= 1"), ({"lam": -0.1}, "lam >= 0"),
-    ({"online_eta": float("nan")}, "online_eta > 0"), ({"weighting": "l1"}, "unknown distill.weighting"),
+    ({"online_eta": float("nan")}, "0 < online_eta <= 1"), ({"online_eta": 1.5}, "0 < online_eta <= 1"),
+    ({"weighting": "l1"}, "unknown distill.weighting"), ({"pair_times": "trailing"}, "unknown distill.pair_times"),
+    ({"pair_weighting": "l1"}, "unknown distill.pair_weighting"), ({"prior_weight": -1.0}, "prior_weight >= 0"),
+    ({"online_kernel": "lcm"}, "unknown distill.online_kernel"),
+    ({"online_transitions": "last"}, "unknown distill.online_transitions"),
 ])
 def test_bad_settings_are_named(kwargs, match):
-    settings = {"steps": 4, "loss": "hinge", "mode": "offline", "beta": 5.0, "lam": 0.1, "clip": 0.1,
+    settings = {"steps": 4, "loss": "hinge", "mode": "offline", "beta": None, "lam": 0.1, "clip": 0.1,
                 "online_eta": 1.0, "weighting": "v", "reward": "thick", "num_references": 6, "num_classes": 3}
     with pytest.raises(ValueError, match=match):
         pso.check_settings(**{**settings, **kwargs})
@@ -129,31 +138,39 @@ def test_bad_settings_are_named(kwargs, match):
             pso.pso_tuning(DEN, **{"num_classes": 3, "references": refs(), **kwargs})
 
 
-@pytest.mark.parametrize("loss, lam, scale", [("dpo", 0.0, 2.5), ("hinge", 0.1, 5.0)])
-def test_the_pair_loss_reduces_to_the_diffusion_loss_on_the_targets(loss, lam, scale):
+@pytest.mark.parametrize("loss, beta, lam, prior, scale", [
+    ("dpo", 5.0, 0.0, 0.0, 2.5), ("dpo", None, 0.0, 0.0, 100.0), ("hinge", 5.0, 0.1, 0.5, 5.0),
+    ("hinge", None, 0.1, 0.5, 5.0)])
+def test_the_pair_loss_reduces_to_the_eps_diffusion_loss_on_the_targets(loss, beta, lam, prior, scale):
     """At the start (tuned == reference) the DPO loss's gradient is exactly beta / 2 times the
-    x0-MSE diffusion loss's on the targets when lam = 0 (sigmoid(0) = 1/2 for any beta); the
-    hinge with the released constants (beta 5, lam 0.1) is 5 times it wherever it is active:
-    the reference term's beta * lam cancels the prior term's 1/2."""
-    method, state = _method(loss=loss, lam=lam, beta=5.0)
+    targets' eps-MSE diffusion loss at the reference times when lam = 0 and prior = 0
+    (sigmoid(0) = 1/2; beta None is DPO's 200); the hinge with the released constants
+    (beta 5, lam 0.1, prior 0.5) is 5 times it wherever it is active: the reference term's
+    beta * lam cancels the prior term's 1/2, so the references do nothing."""
+    method, state = _method(loss=loss, lam=lam, beta=beta, prior_weight=prior)
     batch, key = _batch(), jax.random.PRNGKey(7)
     _, k_t, k_eps = jax.random.split(key, 3)
-    grid = make_grid("trailing", 3, SCHED)
-    t = grid[jax.random.randint(k_t, (4,), 0, 3)]
+    t = pso.reference_times(3, SCHED)[jax.random.randint(k_t, (4,), 0, 3)]
     eps = jax.random.normal(k_eps, (4, 8, 8, 1))
 
-    def diffusion_loss(p):  # the targets' x0-MSE at the same draws
+    def diffusion_loss(p):  # the targets' eps-MSE at the same draws
         a, s = SCHED.alpha_sigma(t)
         x_t = a[:, None, None, None] * batch["image"] + s[:, None, None, None] * eps
-        return jnp.mean(jnp.square(DEN(p, x_t, t, {"label": batch["label"]})[0].x0 - batch["image"]))
+        return jnp.mean(jnp.square(DEN(p, x_t, t, {"label": batch["label"]})[0].eps - eps))
 
-    value, got = jax.jit(jax.value_and_grad(lambda p: method.loss_fn(p, batch, key, state)[0]))(PARAMS)
+    loss_of = jax.jit(jax.value_and_grad(lambda p, extra: method.loss_fn(p, batch, key, type("S", (), {
+        "extra": extra})())[0]))
+    value, got = loss_of(PARAMS, state.extra)
     if loss == "dpo":  # and at tuned == reference the DPO loss is log 2 (online: tests/launch/test_distill.py)
-        assert float(value) == pytest.approx(np.log(2.0), rel=1e-6)
+        assert float(value) == pytest.approx(np.log(2.0), rel=1e-5)  # two float32 calls, scaled by beta
     want = jax.jit(jax.grad(diffusion_loss))(PARAMS)
     top = max(float(np.abs(w).max()) for w in jax.tree.leaves(want))
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(g, scale * w, rtol=2e-3, atol=1e-5 * scale * top)
+    if loss == "hinge":  # and the references do nothing: other references, the same gradient
+        moved = loss_of(PARAMS, state.extra.replace(images=-state.extra.images))[1]
+        for g, m in zip(jax.tree.leaves(got), jax.tree.leaves(moved)):
+            np.testing.assert_allclose(g, m, rtol=2e-3, atol=1e-5 * scale * top)
 
 
 def _write(path, **arrays):
@@ -213,3 +230,332 @@ def test_a_run_takes_its_cache_else_the_settings_file_else_samples_and_refuses_a
     settings.references = str(tmp_path / "absent.npz")
     with pytest.raises(ValueError, match="absent.npz: no such references file"):
         get(tmp_path / "other")
+
+
+# ---- the authors' times, pair weighting and online loss (issue 26; docs/design/fidelity.md) ----
+
+MEANS, T_LIN = np.array([[1.0, 1.0], [-1.0, -0.5]]), 1000
+LOG_AB = np.concatenate([[0.0], np.cumsum(np.log1p(-np.linspace(1e-4, 0.02, T_LIN)))])  # DDPM's linear betas
+
+
+def alpha_sigma64(t):
+    """float64 ``(alpha, sigma)`` of the linear schedule at lattice times ``t = n / T``."""
+    ab = np.exp(LOG_AB[np.round(np.asarray(t) * T_LIN).astype(int)])
+    return np.sqrt(ab), np.sqrt(1 - ab)
+
+
+def x0_hat64(x, t, std):
+    """float64 E[x0 | x_t] of the two-component mixture (means ``MEANS``, isotropic ``std``)."""
+    a, s = (v[:, None] for v in alpha_sigma64(t))
+    var = a**2 * std**2 + s**2  # [B, 1]
+    diff = x[:, None, :] - a[:, :, None] * MEANS[None]  # [B, 2, D]
+    logits = -np.log(var) - 0.5 * (diff**2).sum(-1) / var  # D = 2: -0.5 D log var
+    r = np.exp(logits - logits.max(1, keepdims=True))
+    r /= r.sum(1, keepdims=True)
+    return np.einsum("bk,bkd->bd", r, MEANS[None] + (a * std**2 / var)[:, :, None] * diff)
+
+
+def pair_errors64(x_w, x_l, eps, t, std):
+    """float64 ``(x0-MSE w, x0-MSE l, eps-MSE w, eps-MSE l)``: the reference's
+    ``mean(sigma_EDM^-2 (x0_hat - x0)^2)`` (DB:1812-1848) with ``sigma_EDM^-2 = alpha^2 / sigma^2``."""
+    a, s = alpha_sigma64(t)
+    err = lambda x: ((x0_hat64(a[:, None] * x + s[:, None] * eps, t, std) - x) ** 2).mean(1)  # noqa: E731
+    e_w, e_l = err(x_w), err(x_l)
+    return e_w, e_l, a**2 / s**2 * e_w, a**2 / s**2 * e_l
+
+
+def test_pair_times_follow_the_references_indexing():
+    from diffusers import EulerDiscreteScheduler
+
+    sch = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    ts = sch.timesteps.numpy()  # descending 999 .. 0 (never set_timesteps-ed in the reference)
+    assert ts[0] == 999 and ts[-1] == 0
+    for k, want in ((4, [.751, .501, .251, .001]), (3, [.668, .335, .002]), (2, [.501, .001]), (1, [.001])):
+        stride = 1000 // k
+        n = ts[stride * np.arange(k) + stride - 1]  # train_pso_sdxl_turbo_dreambooth.py:1727-1739
+        np.testing.assert_allclose((n + 1) / 1000, want)
+        np.testing.assert_allclose(pso.reference_times(k, SCHED), want, rtol=1e-6)
+        # diffusers timestep n is our t = (n + 1) / T: the same alpha_bar
+        np.testing.assert_allclose(SCHED.alpha_bar(jnp.asarray((n + 1) / 1000, jnp.float32)),
+                                   sch.alphas_cumprod.numpy()[n.astype(int)], rtol=1e-5)
+    assert 1.0 not in pso.reference_times(4, SCHED).tolist()
+    np.testing.assert_allclose(pso.pair_times_of("grid", 4, SCHED), [1, .75, .5, .25], rtol=1e-6)
+
+
+class Recording:
+    """The mixture oracle, recording the times it is called at (eagerly)."""
+
+    def __init__(self, mixture):
+        self.mixture, self.schedule, self.times = mixture, mixture.schedule, []
+
+    def __call__(self, params, x, t, cond=None):
+        self.times.append(np.asarray(t))
+        return self.mixture(params, x, t, cond)
+
+
+@pytest.mark.parametrize("pair_times, want", [("reference", [.001, .251, .501, .751]), ("grid", [.25, .5, .75, 1.0])])
+def test_the_offline_loss_draws_its_times_uniformly_from_the_pair_times(pair_times, want):
+    from diffusion.analytic import make_mixture
+
+    den = Recording(make_mixture(SCHED, MEANS, 0.3))
+    refs_ = (np.zeros((8, 2), np.float32), np.zeros((8,), np.int32))
+    method = pso.pso_tuning(den, steps=4, references=refs_, pair_times=pair_times)
+    state = type("S", (), {"extra": method.init_extra(None, None)})()
+    method.loss_fn(None, {"image": jnp.ones((256, 2))}, jax.random.PRNGKey(0), state)
+    np.testing.assert_allclose(np.unique(np.round(np.concatenate(den.times), 6)), want, rtol=1e-6)
+
+
+def test_the_pair_loss_is_eps_weighted_at_the_reference_times_on_the_mixture_oracle():
+    """The hand numbers of docs/design/fidelity.md (PSO): a float64 port of the reference's
+    loss on a Gaussian mixture against Kairos' float32 pair errors and losses."""
+    from diffusion.analytic import make_mixture
+
+    t = np.array([.751, .501, .251, .001])
+    x_w, x_l, eps = (np.tile(v, (4, 1)) for v in ([0.8, 1.1], [0.6, 0.7], [0.3, -0.5]))
+    e_w, e_l, l_w, l_l = pair_errors64(x_w, x_l, eps, t, 0.3)
+    _, _, r_w, r_l = pair_errors64(x_w, x_l, eps, t, 0.5)  # the frozen reference: another mixture
+    np.testing.assert_allclose(alpha_sigma64(t)[0] ** 2 / alpha_sigma64(t)[1] ** 2,
+                               [3.31109e-3, 8.43595e-2, 1.089528, 9999.0], rtol=1e-5)
+    np.testing.assert_allclose(l_w, [0.00225541, 0.0458761, 0.0309748, 0.182127], rtol=1e-5)
+    np.testing.assert_allclose(l_l, [0.00093524, 0.0192520, 0.00721223, 0.167837], rtol=1e-5)
+    np.testing.assert_allclose(e_w, [0.681168, 0.543817, 0.0284295, 1.82145e-5], rtol=1e-5)
+
+    tuned, ref = make_mixture(SCHED, MEANS, 0.3), make_mixture(SCHED, MEANS, 0.5)
+    args = [jnp.asarray(a, jnp.float32) for a in (x_w, x_l, eps)] + [pso.reference_times(4, SCHED), None]
+    got = {w: pso.pair_errors(tuned, None, *args, w) for w in ("eps", "x0")}
+    got_ref = pso.pair_errors(ref, None, *args, "eps")
+    for g, w in zip((*got["eps"], *got["x0"], *got_ref), (l_w, l_l, e_w, e_l, r_w, r_l)):
+        np.testing.assert_allclose(g, w, rtol=1e-4)
+    snr = jnp.exp(SCHED.logsnr(pso.reference_times(4, SCHED)))
+    np.testing.assert_allclose(got["eps"][0], snr * got["x0"][0], rtol=1e-4)  # eps-MSE = SNR x0-MSE
+
+    hinge64 = np.maximum(0, 1 + 5 * (l_w - 0.1 * l_l)) + 0.5 * l_l
+    np.testing.assert_allclose(hinge64, [1.011277, 1.229381, 1.154874, 1.910633], rtol=1e-6)
+    assert hinge64.mean() == pytest.approx(1.326541, rel=1e-6)
+    assert float(pso.hinge_loss(*got["eps"], 5.0, 0.1, 0.5)) == pytest.approx(1.326541, rel=1e-4)
+
+    margin = (r_w - 0.1 * r_l) - (l_w - 0.1 * l_l)
+    np.testing.assert_allclose(margin, [3.2963e-6, -3.15166e-4, 1.668255e-2, -7.92876e-3], rtol=1e-4)
+    for beta, prior, want in ((200.0, 0.0, 0.806245), (200.0, 1.0, 0.855054), (5.0, 0.0, 0.688138)):
+        dpo64 = np.mean(-log_sigmoid(beta * margin) + prior * l_l)
+        assert dpo64 == pytest.approx(want, rel=1e-6)
+        assert float(pso.dpo_loss(*got["eps"], *got_ref, beta, 0.1, prior)) == pytest.approx(want, rel=1e-4)
+    per = -log_sigmoid(200.0 * margin)
+    np.testing.assert_allclose(per, [0.692818, 0.725160, 0.034943, 1.772060], rtol=1e-5)
+
+    # the contrast (what changed): our earlier x0-MSE at the trailing grid puts 35% on t = 1; the
+    # reference's eps-MSE at its times puts 70% on t = 0.001
+    e_grid = pair_errors64(x_w, x_l, eps, np.array([1.0, .75, .5, .25]), 0.3)[0]
+    np.testing.assert_allclose(e_grid, [0.681953, 0.681112, 0.542249, 0.028244], rtol=1e-5)
+    assert e_grid[0] / e_grid.sum() == pytest.approx(0.352693, rel=1e-5)
+    assert l_w[3] / l_w.sum() == pytest.approx(0.697181, rel=1e-5)
+
+
+def test_renoise_kernel_is_the_dmd2_step_and_the_consistency_sampler():
+    from diffusion.analytic import make_mixture
+    from sampling.solvers.consistency import Consistency
+
+    tuned, ref = make_mixture(SCHED, MEANS, 0.3), make_mixture(SCHED, MEANS, 0.5)
+    x, x_next = jnp.array([[0.5, -0.2]]), jnp.array([[0.1, 0.3]])
+    t, s = jnp.array([0.75]), jnp.array([0.5])
+    for kernel, std_want, logp_want in (("renoise", 0.959902, (-0.894269, -0.894273)),
+                                        ("ddim", 0.940794, (-0.878072, -0.878155))):
+        mean, std = pso.transition(tuned, None, x, t, s, None, kernel, 1.0)
+        ref_mean, _ = pso.transition(ref, None, x, t, s, None, kernel, 1.0)
+        assert float(std[0]) == pytest.approx(std_want, rel=1e-5)
+        np.testing.assert_allclose([float(pso.gaussian_logprob(x_next, m, std)[0]) for m in (mean, ref_mean)],
+                                   logp_want, rtol=1e-5)
+    # DMD2's re-noising is DDIM at eta = sigma_s / ddim_std(eta 1): 1.0061, 1.0203, 1.0411 on the trailing 4-grid
+    grid = make_grid("trailing", 4, SCHED)
+    etas = []
+    for k in range(3):
+        tk, sk = jnp.full((1,), grid[k]), jnp.full((1,), grid[k + 1])
+        eta = float(SCHED.alpha_sigma(sk)[1][0] / pso.ddim_transition(tuned, None, x, tk, sk, None, 1.0)[1][0])
+        etas.append(eta)
+        for a, b in zip(pso.transition(tuned, None, x, tk, sk, None, "renoise", 1.0),
+                        pso.ddim_transition(tuned, None, x, tk, sk, None, eta)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(etas, [1.0061, 1.0203, 1.0411], atol=1e-4)
+    # one step of a re-noising trajectory is the consistency sampler's step with the same noise
+    xs, cond = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 1)), {"label": jnp.array([0, 1, 2])}
+    tk, sk, key = jnp.full((3,), grid[1]), jnp.full((3,), grid[2]), jax.random.PRNGKey(4)
+    solver = Consistency(SCHED)
+    step = solver.step(solver.init(xs, key), lambda x_, t_, c: (DEN(PARAMS, x_, t_, cond)[0], c), tk, sk).x
+    mean, std = pso.transition(DEN, PARAMS, xs, tk, sk, cond, "renoise", 1.0)
+    z = jax.random.normal(jax.random.split(key)[1], xs.shape)
+    np.testing.assert_allclose(mean + std[:, None, None, None] * z, step, atol=1e-5)
+    # and its last step (s = 0) is deterministic: the model's x0
+    last = pso.transition(DEN, PARAMS, xs, jnp.full((3,), grid[3]), jnp.zeros((3,)), cond, "renoise", 1.0)
+    assert float(last[1].max()) == 0.0
+
+
+def test_online_loss_averages_all_transitions_and_ties_weigh_zero():
+    d_a, d_b = jnp.array([0.004, -0.003, 0.2]), jnp.array([-0.002, 0.001, -0.5])
+    r = jnp.array([1.0, 2.0, 3.0, 0.5, 2.0, 3.5])
+    h = pso.preference(r)
+    np.testing.assert_array_equal(h, [1, 0, -1])  # DMD2's compare: a tie is 0 (not a win for either)
+    d = pso.clipped_log_ratio(jnp.concatenate([d_a, d_b])[None], jnp.zeros((1, 6)), 0.1)
+    per = [float(pso.online_loss(d[:, [i, i + 3]], h[i:i + 1], 50.0)) for i in range(3)]
+    np.testing.assert_allclose(per, [0.554355, np.log(2.0), 10.033579], rtol=1e-5)
+    assert float(pso.online_loss(d, h, 50.0)) == pytest.approx(3.760360, rel=1e-5)
+    grad = jax.grad(lambda d_: pso.online_loss(d_, h, 50.0))(jnp.concatenate([d_a, d_b])[None] * 0.1)
+    assert float(grad[0, 1]) == 0.0 and float(grad[0, 4]) == 0.0 and float(jnp.abs(grad).max()) > 0
+    # J transitions: the mean of the per-transition losses
+    dj = jax.random.uniform(jax.random.PRNGKey(0), (3, 6), minval=-0.1, maxval=0.1)
+    assert float(pso.online_loss(dj, h, 50.0)) == pytest.approx(
+        np.mean([float(pso.online_loss(dj[j:j + 1], h, 50.0)) for j in range(3)]), rel=1e-6)
+    # which transitions: all K - 1 (never the deterministic last), or one per pair shared by its members
+    np.testing.assert_array_equal(pso.transition_indices(None, "all", 4, 2), [[0] * 4, [1] * 4, [2] * 4])
+    one = np.asarray(pso.transition_indices(jax.random.PRNGKey(1), "one", 4, 500))
+    assert one.shape == (1, 1000) and set(one.ravel().tolist()) == {0, 1, 2}
+    np.testing.assert_array_equal(one[0, :500], one[0, 500:])
+
+
+def test_the_online_loss_scores_every_transition_of_the_kernels_trajectories():
+    """The online loss by hand: the same draws, re-noising trajectories, every Gaussian
+    transition scored under the tuned and the frozen params, ranked by a reward."""
+    from diffusion.metrics import rewards
+
+    reward = lambda images, labels: jnp.mean(images.reshape(images.shape[0], -1), axis=-1)  # noqa: E731
+    rewards.register("pso_test_brightness", lambda: reward)
+    steps, b = 3, 4
+    method = pso.pso_tuning(DEN, steps=steps, mode="online", reward="pso_test_brightness", num_classes=3)
+    tuned = jax.tree.map(lambda a: a * 1.05, PARAMS)
+    state = type("S", (), {"extra": method.init_extra(PARAMS, PARAMS)})()
+    batch, key = _batch(), jax.random.PRNGKey(9)
+    value, aux = jax.jit(lambda p: method.loss_fn(p, batch, key, state))(tuned)
+    k_T, k_traj, _ = jax.random.split(key, 3)
+    grid = make_grid("trailing", steps, SCHED)
+    cond = {"label": jnp.concatenate([batch["label"]] * 2)}
+
+    @jax.jit
+    def by_hand():
+        states = pso.trajectories(DEN, tuned, grid, jax.random.normal(k_T, (2 * b, 8, 8, 1)), cond, 1.0, k_traj,
+                                  "renoise")
+        d = []
+        for k in range(steps - 1):
+            t, s = jnp.full((2 * b,), grid[k]), jnp.full((2 * b,), grid[k + 1])
+            mean, std = pso.transition(DEN, tuned, states[k], t, s, cond, "renoise", 1.0)
+            ref_mean, _ = pso.transition(DEN, PARAMS, states[k], t, s, cond, "renoise", 1.0)
+            logp = lambda m: pso.gaussian_logprob(states[k + 1], m, std)  # noqa: E731, B023
+            d.append(logp(mean) - logp(ref_mean))
+        return reward(states[-1], None), jnp.stack(d)
+
+    r, d = (np.asarray(a, np.float64) for a in by_hand())
+    h = np.sign(r[:b] - r[b:])
+    d = np.clip(d, np.log(0.9), np.log(1.1))
+    losses = -log_sigmoid(50.0 * h * (d[:, :b] - d[:, b:]))
+    assert float(value) == pytest.approx(np.mean(losses), rel=1e-4)
+    assert float(aux["ties"]) == np.mean(h == 0)
+
+
+def test_default_beta_per_loss_and_the_students_sampler():
+    assert [pso.resolve_beta(None, loss, mode) for loss, mode in (
+        ("hinge", "offline"), ("dpo", "offline"), ("hinge", "online"), ("diffusion", "offline"))] == [5, 200, 50, 5]
+    assert pso.resolve_beta(7.0, "dpo", "offline") == 7.0
+    from ml_collections import ConfigDict
+
+    sampler = lambda **s: pso.student_sampler(ConfigDict({"steps": 4, "online_eta": 1.0, **s}))  # noqa: E731
+    assert sampler(mode="online", online_kernel="renoise") == {"solver": "consistency", "steps": 4}
+    assert sampler(mode="online", online_kernel="ddim") == {"solver": "ddim", "steps": 4, "eta": 1.0}
+    assert sampler(mode="offline", online_kernel="renoise") == {"solver": "ddim", "steps": 4}
+
+
+def test_the_configs_defaults_and_variants():
+    from configs import digits_pso
+    from distill import registry
+
+    c = digits_pso.get_config()
+    d = c.distill
+    assert (d.pair_times, d.pair_weighting, d.beta, d.prior_weight, d.lam, d.online_kernel, d.online_transitions) == (
+        "reference", "eps", None, 0.5, 0.1, "renoise", "all")
+    assert (c.train.lora_rank, c.train.batch_size, c.train.num_steps, c.data.max_per_class) == (0, 64, 400, None)
+    for variant in ("lora", "lora_few"):
+        v = digits_pso.get_config(variant)
+        assert (v.train.lora_rank, v.train.lr, v.train.num_steps, v.train.batch_size, v.train.weight_decay,
+                v.train.grad_clip, v.distill.loss, v.distill.num_references) == (16, 2e-4, 600, 4, 1e-4, 1.0, "hinge",
+                                                                                  200)
+        assert v.data.max_per_class == (5 if variant == "lora_few" else None)
+    v = digits_pso.get_config("online_lora")
+    assert (v.distill.mode, v.train.lora_rank, v.train.lr, v.train.weight_decay, v.train.batch_size) == (
+        "online", 16, 1e-5, 1e-6, 4)
+    v = digits_pso.get_config("x0_grid").distill
+    assert (v.pair_times, v.pair_weighting) == ("grid", "x0")
+    v = digits_pso.get_config("online_old").distill
+    assert (v.online_kernel, v.online_transitions) == ("ddim", "one")
+    online = digits_pso.get_config("online")
+    assert registry.get("pso").student(online) == {"solver": "consistency", "steps": 4}
+
+
+def test_an_old_pso_config_keeps_the_loss_it_trained_with():
+    from configs.common import upgrade_config
+
+    old = {"data": {"name": "digits_thick"}, "model": {}, "train": {},
+           "distill": {"method": "pso", "teacher_workdir": "w", "steps": 4, "loss": "dpo", "mode": "offline",
+                       "beta": 5.0, "lam": 0.1, "num_references": 200, "reference_seed": 0, "reward": "thick",
+                       "clip": 0.1, "online_eta": 1.0, "weighting": "v", "teacher_step": 1500}}
+    new = upgrade_config(old)
+    assert new["data"]["max_per_class"] is None
+    assert {k: new["distill"][k] for k in ("pair_times", "pair_weighting", "prior_weight", "online_kernel",
+                                           "online_transitions", "beta")} == {
+        "pair_times": "grid", "pair_weighting": "x0", "prior_weight": 0.0, "online_kernel": "ddim",
+        "online_transitions": "one", "beta": 5.0}
+    old["distill"]["loss"] = "hinge"
+    assert upgrade_config(old)["distill"]["prior_weight"] == 0.5
+    current = upgrade_config({**old, "distill": {**old["distill"], "pair_times": "reference"}})["distill"]
+    assert (current["pair_times"], current["pair_weighting"], current["prior_weight"]) == ("reference", "eps", 0.5)
+
+
+def test_few_images_per_class_are_the_first_of_each_class():
+    from configs import digits_pso
+    from diffusion.data.digits import load_digits
+    from orchestration.build.builders import build_source
+
+    c = digits_pso.get_config("lora_few")
+    source, info = build_source(c)
+    images, labels = load_digits("train", thick=True)
+    assert len(source) == info.size == 50 and np.bincount(source.labels).tolist() == [5] * 10
+    keep = np.concatenate([np.flatnonzero(labels == k)[:5] for k in range(10)])
+    np.testing.assert_array_equal(source.images, images[np.sort(keep)])
+    assert len(build_source(c, "heldout")[0]) == 360  # evaluation sets stay whole
+    from orchestration.build.builders import first_per_class
+
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="max_per_class must be an integer >= 1"):
+            first_per_class(source, bad)
+    c.data.name, c.data.resolution, c.data.max_per_class = "synthetic", 8, 5
+    with pytest.raises(ValueError, match="in-memory labelled dataset"):
+        build_source(c)
+
+
+def test_a_rank_16_adapter_fits_the_digits_unets_attention():
+    """The reference's rank 16 (DB:1277-1284) on the digits UNet's 64-wide 4x4 attention."""
+    from diffusion.nn.unet import UNet
+    from diffusion.train import lora
+
+    net = UNet(channels=32, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_heads=4, num_classes=10,
+               out_channels=1)
+    params = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)),
+                                             jnp.zeros((1,), jnp.int32))["params"])
+    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
+    tree = lora.init(params, 16, jax.random.PRNGKey(1))
+    assert tree["adapters"] and all(ab["a"].shape[1] == 16 for ab in tree["adapters"].values())
+
+
+def test_the_results_page_samples_online_runs_with_their_kernel():
+    import types
+
+    from configs import digits_pso
+    from configs.common import base_config
+    from sampling.spec import make_spec
+    from scripts import pso_results
+
+    run = lambda config: types.SimpleNamespace(config=config)  # noqa: E731
+    assert pso_results.run_sampler(run(digits_pso.get_config("online")), "kernel") == make_spec("consistency", 4)
+    assert pso_results.run_sampler(run(digits_pso.get_config("online_old")), "kernel") == make_spec("ddim", 4, eta=1.0)
+    assert pso_results.run_sampler(run(digits_pso.get_config("online")), "ddim") == make_spec("ddim", 4)
+    assert pso_results.run_sampler(run(digits_pso.get_config("")), "kernel") == make_spec("ddim", 4)
+    assert pso_results.run_sampler(run(base_config()), "kernel") == make_spec("ddim", 4)  # the progressive start
+    kernel_rows = {r[0] for r in pso_results.RUNS if r[4] == "kernel"}
+    assert kernel_rows == {"pso_online", "pso_online_old", "pso_online_lora"}
+    assert {"pso_online_eta0"} <= set(pso_results.PSO_KEYS)
