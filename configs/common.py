@@ -168,7 +168,8 @@ def upgrade_config(saved: dict) -> dict:
       ``train.lora_rank`` (0) and ``train.lora_alpha`` (None);
     * ``sample`` / ``eval`` ``solver, steps, grid, guidance`` become one ``sampler`` spec;
     * ``distill`` keeps the fields of its method (one section used to hold every method's);
-      a field the method gained since (PSO's ``references``) takes its default.
+      a field the method gained since (PSO's ``references``) takes its default, except TiUE's
+      issue-26 fields, which take what its older runs did (``distill.tiue.LEGACY``).
     """
     saved = json.loads(json.dumps(saved))  # a deep copy
     model = saved.get("model", {})
@@ -195,6 +196,11 @@ def upgrade_config(saved: dict) -> dict:
         from distill import registry
 
         d = saved["distill"]
+        if d.get("method") == "tiue":  # fields TiUE gained in issue 26: what its older runs did
+            from distill.tiue import LEGACY
+
+            for key, value in LEGACY.items():
+                d.setdefault(key, value)
         if d.get("method") in registry.distillers():
             defaults = registry.get(d["method"]).defaults
             fields = {*registry.GENERIC_FIELDS, *defaults}
