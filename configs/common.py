@@ -169,9 +169,9 @@ def upgrade_config(saved: dict) -> dict:
       ``train.lora_rank`` (0) and ``train.lora_alpha`` (None), ``data.max_per_class`` (None: all);
     * ``sample`` / ``eval`` ``solver, steps, grid, guidance`` become one ``sampler`` spec;
     * ``distill`` keeps the fields of its method (one section used to hold every method's);
-      a field the method gained since (PSO's ``references``) takes its default; a PSO run
-      from before issue 26 gets the knobs of the loss it trained with
-      (``distill.pso.settings_before_issue26``).
+      a field the method gained since (PSO's ``references``) takes its default; a PSO or TiUE
+      run from before issue 26 gets the settings it trained with
+      (``distill.pso.settings_before_issue26``, ``distill.tiue.LEGACY``).
     """
     saved = json.loads(json.dumps(saved))  # a deep copy
     model = saved.get("model", {})
@@ -199,6 +199,11 @@ def upgrade_config(saved: dict) -> dict:
         from distill import registry
 
         d = saved["distill"]
+        if d.get("method") == "tiue":  # fields TiUE gained in issue 26: what its older runs did
+            from distill.tiue import LEGACY
+
+            for key, value in LEGACY.items():
+                d.setdefault(key, value)
         if d.get("method") in registry.distillers():
             defaults = registry.get(d["method"]).defaults
             fields = {*registry.GENERIC_FIELDS, *defaults}

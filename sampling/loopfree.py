@@ -1,7 +1,9 @@
 """TiUE's loop-free sampling (docs/design/tiue.md): one encoder call on ``x_T`` at the
 first grid time, one decoder call batched over the ``K`` grid times, and ``K`` elementwise
 DDIM updates (eta 0) chaining the ``K`` predictions. Differentiable: TiUE's training runs
-it, and its KL regulariser reads the ``K`` noise maps."""
+it, and its KL regulariser reads the ``K`` noise maps. Any grid: TiUE's reference runs
+diffusers' ``leading`` one (``[751, 501, 251, 1]`` at K = 4, ending at ``t = 1 / T``), on
+which an eps network's chain equals ``DDIMScheduler.step`` over those timesteps."""
 
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ def tile_steps(tree: Any, k: int, b: int) -> Any:
 
 def ddim_chain(denoiser: Any, raw: jax.Array, grid: jax.Array, x_T: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(x [B, ...] at grid[K], eps [K, B, ...])``: DDIM (eta 0) from ``x_T`` at ``grid[0]``
-    over ``grid [K + 1]``, step ``k`` reading ``raw[k]`` at the chained ``x_k``."""
+    over ``grid [K + 1]``, step ``k`` reading ``raw[k]`` at the chained ``x_k``. For an eps
+    network ``eps[k]`` is ``raw[k]`` itself; for a v network it is ``sigma_k x_k + alpha_k raw[k]``."""
     def body(x, k):
         pred = denoiser.prediction(raw[k], x, grid[k])
         alpha_t, sigma_t = denoiser.schedule.alpha_sigma(grid[k])
@@ -58,6 +61,7 @@ def ddim_chain(denoiser: Any, raw: jax.Array, grid: jax.Array, x_T: jax.Array) -
 
 def loopfree_chain(denoiser: Any, params: Any, grid: jax.Array, x_T: jax.Array,
                    cond: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
-    """TiUE's student: ``(x_0 [B, ...], eps [K, B, ...])`` for ``grid [K + 1]`` (the last 0)."""
+    """TiUE's student: ``(x [B, ...] at grid[K], eps [K, B, ...])`` for ``grid [K + 1]`` (the
+    last 0, or ``1 / T`` on the leading grid: diffusers' ``final_alpha_cumprod``)."""
     check_split(denoiser)
     return ddim_chain(denoiser, loopfree_predictions(denoiser, params, grid[:-1], x_T, cond), grid, x_T)

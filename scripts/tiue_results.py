@@ -1,20 +1,24 @@
-r"""TiUE on the digits teacher (issue 13) -> docs/results/tiue.{md,json}, tiue_similarity.png,
+r"""TiUE on the digits teachers (issues 13, 26) -> docs/results/tiue.{md,json}, tiue_similarity.png,
 tiue_samples.png.
 
-    bash scripts/tiue_digits.sh                # the teacher and the students (resumable)
+    bash scripts/tiue_digits.sh                # the teachers and the students (resumable)
     python -m scripts.tiue_results [--num 1000] [--out docs/results]
 
 1. **Motivation** (the paper's feature-similarity figure): along the unguided DDIM
    trajectory at N = 2, 4, 8, 25 steps, the cosine similarity and the relative change
    between consecutive steps of every encoder block's output (``conv_in``, down blocks,
    middle block) and every decoder block's (up blocks), per sample, averaged over the
-   samples and the blocks of each half (``distill/step_features.py``); on the digits
-   teacher (``--similarity_num`` class-balanced samples) and, when ``runs/scenes`` exists,
+   samples and the blocks of each half (``distill/step_features.py``); on both digits
+   teachers (``--similarity_num`` class-balanced samples) and, when ``runs/scenes`` exists,
    on the SD-family scenes UNet (held-out captions): the paper's claim is about SD.
 2. **Students at matched training compute** (each run's wall time of its steps is in the
-   table): TiUE K = 4 (VSD + KL 0.1), KL off, the data-free regression baseline, the 1-step
-   VSD student (K = 1), the progressive student at 4 and 1 steps, the consistency student
-   at 4 and 1 steps; the teacher with DDIM as the baseline and reference. Each scored on
+   table): TiUE K = 4 with the reference's settings (configs/digits_tiue.py: eps teacher on
+   SD's betas, leading grid, CFG 4.5, KL 0.1 grouped by 8, LoRA fake score), KL off, the
+   data-free regression baseline, the full-copy fake score, the v teacher (KL on derived
+   eps), the settings before issue 26 (``:legacy``), the 1-step VSD student (K = 1), the
+   progressive student at 4 and 1 steps, the consistency student at 4 and 1 steps; the
+   teachers with DDIM as baselines and references. Each TiUE run is checked against its
+   config variant as it is now (a stale run is refused). Each scored on
    ``--num`` class-balanced samples (seed 0): FD-digits, class accuracy, recall and
    coverage (k = 5) in the digits CNN's features against the 360 held-out digits
    (``diffusion/metrics/coverage.py``), and within-class pixel variance relative to the
@@ -41,29 +45,39 @@ from orchestration.generation.sweep import parse_sweep
 from scripts.distillation_results import round_checkpoints
 from scripts.scenes_results import training
 
-TEACHER = "runs/digits_v"
+TEACHER = "runs/digits_sd_eps"  # TiUE's teacher: eps prediction on SD's betas (configs/digits_sd_eps.py)
+V_TEACHER = "runs/digits_v"  # the progressive and consistency students' (and TiUE's :v, :legacy)
 SIMILARITY_STEPS = (2, 4, 8, 25)
-TIUE_GUIDANCE = 3.0  # configs/digits_tiue.py's distill.guidance (checked against each run)
+TIUE_GUIDANCE = 4.5  # configs/digits_tiue.py's distill.guidance (train_loopfree.sh; checked against each run)
+LEADING4, TRAILING4 = "solver=ddim;steps=4;grid=leading;loopfree=on", "solver=ddim;steps=4;grid=trailing;loopfree=on"
 # (key, label, work directory, student steps picking a progressive round or None for the last checkpoint, sampler)
 ENTRIES = (
-    ("tiue", "TiUE K=4 (VSD + KL 0.1)", "runs/digits_tiue", None, "solver=ddim;steps=4;loopfree=on"),
-    ("tiue_kl0", "TiUE K=4, KL off", "runs/digits_tiue_kl0", None, "solver=ddim;steps=4;loopfree=on"),
-    ("tiue_regress", "TiUE K=4, regression baseline", "runs/digits_tiue_regress", None,
-     "solver=ddim;steps=4;loopfree=on"),
-    ("vsd1", "1-step VSD student (K=1)", "runs/digits_tiue_k1", None, "solver=ddim;steps=1;loopfree=on"),
+    ("tiue", "TiUE K=4 (the reference's settings: VSD + KL 0.1)", "runs/digits_tiue", None, LEADING4),
+    ("tiue_kl0", "TiUE K=4, KL off", "runs/digits_tiue_kl0", None, LEADING4),
+    ("tiue_regress", "TiUE K=4, regression baseline", "runs/digits_tiue_regress", None, LEADING4),
+    ("tiue_fake_full", "TiUE K=4, full-copy fake score", "runs/digits_tiue_fake_full", None, LEADING4),
+    ("tiue_v", "TiUE K=4, v teacher (KL on derived eps)", "runs/digits_tiue_v", None, LEADING4),
+    ("tiue_legacy", "TiUE K=4 as before issue 26 (v teacher, trailing, w=3, KL / 8)", "runs/digits_tiue_legacy",
+     None, TRAILING4),
+    ("vsd1", "1-step VSD student (K=1)", "runs/digits_tiue_k1", None, "solver=ddim;steps=1;grid=trailing;loopfree=on"),
     ("progressive4", "progressive, 4 steps", "runs/digits_progressive", 4, "solver=ddim;steps=4"),
     ("progressive1", "progressive, 1 step", "runs/digits_progressive", 1, "solver=ddim;steps=1"),
     ("consistency4", "consistency, 4 steps", "runs/digits_consistency", None, "solver=consistency;steps=4"),
     ("consistency1", "consistency, 1 step", "runs/digits_consistency", None, "solver=consistency;steps=1"),
-    ("teacher4", "teacher, DDIM 4", TEACHER, None, "solver=ddim;steps=4"),
-    ("teacher4_cfg", f"teacher, DDIM 4 + CFG w={TIUE_GUIDANCE:g}", TEACHER, None,
-     f"solver=ddim;steps=4;guidance={TIUE_GUIDANCE:g}"),
-    ("teacher64_cfg", f"teacher, DDIM 64 + CFG w={TIUE_GUIDANCE:g}", TEACHER, None,
+    ("eps_teacher4_cfg", f"eps teacher, DDIM 4 (leading) + CFG w={TIUE_GUIDANCE:g}", TEACHER, None,
+     f"solver=ddim;steps=4;grid=leading;guidance={TIUE_GUIDANCE:g}"),
+    ("eps_teacher64_cfg", f"eps teacher, DDIM 64 + CFG w={TIUE_GUIDANCE:g}", TEACHER, None,
      f"solver=ddim;steps=64;guidance={TIUE_GUIDANCE:g}"),
-    ("teacher64", "teacher, DDIM 64", TEACHER, None, "solver=ddim;steps=64"),
+    ("eps_teacher64", "eps teacher, DDIM 64", TEACHER, None, "solver=ddim;steps=64"),
+    ("teacher4", "v teacher, DDIM 4", V_TEACHER, None, "solver=ddim;steps=4"),
+    ("teacher64", "v teacher, DDIM 64", V_TEACHER, None, "solver=ddim;steps=64"),
 )
 SCENES = "runs/scenes"  # the SD-family latent text-to-image model (configs/scenes.py), optional
-TIUE_RUNS = ("runs/digits_tiue", "runs/digits_tiue_kl0", "runs/digits_tiue_regress", "runs/digits_tiue_k1")
+# each TiUE run and the configs/digits_tiue.py variant that must have made it
+TIUE_VARIANTS = {"runs/digits_tiue": "", "runs/digits_tiue_kl0": "kl0", "runs/digits_tiue_regress": "regress",
+                 "runs/digits_tiue_fake_full": "fake_full", "runs/digits_tiue_v": "v",
+                 "runs/digits_tiue_legacy": "legacy", "runs/digits_tiue_k1": "k1"}
+TIUE_RUNS = tuple(TIUE_VARIANTS)
 GRID_PER_ROW = 20
 
 
@@ -187,11 +201,20 @@ def check_runs() -> None:
     missing = sorted({w for *_, w, _, _ in ENTRIES if not (pathlib.Path(w) / "config.json").is_file()})
     if missing:
         raise SystemExit(f"error: missing work directories {missing}: run bash scripts/tiue_digits.sh first")
+    from configs import digits_tiue
+
     for w in TIUE_RUNS:
         d = json.loads((pathlib.Path(w) / "config.json").read_text())["distill"]
-        if float(d["guidance"]) != TIUE_GUIDANCE:
+        variant = TIUE_VARIANTS.get(w, "")
+        made_by = "configs/digits_tiue.py" + (f":{variant}" if variant else "")
+        want = {k: v for k, v in digits_tiue.get_config(variant).distill.items() if k != "teacher_workdir"}
+        if float(d["guidance"]) != want["guidance"]:
             raise SystemExit(f"error: {w} was distilled with guidance {d['guidance']}, this page compares against "
-                             f"the teacher at CFG w={TIUE_GUIDANCE:g}")
+                             f"the teacher at CFG w={want['guidance']:g} ({made_by})")
+        stale = {k: (d.get(k), v) for k, v in want.items() if d.get(k) != v}
+        if stale:
+            raise SystemExit(f"error: {w} was not made by {made_by} as it is now (saved vs now: "
+                             f"{stale}): distil it again into a fresh work directory (bash scripts/tiue_digits.sh)")
 
 
 def figures(res: dict, out: pathlib.Path) -> None:
@@ -250,11 +273,13 @@ def main():
     for e in entries:
         e["sample_seconds"] = seconds[e["key"]]
     res = {"command": f"python -m scripts.tiue_results --num {args.num}", "machine": machine(), "num": args.num,
-           "time_batch": args.time_batch, "real": real_row(real), "similarity": {"digits teacher": similarity(args.similarity_num),
+           "time_batch": args.time_batch, "real": real_row(real),
+           "similarity": {"digits eps teacher": similarity(args.similarity_num),
+                          "digits v teacher": similarity(args.similarity_num, V_TEACHER),
                           **({"scenes UNet": similarity(args.similarity_num, SCENES)}
                              if (pathlib.Path(SCENES) / "config.json").is_file() else {})},
            "entries": entries,
-           "training": {w: training(w) for w in sorted({e["workdir"] for e in entries} - {TEACHER})}}
+           "training": {w: training(w) for w in sorted({e["workdir"] for e in entries} - {TEACHER, V_TEACHER})}}
     out = pathlib.Path(args.out)
     figures(res, out)
     files.write_text(out / "tiue.json", json.dumps(res, indent=1) + "\n")
@@ -297,8 +322,10 @@ def markdown(res: dict) -> str:
     lines = ["# TiUE: the time-independent unified encoder on the digits teacher", "",
              f"`bash scripts/tiue_digits.sh && {res['command']}` — {m['cpu']}, {m['cores']} cores, {m['backend']}, "
              f"jax {m['jax']}, {m['date']}.",
-             f"Teacher: `{TEACHER}` (configs/digits_v.py). Students distilled from it by `launch.distill` "
-             "(configs/digits_tiue.py and its variants, digits_progressive.py, digits_consistency.py). "
+             f"Teachers: `{TEACHER}` (configs/digits_sd_eps.py: eps prediction on SD's betas, as the reference's "
+             "SD 2.1-base) teaches TiUE (configs/digits_tiue.py: the reference's settings, and its variants); "
+             f"`{V_TEACHER}` (configs/digits_v.py) teaches the progressive and consistency students and TiUE's `:v` "
+             "and `:legacy` variants. Students distilled by `launch.distill`. "
              f"{res['num']} class-balanced samples per model, seed 0.", "",
              "## Why a shared encoder: feature similarity along the trajectory", "",
              "Between consecutive DDIM steps (unguided, trailing grid), per sample: the cosine similarity and the "
@@ -319,9 +346,9 @@ def markdown(res: dict) -> str:
               "FD-digits and class accuracy as in docs/results/distillation.md; recall and coverage (k = 5) in the "
               "digits CNN's features against the 360 held-out digits; pixel var: within-class pixel variance over "
               "the train digits'. Wall time: one jitted `sample()` of "
-              f"{res['time_batch']} samples, median of interleaved rounds. The TiUE students learn the teacher "
-              f"under CFG w={TIUE_GUIDANCE:g} (the paper's setting), whose own FD is in the last rows; the "
-              "progressive and consistency students learn the unguided teacher.", "",
+              f"{res['time_batch']} samples, median of interleaved rounds. The TiUE students learn their teacher "
+              f"under CFG w={TIUE_GUIDANCE:g} (train_loopfree.sh's setting; `:legacy` w=3), whose own FD is in the "
+              "eps-teacher rows; the progressive and consistency students learn the unguided v teacher.", "",
               "| model | sampler | network calls | FD-digits | class acc. | recall | coverage | pixel var | "
               "wall time (s) |", "|---|---|---|---|---|---|---|---|---|",
               f"| real train digits | - | - | {r['fd_digits']:.3f} | {r['class_accuracy']:.3f} | {r['recall']:.3f} "

@@ -117,7 +117,8 @@ def record_teacher(teacher: LoadedRun, step: int):
 def student_config(config: ml_collections.ConfigDict, teacher: LoadedRun) -> ml_collections.ConfigDict:
     """The resolved student config: the teacher's data/model/diffusion, then what the method
     makes of it (``Distiller.student``: run length, model, the student's solver and steps,
-    which ``sample`` and ``eval`` use on the trailing grid with the config's transforms)."""
+    which ``sample`` and ``eval`` use with the config's transforms, on the method's grid or
+    else the trailing one)."""
     c = ml_collections.ConfigDict(to_json_dict(config))
     own_data = registry.get(c.distill.method).own_data
     for section in ("model", "diffusion", "text", "latent") if own_data else ("data", "model", "diffusion", "text", "latent"):
@@ -126,7 +127,7 @@ def student_config(config: ml_collections.ConfigDict, teacher: LoadedRun) -> ml_
     c.model.dropout = 0.0  # the same architecture; distillation targets are deterministic
     sampler = registry.get(c.distill.method).student(c)
     for section in (c.sample, c.eval):
-        section.sampler = SamplerSpec.parse(section.sampler).merged({**sampler, "grid": "trailing"}).to_string()
+        section.sampler = SamplerSpec.parse(section.sampler).merged({"grid": "trailing", **sampler}).to_string()
     return c
 
 

@@ -1,6 +1,8 @@
 """LoRA adapters (diffusion/train/lora.py): exact start, the merge against float64, a frozen
 base, and training through make_train_step with to_network."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,3 +87,41 @@ def test_bad_ranks_are_named():
         lora.init(PARAMS, 999, jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="no attention projection"):
         lora.init({"conv_in": {"kernel": jnp.zeros((3, 3, 1, 4))}}, 2, jax.random.PRNGKey(0))
+
+
+def test_targets_pick_the_projections_and_the_default_is_all_four():
+    """TiUE's fake score: target_modules=["to_q", "to_v"] -> adapters on query and value only; the
+    default (every other caller) stays all four, with the same draws as before."""
+    qv = lora.init(PARAMS, 2, jax.random.PRNGKey(0), targets=("query", "value"))
+    assert sorted(qv["adapters"]) == sorted(p for p in lora.target_paths(PARAMS) if p.split("/")[-2] in
+                                            ("query", "value"))
+    assert len(qv["adapters"]) == 2 * sum(1 for k in PARAMS if "attn" in k)
+    default = lora.init(PARAMS, 2, jax.random.PRNGKey(0))
+    assert sorted(default["adapters"]) == sorted(lora.target_paths(PARAMS))
+    flat = traverse_util.flatten_dict(PARAMS)
+    for i, (path, in_axes) in enumerate(sorted(lora.target_paths(PARAMS).items())):  # N(0, 1 / d_in), as before
+        d_in = int(np.prod(flat[tuple(path.split("/"))].shape[:in_axes]))
+        want = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(0), i), (d_in, 2)) / np.sqrt(d_in)
+        np.testing.assert_array_equal(default["adapters"][path]["a"], want)
+    with pytest.raises(ValueError, match="LoRA targets must be a non-empty subset"):
+        lora.init(PARAMS, 2, jax.random.PRNGKey(0), targets=("to_q",))
+    with pytest.raises(ValueError, match="unknown LoRA init kind"):
+        lora.init(PARAMS, 2, jax.random.PRNGKey(0), init_kind="xavier")
+
+
+def test_peft_init_is_torchs_kaiming_uniform_with_a_sqrt5():
+    """PEFT's LoRA A: nn.init.kaiming_uniform_(A, a=sqrt(5)) on [r, d_in]: U(+-gain sqrt(3 / d_in)),
+    gain = sqrt(2 / (1 + 5)): bound 1 / sqrt(d_in), variance 1 / (3 d_in); B zero."""
+    torch = pytest.importorskip("torch")
+    d_in, rank = 64, 64
+    weights = {"self_attn": {"query": {"kernel": jnp.zeros((d_in, 4, 16))}}}
+    a = np.concatenate([np.asarray(lora.init(weights, rank, jax.random.PRNGKey(s), init_kind="peft")
+                                   ["adapters"]["self_attn/query/kernel"]["a"]).ravel() for s in range(8)])
+    gain = torch.nn.init.calculate_gain("leaky_relu", math.sqrt(5))
+    bound = gain * math.sqrt(3.0 / d_in)
+    np.testing.assert_allclose(bound, 1 / math.sqrt(d_in), rtol=1e-12)
+    ref = torch.nn.init.kaiming_uniform_(torch.empty(rank, d_in, dtype=torch.float64), a=math.sqrt(5)).numpy()
+    assert np.abs(a).max() <= bound and np.abs(ref).max() <= bound
+    assert np.abs(a).max() > 0.99 * bound
+    np.testing.assert_allclose(a.var(), 1 / (3 * d_in), rtol=0.03)
+    np.testing.assert_allclose(ref.var(), 1 / (3 * d_in), rtol=0.06)
