@@ -18,7 +18,7 @@ from sampling.grids import GRIDS, make_grid
 from sampling.registry import OFF, BuildContext, ModelCaps, fmt
 
 Knobs = tuple[tuple[str, Any], ...]
-TAG_VERSION = 2  # of tag(); launch/ migrates records and files of older versions
+TAG_VERSION = 3  # of tag() and of what it names; orchestration/workdir migrates older records (3: time-shift cutoffs)
 
 
 def _is_off(value) -> bool:

@@ -5,7 +5,10 @@ the file carries ``tag_version`` (``sampling.spec.TAG_VERSION``). A report witho
 written by issue 3/4's ``launch.evaluate`` (tag version 1: flat ``solver, steps, grid,
 guidance, time_shift, time_shift_mode, eta, attention_reuse, feature_cache, cache_branch``
 fields); its records are converted from those fields, so finished cells are recognised,
-never silently re-run or dropped.
+never silently re-run or dropped. Tag version 3 (issue 26) counts the time shift's cutoff as
+the authors' 0-based index (a training step minus one): a version-2 cutoff ``C`` shifted
+exactly where version 3's ``C - 1`` does, so older records are renamed to it, never
+mistaken for the new ``C``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import pathlib
 
 from orchestration.workdir import files
+from sampling.registry import fmt
 from sampling.spec import TAG_VERSION, SamplerSpec
 
 V1_FIELDS = ("solver", "steps", "grid", "guidance", "time_shift", "time_shift_mode", "eta", "attention_reuse",
@@ -50,6 +54,20 @@ def upgrade_v1(record: dict) -> dict:
     return {**rest, **record_fields(spec)}
 
 
+def upgrade_v2(record: dict) -> dict:
+    """A tag-version-2 record in version 3: a time shift's cutoff ``C`` becomes ``C - 1``
+    (the same samples); records without a time shift are unchanged."""
+    spec = SamplerSpec.parse(record["sampler"])
+    knobs = spec.knobs("time_shift")
+    if knobs is None:
+        return record
+    values = {**spec.to_values(), "time_shift": f"{fmt(knobs['window'])}:{fmt(knobs['cutoff'] - 1.0)}"}
+    spec = SamplerSpec.from_values(values)
+    head, _, rest = record["id"].split("/", 2)
+    fields = {k: v for k, v in record.items() if k not in SamplerSpec.parse(record["sampler"]).to_values()}
+    return {**fields, "id": f"{head}/{spec.tag()}/{rest}", **record_fields(spec)}
+
+
 def load_records(path: pathlib.Path, log=print) -> list[dict]:
     """The records of ``path`` in today's tag version (``[]`` if it does not exist).
 
@@ -65,8 +83,10 @@ def load_records(path: pathlib.Path, log=print) -> list[dict]:
             raise TypeError("'records' is not a list")
         if version == 1:
             records = [upgrade_v1(r) for r in records]
-            if records:
-                log(f"{path}: converted {len(records)} record(s) of tag version 1 to version {TAG_VERSION}")
+        if version <= 2:
+            records = [upgrade_v2(r) for r in records]
+            if records and version < TAG_VERSION:
+                log(f"{path}: converted {len(records)} record(s) of tag version {version} to version {TAG_VERSION}")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path} is not a readable evaluation report ({type(e).__name__}: {e}); move it away "
                          "to start a new one") from None
