@@ -163,7 +163,7 @@ def time_shift_section(run, num) -> dict:
     for solver in TS_SOLVERS:
         for label, values in rows.items():
             out["cells"][f"{solver}, {label}"] = summary(evaluate(run, [ts_spec(solver, values)], num, seeds=SEEDS))
-    k = min(num, TS_EDGE_SAMPLES)
+    k = out["edge_samples"] = min(num, TS_EDGE_SAMPLES)
     cond = text_conds(run.prompt_encoder(), split_captions(run.config, "heldout", k))
     x_T = np.asarray(jax.random.normal(jax.random.PRNGKey(7), (k, *run.sample_shape)))
     params = run.params(run.steps[-1])
@@ -205,6 +205,26 @@ def reuse_section(run, num) -> dict:
     return {"cost": cost_table(bench), **experiments(bench, phast_evals=12, full=True)}
 
 
+def time_shift_lines(ts: dict) -> list[str]:
+    """The time-shift section of the page."""
+    edges = ["| time shift | shifted steps: centre top/bottom/inside % (mean offset) |", "|---|---|"]
+    for label, rows in ts["edges"].items():
+        cells = "; ".join(f"{e['n']}: {100 * e['top']:.0f}/{100 * e['bottom']:.0f}/{100 * e['inside']:.0f} "
+                          f"({e['mean_offset']:+.1f})" for e in rows)
+        edges.append(f"| {label} | {cells or 'none above the cutoff'} |")
+    return [
+        "## Time shift at 10 steps (uniform grid as on digits, guidance 3; mean ± std over seeds 0, 1)", "",
+        "Window:cutoff in training steps and the authors' 0-based step index; query: the paper's form, "
+        "destination: the authors' released DDIM/PNDM form; the authors' rule compares a sample's variance with "
+        f"1 - alpha_bar, the marginal rule with V0 alpha_bar + 1 - alpha_bar, V0 = {ts['data_variance']:.4f} "
+        "(the training latents' mean per-sample variance, ddof 1).", "",
+        "| solver, time shift | caption accuracy | scenes FD |", "|---|---|---|",
+        *[_row(key, cell) for key, cell in ts["cells"].items()], "",
+        f"Where the rule's choices land (DDIM, {ts['edge_samples']} held-out captions): per shifted step, the "
+        "window's centre and the shares of samples at its top edge / bottom edge / inside it (mean offset in "
+        "steps).", "", *edges, ""]
+
+
 def _row(name: str, s: dict) -> str:
     spread = f" ± {s['scenes_fd_std']:.2f}" if s["scenes_fd_std"] is not None else ""
     return f"| {name} | {100 * s['caption_accuracy']:.1f}% | {s['scenes_fd']:.2f}{spread} |"
@@ -238,19 +258,7 @@ def markdown(r: dict) -> str:
         *[f"{i + 1}. {c}" for i, c in enumerate(r["captions"]["heldout"])], "",
         "Novel caption combinations, guidance 3:", "", "![novel samples](scenes_novel.png)", "",
         *[f"{i + 1}. {c}" for i, c in enumerate(r["captions"]["novel"])], "",
-        "## Time shift at 10 steps (uniform grid as on digits, guidance 3; mean ± std over seeds 0, 1)", "",
-        "Window:cutoff in training steps and the authors' 0-based step index; query: the paper's form, "
-        "destination: the authors' released DDIM/PNDM form; the authors' rule compares a sample's variance with "
-        f"1 - alpha_bar, the marginal rule with V0 alpha_bar + 1 - alpha_bar, V0 = {ts['data_variance']:.4f} "
-        "(the training latents' mean per-sample variance, ddof 1).", "",
-        "| solver, time shift | caption accuracy | scenes FD |", "|---|---|---|",
-        *[_row(key, cell) for key, cell in ts["cells"].items()], "",
-        f"Where the rule's choices land (DDIM, {TS_EDGE_SAMPLES} held-out captions): per shifted step, the window's "
-        "centre and the shares of samples at its top edge / bottom edge / inside it (mean offset in steps).", "",
-        "| time shift | shifted steps: centre top/bottom/inside % (mean offset) |", "|---|---|",
-        *[f"| {label} | " + ("; ".join(f"{e['n']}: {100 * e['top']:.0f}/{100 * e['bottom']:.0f}/"
-                                         f"{100 * e['inside']:.0f} ({e['mean_offset']:+.1f})" for e in rows)
-                             or "none above the cutoff") + " |" for label, rows in ts["edges"].items()], "",
+        *time_shift_lines(ts),
         "## Attention reuse and feature caching (DDIM 20 steps, guidance 3, reference: no reuse)", "",
         f"{ru['num']} fixed noises with the first held-out captions. Latency: `sample()` on 16 of them, median of 3, "
         "interleaved with the reference; PSNR on decoded images.", "",

@@ -5,9 +5,8 @@ noise level. TS-DPM picks, per sample, the training time ``tau`` in a window aro
 the next grid time whose expected variance is closest to the sample's own variance
 (over all its elements), while the time is above a cutoff.
 
-* ``mode="query"`` (default; the paper's algorithm as docs/design/fidelity.md
-  reconstructs it, which no released file does exactly; the nearest is the authors' DEIS
-  sampler): the next step runs as if the current time were ``tau`` (the network is
+* ``mode="query"`` (default; the paper's algorithm as METHODS.md section 1 reconstructs
+  it, which no released file does exactly; the nearest is the authors' DEIS sampler): the next step runs as if the current time were ``tau`` (the network is
   queried there), per sample.
 * ``mode="destination"`` (the authors' released PNM samplers, ``sampler/pnm_solver.py``
   of Mingxiao-Li/TS-DPM: DDIM, DDPM, S-/F-PNDM): the network is queried at the grid
@@ -32,8 +31,8 @@ The selection rule compares the sample's unbiased variance (``ddof = 1``, torch'
   measured on the data the model was trained on) compares with the forward marginal: an
   unbiased sample returns the window's centre.
 * Where the target is the same at both ends of the window (``data_var = 1``: a unit-variance
-  sample has variance 1 at every noise level), the variance says nothing and the centre
-  is kept. With the authors' target this never happens on a window of two or more steps
+  sample has variance 1 at every noise level), the variance says nothing and the given
+  time is kept, bit for bit. With the authors' target this never happens on a window of two or more steps
   (tested on every schedule), so it leaves their rule untouched.
 * ``min_snr`` (default 0: off, the authors' behaviour) shifts only where the target's
   spread across the window is at least ``min_snr`` standard errors of the sample's

@@ -217,3 +217,45 @@ def test_time_shift_composes_with_guidance_and_every_solver(name):
 def test_unknown_mode():
     with pytest.raises(ValueError, match="time-shift mode"):
         TimeShift(DDIM(SCHED), 5.0, 5.0, "both").init(jnp.ones((1, 2)), jax.random.PRNGKey(0))
+
+
+def test_on_unit_variance_data_the_authors_rule_is_an_edge_coin_flip():
+    """Samples with exactly their noise level on V0 = 1 data (D = 256, the scenes latents)
+    have variance chi2_255 / 255 at every step: window 20 around steps 801 ... 301 puts them
+    at the top edge with probability P(var > midpoint of the top two targets), 49 / 51 / 59
+    / 78 / 98 / 100 %, at the bottom edge with the mirror probability, almost never inside.
+    With ``data_var = 1`` nothing moves."""
+    chi2 = pytest.importorskip("scipy.stats").chi2
+    var = sample_variance(jax.random.normal(jax.random.PRNGKey(0), (4000, 256)))
+    target = 1.0 - np.exp(SCHED.table)
+    for n, top_share in ((801, 0.49), (701, 0.51), (601, 0.59), (501, 0.78), (401, 0.98), (301, 1.0)):
+        got = np.rint(np.asarray(closest_time(SCHED, var, jnp.float32(n / 1000), 20.0), np.float64) * 1000)
+        top, bottom = np.mean(got == n + 10), np.mean(got == n - 10)
+        want_top = chi2.sf(255 * (target[n + 9] + target[n + 10]) / 2, 255)
+        want_bottom = chi2.cdf(255 * (target[n - 10] + target[n - 9]) / 2, 255)
+        assert want_top == pytest.approx(top_share, abs=0.01)
+        assert top == pytest.approx(want_top, abs=0.03) and bottom == pytest.approx(want_bottom, abs=0.03)
+        assert top + bottom > 0.93
+        kept = np.asarray(closest_time(SCHED, var, jnp.float32(n / 1000), 20.0, data_var=1.0))
+        np.testing.assert_array_equal(kept, np.float32(n / 1000))
+
+
+def test_the_results_scripts_edge_shares():
+    """``scripts/time_shift_results.edge_shares`` tallies the sampler's own choices: on V0 = 1
+    data the authors' rule sits at the window's edges (the top one at 401), the marginal
+    rule with ``data_var = 1`` keeps every sample at the centre."""
+    import types
+
+    from scripts.time_shift_results import edge_shares
+
+    mix = make_mixture(SCHED, np.zeros((1, 256)), [1.0])
+    run = types.SimpleNamespace(denoiser=mix, caps=ModelCaps())
+    x_T = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (256, 256)))
+    for mode, centres in (("query", [801, 701, 601, 501, 401]), ("destination", [701, 601, 501, 401])):
+        authors = edge_shares(run, None, make_spec("ddim", 10, "uniform", time_shift="20:300", time_shift_mode=mode),
+                              x_T, None)
+        assert [e["n"] for e in authors] == centres  # cutoff 300: step 301 (index 300) is not shifted
+        assert all(e["top"] + e["bottom"] > 0.9 for e in authors) and authors[-1]["top"] > 0.9
+        marginal = edge_shares(run, None, make_spec("ddim", 10, "uniform", time_shift="20:300", time_shift_mode=mode,
+                                                    time_shift_data_var=1.0), x_T, None)
+        assert all(e["inside"] == 1.0 and e["mean_offset"] == 0.0 for e in marginal)
