@@ -1,8 +1,21 @@
 """Sampling time grids: ``[N + 1]`` decreasing times ending at ``0``.
 
 * ``uniform``: the DDIM paper's uniform skip on the ``T``-step training grid: network
-  times ``n = 1, 1 + k, 1 + 2k, ...`` (``k = T // N``), largest first (the released
-  TS-DPM / DDIM code's ``range(0, T, k) + 1``); it does not start at pure noise.
+  times ``n = 1, 1 + k, 1 + 2k, ...`` (``k = T // N``), largest first, then ``0``: Song's
+  DDIM code (0-based indices ``range(0, T, k)``, our ``n = i + 1``) and ADM's ``ddimN``;
+  it does not start at pure noise. (Not the grid of TS-DPM's PNM samplers: ``tsdpm``.)
+* ``tsdpm``: the grid of TS-DPM's released PNM samplers (``pnm_solver._make_time_steps``,
+  Mingxiao-Li/TS-DPM ``sampler/pnm_solver.py:86-98, 143``): for the authors' ``S``, the
+  0-based indices ``range(0, T, T // S) + 1`` without the last, i.e. ``1, 1 + k, ...,
+  (S - 2) k + 1``, then index ``0``; in our steps ``n = i + 1``: ``2, 2 + k, ...``, ending on
+  ``t = 1 / T`` (``alphas_cump[0]``), not on ``0``. ``N`` steps are the authors' ``S = N + 1``
+  (their "S = 10" runs 9 steps: ``tsdpm`` with 9 steps, ``802 -> 702 -> ... -> 2 -> 1``);
+  ``k = T // (N + 1)``, the released grid exactly wherever ``N + 1`` divides ``T``.
+* ``adm``: ADM's ``space_timesteps(T, [N])`` (guided-diffusion ``respace.py``; FVDM's
+  ``diffusion/respace.py:12-62``): a float stride ``(T - 1) / (N - 1)`` accumulated and
+  rounded (half to even) at each point, 0-based indices ``0 ... T - 1``, our ``n = i + 1``,
+  then ``0`` (the respaced chain's last ``alpha_bar_prev`` is 1). 50 steps: ``1000, 980,
+  959, ..., 21, 1``; it starts at pure noise.
 * ``leading``: diffusers' DDIM / PNDM "leading" spacing as Stable Diffusion 1.x / 2.x
   configure it (``steps_offset=1``, ``set_alpha_to_one=False``): diffusers timesteps
   ``k = i (T // N) + 1`` are our ``t = (k + 1) / T``, and the last step lands on
@@ -15,7 +28,8 @@
   continuous times, not snapped to the training grid).
 
 The last entry is ``0`` (the final step returns the data prediction), except for
-``leading``, which reproduces Stable Diffusion's schedulers.
+``leading`` and ``tsdpm``, which reproduce Stable Diffusion's schedulers and TS-DPM's PNM
+samplers: they end on ``t = 1 / T``.
 """
 
 from __future__ import annotations
@@ -25,7 +39,8 @@ import numpy as np
 
 from diffusion.schedules import Schedule
 
-GRIDS = ("uniform", "leading", "trailing", "quadratic", "logsnr")
+GRIDS = ("uniform", "leading", "trailing", "quadratic", "logsnr", "tsdpm", "adm")
+ENDS_AT_ONE_STEP = ("leading", "tsdpm")  # grids whose last time is 1 / T, not 0
 
 
 def trailing_time(j, n, T: int):
@@ -37,6 +52,16 @@ def trailing_time(j, n, T: int):
     q, r = num // n, num % n
     up = (2 * r > n) | ((2 * r == n) & (q % 2 == 1))
     return (q + up.astype(q.dtype)).astype(jnp.float32) / T
+
+
+def _adm_indices(T: int, n: int) -> np.ndarray:
+    """ADM's ``space_timesteps(T, [n])``: 0-based indices, increasing (its float loop as written)."""
+    stride = 1 if n <= 1 else (T - 1) / (n - 1)
+    cur, out = 0.0, []
+    for _ in range(n):
+        out.append(round(cur))  # Python's round: half to even, as ADM
+        cur += stride
+    return np.asarray(sorted(set(out)), np.int64)
 
 
 def _network_times(kind: str, n: int, schedule: Schedule) -> np.ndarray:
@@ -53,6 +78,11 @@ def _network_times(kind: str, n: int, schedule: Schedule) -> np.ndarray:
         steps = (np.linspace(0, np.sqrt(0.8 * T), n) ** 2).astype(int) + 1
         steps = np.maximum.accumulate(steps - np.arange(n)) + np.arange(n)  # no repeats near t = 0
         return steps[::-1] / T
+    if kind == "tsdpm":
+        k = max(T // (n + 1), 1)
+        return (np.arange(n)[::-1] * k + 2) / T  # the authors' index k j + 1, our step k j + 2
+    if kind == "adm":
+        return (_adm_indices(T, n)[::-1] + 1) / T
     if kind == "logsnr":
         hi, lo = float(schedule.logsnr(jnp.asarray(1.0 / T))), float(schedule.logsnr(jnp.asarray(1.0)))
         return np.asarray(schedule.t_from_logsnr(jnp.linspace(lo, hi, n)), np.float64)
@@ -60,7 +90,8 @@ def _network_times(kind: str, n: int, schedule: Schedule) -> np.ndarray:
 
 
 def make_grid(kind: str, num_steps: int, schedule: Schedule) -> jnp.ndarray:
-    """``[num_steps + 1]`` decreasing times: ``num_steps`` network times, then ``0``.
+    """``[num_steps + 1]`` decreasing times: ``num_steps`` network times, then ``0`` (``1 / T``
+    for ``ENDS_AT_ONE_STEP``).
 
     Args:
       kind: one of ``GRIDS`` (module docstring).
@@ -72,10 +103,11 @@ def make_grid(kind: str, num_steps: int, schedule: Schedule) -> jnp.ndarray:
     if schedule.num_steps and num_steps > schedule.num_steps:
         raise ValueError(f"{num_steps} steps exceed the {schedule.num_steps} steps of the training schedule")
     times = _network_times(kind, num_steps, schedule)
-    last = 1.0 / schedule.T if kind == "leading" else 0.0
+    last = 1.0 / schedule.T if kind in ENDS_AT_ONE_STEP else 0.0
     if times[0] > 1.0:
         raise ValueError(f"the {kind!r} grid with {num_steps} steps starts past t = 1 on a {schedule.T}-step "
-                         "schedule (diffusers' steps_offset pushes its first timestep to T); use fewer steps")
+                         "schedule (its index offset, diffusers' steps_offset or the authors' + 1, pushes its first "
+                         "timestep past T); use fewer steps")
     if len(np.unique(times)) != num_steps or np.any(np.diff(times) >= 0) or times[-1] <= last:
         raise ValueError(f"the {kind!r} grid with {num_steps} steps repeats times on a {schedule.num_steps}-step "
                          "schedule; use fewer steps or another grid")

@@ -18,8 +18,9 @@ from sampling.grids import GRIDS, make_grid
 from sampling.registry import OFF, BuildContext, ModelCaps, fmt
 
 Knobs = tuple[tuple[str, Any], ...]
-TAG_VERSION = 3  # of tag(); orchestration/workdir migrates records and files of older versions
-# 3: cache_branch in DeepCache's numbering (old branch b is now b - 1, tagged -db instead of -b)
+TAG_VERSION = 3  # of tag() and of what it names; orchestration/workdir migrates older records
+# 3 (issue 26): a time shift's cutoff is the authors' 0-based index (old C = new C - 1);
+#   cache_branch is DeepCache's numbering (old b = new b - 1, tagged -db instead of -b)
 
 
 def _is_off(value) -> bool:

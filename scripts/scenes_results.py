@@ -7,7 +7,13 @@ Writes docs/results/scenes.{md,json} and scenes_*.png.
 1. The teacher at its sampler (DDIM 20 steps, trailing) at guidance 1, 3 and 5 on the
    held-out captions, and at guidance 3 on the novel caption combinations; grids of both.
 2. Time shift at 10 steps (DDIM and DPM-Solver++(2M), the uniform grid of the digits
-   study, guidance 3; windows 20 and 80, cutoff 300 as calibrated on digits), seeds 0, 1.
+   study, guidance 3; windows 20 and 80, cutoff 300 as calibrated on digits, the authors'
+   0-based index), seeds 0, 1: the paper's query form and the authors' released
+   destination form, each with the authors' rule (variance against ``1 - alpha_bar``) and
+   with the forward-marginal rule (``alpha_bar V0 + 1 - alpha_bar``, ``V0`` the training
+   latents' mean per-sample variance, measured), the latter also with the guard
+   ``min_snr = 1`` (which should equal "off": unit-variance latents carry no noise level);
+   and where the rule's choices land (window edge shares along a DDIM chain).
 3. Attention reuse (HURRY, PHAST) and feature caching against equal-latency fewer-step
    DDIM (``scripts/reuse_and_caching_results.py``'s bench on 128 fixed noises and
    held-out captions, guidance 3, reference DDIM 20 steps).
@@ -37,7 +43,10 @@ from sampling.spec import make_spec
 
 GUIDANCES = (1, 3, 5)
 TS_SOLVERS = ("ddim", "dpmpp2m")
-TS_SETTINGS = ("off", "20:300", "80:300")
+TS_MODES = ("query", "destination")
+TS_SETTINGS = ("20:300", "80:300")  # window:cutoff, the authors' rule
+TS_MARGINAL = "20:300"  # the marginal rule's setting
+TS_EDGE_SAMPLES = 128  # the chain whose time-shift choices are tallied
 SEEDS = (0, 1)
 
 
@@ -104,12 +113,63 @@ def teacher_section(run, num) -> dict:
     return out
 
 
+def latent_data_variance(run, num: int = 1024) -> float:
+    """``V0`` of the diffusion model's data: the mean per-sample variance (``ddof = 1``) of the
+    scaled latents of the first ``num`` training scenes (the VAE posterior means, as training
+    encodes them)."""
+    import jax
+    import jax.numpy as jnp
+
+    from diffusion.nn.vae import AutoencoderKL, latents_from_images
+    from orchestration.build.builders import build_source
+    from orchestration.build.vae import images_of
+    from orchestration.workdir.components import load_from
+    from scripts.time_shift_results import data_variance
+
+    comp = load_from(run.workdir, "vae", ("vae",))
+    vae, params = AutoencoderKL(comp.config), jax.tree.map(jnp.asarray, comp.params)
+    train, _ = build_source(run.config, "train")
+    images = images_of(train, num)
+    encode = jax.jit(lambda x: latents_from_images(vae, params, x))
+    return data_variance(np.concatenate([np.asarray(encode(images[i:i + 64])) for i in range(0, len(images), 64)]))
+
+
+def time_shift_rows(v0: float) -> dict:
+    """Row label -> sampler keys of the time shift."""
+    from scripts.time_shift_results import time_shift_values
+
+    rows = {"off": time_shift_values("query", None)}
+    for mode in TS_MODES:
+        rows.update({f"{mode} {ts}": time_shift_values(mode, ts) for ts in TS_SETTINGS})
+        rows[f"{mode} {TS_MARGINAL}, marginal"] = time_shift_values(mode, TS_MARGINAL, v0)
+        rows[f"{mode} {TS_MARGINAL}, marginal, min_snr 1"] = time_shift_values(mode, TS_MARGINAL, v0, 1.0)
+    return rows
+
+
+def ts_spec(solver, values):
+    return make_spec(solver, 10, "uniform", guidance=3, **values)  # the grid of the digits study
+
+
 def time_shift_section(run, num) -> dict:
-    out = {}
+    import jax
+
+    from orchestration.build.frozen import text_conds
+    from orchestration.generation.scoring import split_captions
+    from scripts.time_shift_results import edge_shares
+
+    v0 = round(latent_data_variance(run), 4)
+    rows = time_shift_rows(v0)
+    out = {"data_variance": v0, "rows": list(rows), "cells": {}, "edges": {}}
     for solver in TS_SOLVERS:
-        for ts in TS_SETTINGS:
-            spec = make_spec(solver, 10, "uniform", guidance=3, time_shift=ts)  # the grid of the digits study
-            out[f"{solver}_{ts}"] = summary(evaluate(run, [spec], num, seeds=SEEDS))
+        for label, values in rows.items():
+            out["cells"][f"{solver}, {label}"] = summary(evaluate(run, [ts_spec(solver, values)], num, seeds=SEEDS))
+    k = out["edge_samples"] = min(num, TS_EDGE_SAMPLES)
+    cond = text_conds(run.prompt_encoder(), split_captions(run.config, "heldout", k))
+    x_T = np.asarray(jax.random.normal(jax.random.PRNGKey(7), (k, *run.sample_shape)))
+    params = run.params(run.steps[-1])
+    for label, values in rows.items():
+        if label != "off":
+            out["edges"][label] = edge_shares(run, params, ts_spec("ddim", values), x_T, cond)
     return out
 
 
@@ -145,6 +205,26 @@ def reuse_section(run, num) -> dict:
     return {"cost": cost_table(bench), **experiments(bench, phast_evals=12, full=True)}
 
 
+def time_shift_lines(ts: dict) -> list[str]:
+    """The time-shift section of the page."""
+    edges = ["| time shift | shifted steps: centre top/bottom/inside % (mean offset) |", "|---|---|"]
+    for label, rows in ts["edges"].items():
+        cells = "; ".join(f"{e['n']}: {100 * e['top']:.0f}/{100 * e['bottom']:.0f}/{100 * e['inside']:.0f} "
+                          f"({e['mean_offset']:+.1f})" for e in rows)
+        edges.append(f"| {label} | {cells or 'none above the cutoff'} |")
+    return [
+        "## Time shift at 10 steps (uniform grid as on digits, guidance 3; mean ± std over seeds 0, 1)", "",
+        "Window:cutoff in training steps and the authors' 0-based step index; query: the paper's form, "
+        "destination: the authors' released DDIM/PNDM form; the authors' rule compares a sample's variance with "
+        f"1 - alpha_bar, the marginal rule with V0 alpha_bar + 1 - alpha_bar, V0 = {ts['data_variance']:.4f} "
+        "(the training latents' mean per-sample variance, ddof 1).", "",
+        "| solver, time shift | caption accuracy | scenes FD |", "|---|---|---|",
+        *[_row(key, cell) for key, cell in ts["cells"].items()], "",
+        f"Where the rule's choices land (DDIM, {ts['edge_samples']} held-out captions): per shifted step, the "
+        "window's centre and the shares of samples at its top edge / bottom edge / inside it (mean offset in "
+        "steps).", "", *edges, ""]
+
+
 def _row(name: str, s: dict) -> str:
     spread = f" ± {s['scenes_fd_std']:.2f}" if s["scenes_fd_std"] is not None else ""
     return f"| {name} | {100 * s['caption_accuracy']:.1f}% | {s['scenes_fd']:.2f}{spread} |"
@@ -178,9 +258,7 @@ def markdown(r: dict) -> str:
         *[f"{i + 1}. {c}" for i, c in enumerate(r["captions"]["heldout"])], "",
         "Novel caption combinations, guidance 3:", "", "![novel samples](scenes_novel.png)", "",
         *[f"{i + 1}. {c}" for i, c in enumerate(r["captions"]["novel"])], "",
-        "## Time shift at 10 steps (uniform grid as on digits, guidance 3; mean ± std over seeds 0, 1)", "",
-        "| solver, time shift | caption accuracy | scenes FD |", "|---|---|---|",
-        *[_row(f"{s}, {x}", ts[f"{s}_{x}"]) for s in TS_SOLVERS for x in TS_SETTINGS], "",
+        *time_shift_lines(ts),
         "## Attention reuse and feature caching (DDIM 20 steps, guidance 3, reference: no reuse)", "",
         f"{ru['num']} fixed noises with the first held-out captions. Latency: `sample()` on 16 of them, median of 3, "
         "interleaved with the reference; PSNR on decoded images.", "",

@@ -57,6 +57,10 @@ def load_schedule(workdir, spec: SamplerSpec, k: int) -> np.ndarray:
                          "`python -m launch.phast ... --overwrite`") from None
     if version > TAG_VERSION:
         raise ValueError(f"PHAST file {path} has tag version {version}, newer than this Kairos ({TAG_VERSION})")
+    if version == 2 and "time_shift=" in str(data.get("sampler")):
+        raise ValueError(f"PHAST file {path} was searched with a time shift whose cutoff counted training steps "
+                         "(tag version 2; now the authors' 0-based index): search again with "
+                         "`python -m launch.phast ... --overwrite`")
     if version >= 2 and data.get("sampler") != reference(spec).to_string():
         raise ValueError(f"PHAST file {path} was searched for {data.get('sampler')!r}, not "
                          f"{reference(spec).to_string()!r}")

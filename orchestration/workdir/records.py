@@ -4,9 +4,12 @@ A record's ``id`` is ``ckpt<step>/<sampler tag>/seed<seed>/n<num>`` (``orchestra
 the file carries ``tag_version`` (``sampling.spec.TAG_VERSION``). A report without one was
 written by issue 3/4's ``launch.evaluate`` (tag version 1: flat ``solver, steps, grid,
 guidance, time_shift, time_shift_mode, eta, attention_reuse, feature_cache, cache_branch``
-fields); its records are converted from those fields. Before version 3, ``cache_branch b``
-meant what DeepCache's numbering calls ``b - 1`` (issue 26): such records are renumbered.
-So finished cells are recognised, never silently re-run or dropped.
+fields); its records are converted from those fields. Tag version 3 (issue 26) renumbered
+two knobs: a time shift's cutoff counts the authors' 0-based index (a version-2 cutoff ``C``
+shifted exactly where version 3's ``C - 1`` does), and ``cache_branch`` is DeepCache's
+numbering (version 2's ``b`` is version 3's ``b - 1``, the same blocks); older records are
+renamed to the same samples. So finished cells are recognised, never silently re-run,
+mistaken for new ones or dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import pathlib
 
 from orchestration.workdir import files
+from sampling.registry import fmt
 from sampling.spec import TAG_VERSION, SamplerSpec
 
 V1_FIELDS = ("solver", "steps", "grid", "guidance", "time_shift", "time_shift_mode", "eta", "attention_reuse",
@@ -53,17 +57,22 @@ def upgrade_v1(record: dict) -> dict:
 
 
 def upgrade_v2(record: dict) -> dict:
-    """A tag-version-2 record in version 3: ``cache_branch`` renumbered (``b -> b - 1``) in its
-    sampler, its values and its id (whatever follows ``n<num>`` in the id, a caption split's
-    ``/novel``, is kept)."""
-    if str(record.get("feature_cache", "off")).lower() in ("off", "none"):
+    """A tag-version-2 record in version 3, naming the same samples: a time shift's cutoff
+    ``C`` becomes ``C - 1`` and a feature cache's ``cache_branch b`` becomes ``b - 1``, in its
+    sampler, its values and its id; other records are unchanged."""
+    old = SamplerSpec.parse(record["sampler"])
+    values, changed = old.to_values(), {}
+    shift, cache = old.knobs("time_shift"), old.knobs("feature_cache")
+    if shift is not None:
+        changed["time_shift"] = f"{fmt(shift['window'])}:{fmt(shift['cutoff'] - 1.0)}"
+    if cache is not None:
+        changed["cache_branch"] = int(cache["branch"]) - 1
+    if not changed:
         return record
-    old = SamplerSpec.parse(record["sampler"]).to_values()
-    spec = SamplerSpec.from_values({**old, "cache_branch": int(record.get("cache_branch", 0)) - 1})
-    suffix = record["id"].split(f"/n{record['num']}", 1)[1]
-    rest = {k: v for k, v in record.items() if k not in old and k != "cache_branch"}
-    rest["id"] = f"ckpt{record['ckpt']}/{spec.tag()}/seed{record['seed']}/n{record['num']}{suffix}"
-    return {**rest, **record_fields(spec)}
+    spec = SamplerSpec.from_values({**values, **changed})
+    head, _, rest = record["id"].split("/", 2)
+    fields = {k: v for k, v in record.items() if k not in values and k != "cache_branch"}
+    return {**fields, "id": f"{head}/{spec.tag()}/{rest}", **record_fields(spec)}
 
 
 def load_records(path: pathlib.Path, log=print) -> list[dict]:
@@ -83,8 +92,8 @@ def load_records(path: pathlib.Path, log=print) -> list[dict]:
             records = [upgrade_v1(r) for r in records]
         if version <= 2:
             records = [upgrade_v2(r) for r in records]
-        if version < TAG_VERSION and records:
-            log(f"{path}: converted {len(records)} record(s) of tag version {version} to version {TAG_VERSION}")
+            if records and version < TAG_VERSION:
+                log(f"{path}: converted {len(records)} record(s) of tag version {version} to version {TAG_VERSION}")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path} is not a readable evaluation report ({type(e).__name__}: {e}); move it away "
                          "to start a new one") from None

@@ -16,7 +16,8 @@ def test_inline_spec_is_a_product():
     cells = parse_sweep("solver=ddim,fpndm;steps=5,10;time_shift=off,80:300;guidance=none,2;seed=0,1")
     assert len(cells) == 2 * 2 * 2 * 2 * 2
     c = [c for c in cells if c.spec.solver == "fpndm" and c.spec.knobs("time_shift") and c.spec.knobs("guidance")][0]
-    assert c.spec.knobs("time_shift") == {"window": 80.0, "cutoff": 300.0, "mode": "query"}
+    assert c.spec.knobs("time_shift") == {"window": 80.0, "cutoff": 300.0, "mode": "query", "data_var": 0.0,
+                                          "min_snr": 0.0}
     assert c.spec.grid == "trailing" and c.spec.knobs("guidance") == {"w": 2.0}
     assert c.key(2500, 1000).startswith("ckpt2500/fpndm_") and c.key(2500, 1000).endswith("/n1000")
 

@@ -56,12 +56,48 @@ def test_leading_refuses_a_grid_past_t_1():
         make_grid("leading", 1000, SCHED)
 
 
+@pytest.mark.parametrize("S", [2, 4, 5, 10, 20, 25, 50, 100, 200])
+def test_tsdpm_is_the_released_pnm_solver_grid(S):
+    """``pnm_solver._make_time_steps`` (Mingxiao-Li/TS-DPM ``sampler/pnm_solver.py:86-98``,
+    ``discr_method="uniform"``) and ``time_seq_next = [0] + time_seq[:-1]`` (``:143``): the
+    authors' 0-based indices, which are our steps minus one; ``S - 1`` steps."""
+    skip = 1000 // S
+    time_seq = (np.asarray(list(range(0, 1000, skip))) + 1)[:-1]
+    indices = list(reversed(time_seq)) + [0]  # the network's indices, then the last destination
+    g = np.asarray(make_grid("tsdpm", S - 1, SCHED), np.float64) * 1000
+    np.testing.assert_allclose(g - 1, indices, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(SCHED.alpha_bar(make_grid("tsdpm", S - 1, SCHED))),
+                               np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[indices], rtol=2e-5)
+
+
+def test_adm_is_space_timesteps():
+    """ADM's ``space_timesteps(1000, [N])`` (FVDM's ``diffusion/respace.py:12-62`` at 9373f99),
+    run on the reference's own code: its 0-based indices plus one, then 0."""
+    g50 = np.rint(np.asarray(make_grid("adm", 50, SCHED), np.float64) * 1000).astype(int)
+    assert g50[:6].tolist() == [1000, 980, 959, 939, 918, 898]
+    assert g50[-7:].tolist() == [103, 83, 62, 42, 21, 1, 0] and len(g50) == 51
+    g25 = np.rint(np.asarray(make_grid("adm", 25, SCHED), np.float64) * 1000).astype(int)
+    assert g25[:6].tolist() == [1000, 958, 917, 875, 833, 792]
+    assert g25[-7:].tolist() == [209, 167, 126, 84, 43, 1, 0]
+    assert np.rint(np.asarray(make_grid("adm", 1000, SCHED)) * 1000)[:-1].tolist() == list(range(1000, 0, -1))
+
+
+def test_uniform_is_not_the_tsdpm_grid():
+    """``uniform`` is Song's DDIM grid (and ADM's ``ddimN``): one step more than the released
+    PNM sampler at the same stride, every index one lower, ending on the data."""
+    uniform = np.asarray(make_grid("uniform", 10, SCHED)) * 1000
+    tsdpm = np.asarray(make_grid("tsdpm", 9, SCHED)) * 1000
+    np.testing.assert_allclose(uniform[1:-1] + 1, tsdpm[:-1], atol=1e-3)
+    assert uniform[-1] == 0 and tsdpm[-1] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("kind", GRIDS)
 def test_every_grid_decreases_to_zero(kind):
-    """... or, for ``leading`` (Stable Diffusion's schedulers), to one training step."""
+    """... or, for ``leading`` and ``tsdpm`` (Stable Diffusion's schedulers, TS-DPM's PNM
+    samplers), to one training step."""
     for n in (1, 5, 50):
         g = np.asarray(make_grid(kind, n, SCHED))
-        end = 1e-3 if kind == "leading" else 0.0
+        end = 1e-3 if kind in ("leading", "tsdpm") else 0.0
         assert g.shape == (n + 1,) and g[-1] == np.float32(end) and np.all(np.diff(g) < 0) and g[0] <= 1.0
 
 

@@ -7,8 +7,11 @@ import pytest
 
 from diffusion.analytic import make_mixture
 from diffusion.schedules import make_schedule
+from sampling import loop
 from sampling.grids import make_grid
 from sampling.loop import sample
+from sampling.registry import ModelCaps
+from sampling.spec import SamplerSpec, make_spec
 from sampling.solvers import DDIM
 from sampling.transforms import Guided, TimeShift
 from sampling.transforms.time_shift import closest_time, sample_variance
@@ -55,6 +58,110 @@ def test_closest_time_is_the_windowed_argmin():
             cand = np.arange(max(0, c - int(window // 2)), min(1000, c + int(window // 2)) + 1)
             best = cand[np.argmin((float(var[b]) - noise[cand]) ** 2)]
             assert got[b] == pytest.approx(best, abs=1e-3)
+
+
+def steps_chosen(variance, center: int, window: float, **kw) -> float:
+    """``closest_time`` in training steps for one variance and a centre step."""
+    got = closest_time(SCHED, jnp.asarray([variance], jnp.float32), jnp.asarray(center / 1000, jnp.float32), window,
+                       **kw)
+    return float(got[0]) * 1000
+
+
+def forward_variance(n: int, data_var: float) -> float:
+    """``alpha_bar_n V0 + 1 - alpha_bar_n``: the expected variance of a sample at step ``n``."""
+    ab = float(np.exp(SCHED.table[n]))
+    return ab * data_var + 1.0 - ab
+
+
+@pytest.mark.parametrize("variance,center,window,want", [
+    (1.0, 601, 20.0, 611), (1.0, 601, 80.0, 641),  # unit-variance data: the top edge
+    (forward_variance(601, 0.25), 601, 20.0, 611),  # 0.980824: the unconstrained optimum is 624
+    (forward_variance(601, 0.25), 601, 80.0, 624),
+    (forward_variance(401, 0.25), 401, 80.0, 435),  # 0.854821
+])
+def test_the_authors_rule_reads_the_signal_as_extra_noise(variance, center, window, want):
+    """The authors' target ``1 - alpha_bar`` on a sample that has exactly its noise level:
+    ``alpha_bar_m = alpha_bar_n (1 - V0)`` puts the match above the window's centre."""
+    assert steps_chosen(variance, center, window) == pytest.approx(want, abs=1e-3)
+
+
+@pytest.mark.parametrize("variance,center,window", [
+    (forward_variance(601, 0.25), 601, 20.0), (forward_variance(601, 0.25), 601, 80.0),
+    (forward_variance(401, 0.25), 401, 80.0)])
+def test_the_marginal_target_keeps_an_unbiased_sample_at_its_time(variance, center, window):
+    assert steps_chosen(variance, center, window, data_var=0.25) == pytest.approx(center, abs=1e-3)
+
+
+def test_a_flat_target_keeps_the_centre():
+    """At ``data_var = 1`` the target is 1 at every step: the variance says nothing, and the
+    centre is kept (the bare argmin would take the window's first step, 591)."""
+    assert steps_chosen(1.0, 601, 20.0, data_var=1.0) == pytest.approx(601, abs=1e-3)
+    assert steps_chosen(1.3, 601, 80.0, data_var=1.0) == pytest.approx(601, abs=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "scaled_linear", "cosine_logsnr"])
+def test_the_authors_target_is_never_flat_across_a_window(kind):
+    """So the flat-target rule never changes the authors' choice (``data_var = 0``)."""
+    sched = make_schedule(kind)
+    n = np.arange(sched.T + 1)
+    target = np.asarray(1.0 - (1.0 - jnp.float32(0.0)) * sched.alpha_bar(jnp.asarray(n / sched.T, jnp.float32)))
+    for h in (1, 2, 10, 40):
+        assert np.all(target[np.minimum(n + h, sched.T)] != target[np.maximum(n - h, 0)]), (kind, h)
+
+
+@pytest.mark.parametrize("dof,window,last", [(3072, 5.0, 230), (3072, 20.0, 454), (3072, 80.0, 602),
+                                             (256, 20.0, 284), (256, 80.0, 472)])
+def test_the_guard_shifts_only_where_the_window_is_resolved(dof, window, last):
+    """``min_snr = 1`` with the authors' target: above step ``last`` the target's spread
+    across the window is below one standard error of a ``dof``-element sample variance
+    (CIFAR: 3072, the 8x8x4 scenes latents: 256), and the centre is kept."""
+    centers = np.arange(50, 1000)
+    far = jnp.full(centers.shape, 5.0, jnp.float32)  # a variance beyond every target: the top edge if allowed
+    got = np.asarray(closest_time(SCHED, far, jnp.asarray(centers / 1000, jnp.float32), window, 0.0, 1.0, dof)) * 1000
+    moved = centers[np.abs(got - centers) > 0.5]
+    assert moved.max() == last and len(moved) == last - 50 + 1
+    off = np.asarray(closest_time(SCHED, far, jnp.asarray(centers / 1000, jnp.float32), window, 0.0, 0.0, dof)) * 1000
+    np.testing.assert_allclose(off, np.minimum(centers + window // 2, 1000), atol=1e-3)  # no guard: the top edge
+
+
+@pytest.mark.parametrize("mode", ["query", "destination"])
+def test_unit_variance_data_with_its_marginal_never_shifts(mode):
+    """Zero-mean data of per-sample variance 0.6, 1.0 or 1.4 (V0 = 1, D = 256, like
+    standardised latents): with ``data_var = 1`` (guard on or off) the shift is no shift,
+    bit for bit (the time shift with its cutoff above every step), and the plain solver up to
+    float32 rounding (per-sample times ``[B]`` instead of the grid's scalar); the authors'
+    target moves the samples."""
+    d = 256
+    mix = make_mixture(SCHED, np.zeros((3, d)), np.sqrt([0.6, 1.0, 1.4]))
+    grid = make_grid("uniform", 10, SCHED)
+    x_T = jax.random.normal(jax.random.PRNGKey(0), (16, d))
+    run = lambda cutoff=300.0, **kw: np.asarray(  # noqa: E731
+        sample(mix, None, TimeShift(DDIM(SCHED, 0.0), 20.0, cutoff, mode, **kw), grid, x_T))
+    off = run(cutoff=1000.0)
+    np.testing.assert_allclose(off, np.asarray(sample(mix, None, DDIM(SCHED, 0.0), grid, x_T)), atol=1e-5)
+    for min_snr in (0.0, 1.0):
+        np.testing.assert_array_equal(run(data_var=1.0, min_snr=min_snr), off)
+    assert np.abs(run() - off).max() > 1e-3
+
+
+def test_data_var_and_min_snr_sweep_without_recompiling_and_tag_when_set():
+    mix = make_mixture(SCHED, np.stack([np.linspace(-0.8, 0.8, 16), np.linspace(0.6, -0.2, 16)]), [0.3, 0.5])
+    x_T = jax.random.normal(jax.random.PRNGKey(0), (8, 16))
+
+    def run(**kw):
+        den, solver, grid = make_spec("ddim", 10, "uniform", time_shift="40:300", **kw).build(mix, ModelCaps())
+        return np.asarray(sample(den, None, solver, grid, x_T))
+
+    first = run(time_shift_data_var=0.0, time_shift_min_snr=0.0)
+    size = loop._chain_jit._cache_size()
+    assert np.abs(run(time_shift_data_var=0.5, time_shift_min_snr=0.0) - first).max() > 1e-4
+    assert np.abs(run(time_shift_data_var=0.0, time_shift_min_snr=1.0) - first).max() > 1e-4
+    assert loop._chain_jit._cache_size() == size, "data_var / min_snr recompiled"
+    spec = make_spec("ddim", 10, "tsdpm", time_shift="20:300", time_shift_mode="destination",
+                     time_shift_data_var=0.57, time_shift_min_snr=1)
+    assert spec.tag() == "ddim_10steps_tsdpm_ts20-300dest-v0.57-snr1"
+    assert SamplerSpec.parse(spec.to_string()) == spec
+    assert make_spec("ddim", 10, time_shift="20:300", time_shift_data_var=0).tag() == "ddim_10steps_ts20-300"
 
 
 @pytest.mark.parametrize("mode", ["query", "destination"])
@@ -110,3 +217,45 @@ def test_time_shift_composes_with_guidance_and_every_solver(name):
 def test_unknown_mode():
     with pytest.raises(ValueError, match="time-shift mode"):
         TimeShift(DDIM(SCHED), 5.0, 5.0, "both").init(jnp.ones((1, 2)), jax.random.PRNGKey(0))
+
+
+def test_on_unit_variance_data_the_authors_rule_is_an_edge_coin_flip():
+    """Samples with exactly their noise level on V0 = 1 data (D = 256, the scenes latents)
+    have variance chi2_255 / 255 at every step: window 20 around steps 801 ... 301 puts them
+    at the top edge with probability P(var > midpoint of the top two targets), 49 / 51 / 59
+    / 78 / 98 / 100 %, at the bottom edge with the mirror probability, almost never inside.
+    With ``data_var = 1`` nothing moves."""
+    chi2 = pytest.importorskip("scipy.stats").chi2
+    var = sample_variance(jax.random.normal(jax.random.PRNGKey(0), (4000, 256)))
+    target = 1.0 - np.exp(SCHED.table)
+    for n, top_share in ((801, 0.49), (701, 0.51), (601, 0.59), (501, 0.78), (401, 0.98), (301, 1.0)):
+        got = np.rint(np.asarray(closest_time(SCHED, var, jnp.float32(n / 1000), 20.0), np.float64) * 1000)
+        top, bottom = np.mean(got == n + 10), np.mean(got == n - 10)
+        want_top = chi2.sf(255 * (target[n + 9] + target[n + 10]) / 2, 255)
+        want_bottom = chi2.cdf(255 * (target[n - 10] + target[n - 9]) / 2, 255)
+        assert want_top == pytest.approx(top_share, abs=0.01)
+        assert top == pytest.approx(want_top, abs=0.03) and bottom == pytest.approx(want_bottom, abs=0.03)
+        assert top + bottom > 0.93
+        kept = np.asarray(closest_time(SCHED, var, jnp.float32(n / 1000), 20.0, data_var=1.0))
+        np.testing.assert_array_equal(kept, np.float32(n / 1000))
+
+
+def test_the_results_scripts_edge_shares():
+    """``scripts/time_shift_results.edge_shares`` tallies the sampler's own choices: on V0 = 1
+    data the authors' rule sits at the window's edges (the top one at 401), the marginal
+    rule with ``data_var = 1`` keeps every sample at the centre."""
+    import types
+
+    from scripts.time_shift_results import edge_shares
+
+    mix = make_mixture(SCHED, np.zeros((1, 256)), [1.0])
+    run = types.SimpleNamespace(denoiser=mix, caps=ModelCaps())
+    x_T = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (256, 256)))
+    for mode, centres in (("query", [801, 701, 601, 501, 401]), ("destination", [701, 601, 501, 401])):
+        authors = edge_shares(run, None, make_spec("ddim", 10, "uniform", time_shift="20:300", time_shift_mode=mode),
+                              x_T, None)
+        assert [e["n"] for e in authors] == centres  # cutoff 300: step 301 (index 300) is not shifted
+        assert all(e["top"] + e["bottom"] > 0.9 for e in authors) and authors[-1]["top"] > 0.9
+        marginal = edge_shares(run, None, make_spec("ddim", 10, "uniform", time_shift="20:300", time_shift_mode=mode,
+                                                    time_shift_data_var=1.0), x_T, None)
+        assert all(e["inside"] == 1.0 and e["mean_offset"] == 0.0 for e in marginal)
