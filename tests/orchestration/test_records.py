@@ -30,6 +30,17 @@ def test_version_2_cache_branch_is_renumbered_and_the_id_follows(tmp_path):
     assert said == [f"{tmp_path / 'report.json'}: converted 2 record(s) of tag version 2 to version {TAG_VERSION}"]
 
 
+def test_version_2_time_shift_cutoff_becomes_the_authors_index(tmp_path):
+    """Version 2's cutoff C shifted where version 3's C - 1 does: renamed, never taken for the new C."""
+    old = {"id": "ckpt20/ddim_10steps_ts80-300_cache-uniform2-b0/seed1/n50", "ckpt": 20, "seed": 1, "num": 50,
+           "sampler": "solver=ddim;steps=10;grid=trailing;feature_cache=uniform:2;time_shift=80:300",
+           "solver": "ddim", "steps": 10, "feature_cache": "uniform:2", "time_shift": "80:300", "fd_digits": 1.0}
+    (record,) = load_records(write(tmp_path / "report.json", [old], 2), log=lambda _: None)
+    spec = SamplerSpec.parse("solver=ddim;steps=10;feature_cache=uniform:2;cache_branch=-1;time_shift=80:299")
+    assert record["sampler"] == spec.to_string() and record["id"] == f"ckpt20/{spec.tag()}/seed1/n50"
+    assert record["time_shift"] == "80:299" and record["cache_branch"] == -1 and record["fd_digits"] == 1.0
+
+
 def test_version_1_records_reach_today_through_both_upgrades(tmp_path):
     v1 = {"ckpt": 5, "seed": 1, "num": 50, "solver": "ddim", "steps": 10, "grid": "trailing", "eta": None,
           "guidance": None, "time_shift": None, "attention_reuse": None, "feature_cache": "uniform:3",
