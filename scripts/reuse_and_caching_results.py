@@ -1,8 +1,10 @@
-r"""Attention-map reuse and feature caching on the 16x16 digits model: PSNR / FD-digits
-against a no-reuse DDIM reference, measured latency, and fewer-step DDIM at equal latency.
-Writes docs/results/reuse_and_caching.{md,json} and a plot.
+r"""Attention-map reuse on the 16x16 digits model and feature caching at DeepCache's DDPM
+setting on the digits model: PSNR / FD-digits against a DDIM reference without them,
+measured latency, and fewer-step DDIM at equal latency. Writes
+docs/results/reuse_and_caching.{md,json} and a plot.
 
-    python -m scripts.reuse_and_caching_results --workdir runs/digits16 [--num 256] [--steps 20[,50]]
+    python -m scripts.reuse_and_caching_results --workdir runs/digits16 --cache_workdir runs/digits \
+        [--num 256] [--steps 20[,50]] [--cache_steps 100]
 
 For each reference DDIM sampler of N steps (fixed noises, seed 0):
 1. cost: XLA FLOPs of one network call in each mode (full, attention reuse, feature
@@ -10,11 +12,15 @@ For each reference DDIM sampler of N steps (fixed noises, seed 0):
    the bytes the caches take;
 2. a block of K = N/4 reuse steps slid from early to late: PSNR and FD-digits;
 3. HURRY and PHAST (searched on separate calibration noises) at K = N/4 and N/2;
-4. feature caching at branch 0: uniform N = 2, 3, 5 and non-uniform 1:3;
+4. feature caching at cache_branch -1 (the shallowest, the branch every result before
+   issue 26 used): uniform N = 2, 3, 5 and non-uniform 1:3;
 5. the two combined, and combined with the time shift;
 6. DDIM with fewer steps; each method is compared with the fewer-step DDIM whose
    measured latency is closest (PSNR and FD against the same reference).
-Only the first step count gets 3 (PHAST), non-uniform caching and 5. Latency: warm wall
+Only the first step count gets 3 (PHAST), non-uniform caching and 5. Then DeepCache's own
+DDPM setting on ``--cache_workdir`` (its experiments/README.md: DDIM ``--cache_steps`` = 100
+steps, quadratic time skip, uniform 1:5 at its branch 2), beside N = 2, 3 at branch 2 and
+the shallowest branch -1, with fewer-step DDIM on the same grid. Latency: warm wall
 time of ``sample()`` on the first 16 noises, median of 3 runs with all variants and the
 reference interleaved, as a ratio to the reference. Sized to a 2-core CPU, where one
 16x16 call at batch 256 takes ~4 s.
@@ -137,7 +143,7 @@ def cost_table(bench: Bench, batch: int = 16) -> dict:
 
     full = flops()
     wall = time_interleaved({"full": timed_call(), "attention_reuse": timed_call(Modes(attention="reuse")),
-                             **{f"retrieve_b{b}": timed_call(Modes(features="retrieve", feature_branch=b))
+                             **{f"retrieve_branch{b - 1}": timed_call(Modes(features="retrieve", feature_branch=b))
                                 for b in (0, 1)}}, repeats=5)
     out = {"full_gflops": full / 1e9, "attention_reuse_gflops": flops(Modes(attention="reuse")) / 1e9,
            "call_seconds": wall}
@@ -151,13 +157,13 @@ def cost_table(bench: Bench, batch: int = 16) -> dict:
         d_no = Denoiser(no_attn, den.schedule, den.pred_type)
         attn_free = flops_of(jax.jit(lambda p: d_no(p, x, t, cond)[0]).lower(p_no)) / batch
         out["attention_share"] = 1 - attn_free / full
-    out["feature_retrieve_gflops"] = {}
+    out["feature_retrieve_gflops"] = {}  # by cache_branch (DeepCache's numbering: feature_branch - 1)
     for b in range(run.caps.feature_branches):
-        out["feature_retrieve_gflops"][b] = flops(Modes(features="retrieve", feature_branch=b)) / 1e9
+        out["feature_retrieve_gflops"][b - 1] = flops(Modes(features="retrieve", feature_branch=b)) / 1e9
     maps = den.init_cache(params, x[:1], one, modes=Modes(attention="store"))
     out["attention_cache_bytes_per_image"] = int(sum(leaf.nbytes for leaf in jax.tree.leaves(maps)))
     out["feature_cache_bytes_per_image"] = {
-        b: int(sum(leaf.nbytes for leaf in jax.tree.leaves(
+        b - 1: int(sum(leaf.nbytes for leaf in jax.tree.leaves(
             den.init_cache(params, x[:1], one, modes=Modes(features="store", feature_branch=b)))))
         for b in range(run.denoiser.module.num_branches)}
     return out
@@ -175,6 +181,23 @@ def matched(entry: dict, baselines: list[dict], fd_name: str = "fd_digits") -> d
     return {"baseline": best["name"], "baseline_latency_ratio": best["latency_ratio"],
             "baseline_psnr_db": best["psnr_db"], f"baseline_{fd_name}": best[fd_name],
             "psnr_gain_db": entry["psnr_db"] - best["psnr_db"]}
+
+
+def deepcache_experiments(bench: Bench) -> dict:
+    """Feature caching at DeepCache's DDPM setting (its branch 2, 1:5, DDIM on the quadratic
+    grid) and beside it, against the same reference and equal-latency fewer-step DDIM."""
+    steps = bench.steps
+    print(f"== DeepCache's setting: DDIM {steps} steps, quadratic grid", flush=True)
+    result = {"steps": steps, **{f"reference_{k}": v for k, v in bench.metrics(bench.reference).items()}}
+    result["fewer_steps"] = fewer_steps(bench, steps)
+    result["feature_cache"] = [
+        bench.score(f"cache {text} branch {branch}" + (" (DeepCache's DDPM setting)" if (text, branch) == (
+            "uniform:5", 2) else ""), bench.spec("ddim", steps, feature_cache=text, cache_branch=branch))
+        for branch in (2, -1) for text in ("uniform:5", "uniform:3", "uniform:2")]
+    result["reference_seconds"] = bench.time_all()
+    for e in result["feature_cache"]:
+        e.update(matched(e, result["fewer_steps"], bench.fd_name))
+    return result
 
 
 def experiments(bench: Bench, phast_evals: int, full: bool) -> dict:
@@ -202,15 +225,16 @@ def experiments(bench: Bench, phast_evals: int, full: bool) -> dict:
         result["reuse"].append(phast)
     result["feature_cache"] = []
     caches = ["uniform:2", "uniform:3", "uniform:5"] + ([f"nonuniform:3,{steps // 2}"] if full else [])
-    for branch in (0,):
+    for branch in (-1,):
         for text in caches:
             result["feature_cache"].append(bench.score(
                 f"cache {text} branch {branch}", bench.spec("ddim", steps, feature_cache=text, cache_branch=branch)))
     half = f"hurry:{steps // 2}"
     combos = [("HURRY K=N/2 + cache uniform:2", bench.spec("ddim", steps, attention_reuse=half,
-                                                           feature_cache="uniform:2")),
+                                                           feature_cache="uniform:2", cache_branch=-1)),
               ("HURRY K=N/2 + cache uniform:2 + TS", bench.spec("ddim", steps, attention_reuse=half,
-                                                                feature_cache="uniform:2", time_shift=TIME_SHIFT))
+                                                                feature_cache="uniform:2", cache_branch=-1,
+                                                                time_shift=TIME_SHIFT))
               ] if full else []
     result["combined"] = [bench.score(name, spec) for name, spec in combos]
     print("  timing ...", flush=True)
@@ -263,12 +287,13 @@ def markdown(result: dict) -> str:
         f"* full call: {c['full_gflops'] * 1e3:.2f} MFLOP; attention blocks are {100 * c['attention_share']:.1f}% of it",
         f"* attention-reuse call: {c['attention_reuse_gflops'] * 1e3:.2f} MFLOP "
         f"(saves {100 * c['attention_reuse_saves']:.1f}%: query/key projections, q k^T, softmax)",
-        "* feature-retrieve call by branch: " + ", ".join(
-            f"b{b}: {v * 1e3:.2f} MFLOP ({v / c['full_gflops']:.2f}x)" for b, v in c["feature_retrieve_gflops"].items()),
+        "* feature-retrieve call by cache_branch (DeepCache's numbering): " + ", ".join(
+            f"{b}: {v * 1e3:.2f} MFLOP ({v / c['full_gflops']:.2f}x)" for b, v in c["feature_retrieve_gflops"].items()),
         f"* wall time of one call, batch {TIME_BATCH} (median of 5, interleaved): " + ", ".join(
             f"{k} {1e3 * v:.1f} ms ({v / c['call_seconds']['full']:.2f}x)" for k, v in c["call_seconds"].items()),
         f"* cache memory per image: attention maps {c['attention_cache_bytes_per_image'] / 2**20:.2f} MiB; "
-        "features " + ", ".join(f"b{b}: {v / 1024:.1f} KiB" for b, v in c["feature_cache_bytes_per_image"].items()),
+        "features by cache_branch " + ", ".join(
+            f"{b}: {v / 1024:.1f} KiB" for b, v in c["feature_cache_bytes_per_image"].items()),
         "",
     ]
     for r in result["runs"]:
@@ -293,7 +318,20 @@ def markdown(result: dict) -> str:
                              f"{e['baseline']} ({e['baseline_latency_ratio']:.2f}) | {e['baseline_psnr_db']:.2f} | "
                              f"{e['baseline_fd_digits']:.3f} | {e['psnr_gain_db']:+.2f} |")
         lines.append("")
-    lines += ["![PSNR vs reuse position and vs latency](reuse_and_caching.png)", "", "## Verdict", "", "VERDICT", ""]
+    d = result["deepcache"]
+    lines += [f"## Feature caching at DeepCache's DDPM setting: `{d['workdir']}` checkpoint {d['ckpt']}, DDIM "
+              f"{d['steps']} steps on the quadratic grid (reference FD-digits {d['reference_fd_digits']:.3f})", "",
+              "DeepCache's experiments/README.md runs DDIM 100 steps, eta 0, quadratic skip, uniform 1:5 at its "
+              "branch 2; `cache_branch` is its numbering. Retrieve-call cost on this model: " + ", ".join(
+                  f"branch {b}: {v / d['cost']['full_gflops']:.2f}x" for b, v in
+                  d["cost"]["feature_retrieve_gflops"].items()) + " of a full call.", "",
+              "| method | speed-up | PSNR (dB) | FD-digits | equal-latency DDIM | its PSNR | its FD | PSNR gain (dB) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for e in d["feature_cache"]:
+        lines.append(f"| {e['name']} | {e['speedup']:.2f}x | {e['psnr_db']:.2f} | {e['fd_digits']:.3f} | "
+                     f"{e['baseline']} ({e['baseline_latency_ratio']:.2f}) | {e['baseline_psnr_db']:.2f} | "
+                     f"{e['baseline_fd_digits']:.3f} | {e['psnr_gain_db']:+.2f} |")
+    lines += ["", "![PSNR vs reuse position and vs latency](reuse_and_caching.png)", "", "## Verdict", "", "VERDICT", ""]
     return "\n".join(lines)
 
 
@@ -303,6 +341,8 @@ def main():
     ap.add_argument("--num", type=int, default=256)
     ap.add_argument("--steps", default="20")
     ap.add_argument("--phast_evals", type=int, default=12)
+    ap.add_argument("--cache_workdir", default="runs/digits", help="the model of DeepCache's DDPM setting")
+    ap.add_argument("--cache_steps", type=int, default=100, help="DeepCache's DDPM steps (quadratic grid)")
     ap.add_argument("--out", default="docs/results")
     args = ap.parse_args()
     run = load_run(args.workdir)
@@ -312,7 +352,8 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     result = {"command": f"python -m scripts.reuse_and_caching_results --workdir {args.workdir} --num {args.num}"
-                         f" --steps {args.steps} --phast_evals {args.phast_evals}",
+                         f" --steps {args.steps} --phast_evals {args.phast_evals} --cache_workdir "
+                         f"{args.cache_workdir} --cache_steps {args.cache_steps}",
               "workdir": args.workdir, "ckpt": ckpt, "num": args.num, "machine": machine()}
     result["runs"] = []
     for i, n in enumerate(args.steps.split(",")):
@@ -320,6 +361,11 @@ def main():
         if i == 0:
             result["cost"] = cost_table(bench)
         result["runs"].append(experiments(bench, args.phast_evals, full=i == 0))
+    cache_run = load_run(args.cache_workdir)
+    cache_ckpt = cache_run.select("latest")[0]
+    cache_bench = Bench(cache_run, cache_run.params(cache_ckpt), args.num, args.cache_steps, base={"grid": "quadratic"})
+    result["deepcache"] = {"workdir": args.cache_workdir, "ckpt": cache_ckpt, "cost": cost_table(cache_bench),
+                           **deepcache_experiments(cache_bench)}
     result["wall_s"] = time.time() - t0
     files.write_text(out / "reuse_and_caching.json", json.dumps(result, indent=1, default=float) + "\n")
     plot(result["runs"], out)
