@@ -37,7 +37,6 @@ and stay frozen as the reference copy. For a ``K``-step student:
 
 from __future__ import annotations
 
-import os
 import pathlib
 from typing import Any
 
@@ -49,25 +48,21 @@ from ml_collections import config_dict
 
 from diffusion.losses import WEIGHTINGS, denoising_loss
 from diffusion.param import forward_noise
-from diffusion.schedules import bcast_right
 from distill.method import Method, batch_cond
+from distill.pso_online import (KERNELS, TRANSITIONS, clipped_log_ratio, gaussian_logprob, online_loss, preference,
+                               trajectories, transition, transition_indices)
+from distill.pso_references import REFERENCES_FILE, offline_references, write_references
 from distill.registry import BuildArgs, Distiller, Teacher, TeacherError, register
 from distill.tiue import lattice_times
 from sampling.grids import make_grid
-from sampling.loop import sample
-from sampling.solvers.ddim import DDIM
 
 LOSSES = ("dpo", "hinge", "diffusion")
 MODES = ("offline", "online")
 TIMES = ("reference", "grid")  # offline pair times: the authors' code's, or the student's trailing grid
-KERNELS = ("renoise", "ddim")  # online transitions: DMD2's re-noising, or DDIM at online_eta (Turbo's at 1)
-TRANSITIONS = ("all", "one")  # online: every Gaussian transition of a trajectory, or one random one per pair
 # beta when distill.beta is None: the released scripts' hinge (pso_*.sh:38 --beta_pso=5), the
 # argparse default the DPO loss would run with (train_pso_sdxl_turbo_dreambooth.py:719-724; no
 # script runs it) and the online configs' (config_sdxl_dmd_dpo.py:119)
 DEFAULT_BETA = {"hinge": 5.0, "dpo": 200.0, "online": 50.0}
-REFERENCES_FILE = "pso_references.npz"  # the offline references of a work directory
-
 
 @struct.dataclass
 class PSOState:
@@ -134,82 +129,6 @@ def hinge_loss(l_w, l_l, beta: float, lam: float, prior: float) -> jax.Array:
     return jnp.mean(jax.nn.relu(1.0 + beta * (l_w - lam * l_l))) + prior * jnp.mean(l_l)
 
 
-def gaussian_logprob(x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
-    """``[B]``: ``log N(x; mean, std^2)`` averaged over each example's elements (``std [B]``)."""
-    s = bcast_right(std, x)
-    logp = -0.5 * jnp.square((x - mean) / s) - jnp.log(s) - 0.5 * jnp.log(2.0 * jnp.pi)
-    return jnp.mean(logp.reshape(x.shape[0], -1), axis=-1)
-
-
-def clipped_log_ratio(logp: jax.Array, logp_ref: jax.Array, clip: float) -> jax.Array:
-    """``log clip(exp(logp - logp_ref), 1 - clip, 1 + clip)``."""
-    return jnp.clip(logp - logp_ref, jnp.log1p(-clip), jnp.log1p(clip))
-
-
-def preference(r: jax.Array) -> jax.Array:
-    """``h [B]`` of rewards ``r [2B]`` (pairs ``(i, i + B)``): +1 when the first wins, -1 when
-    the second does, 0 on a tie (DMD2's ``compare``, train_online_pso_sdxl_dmd2.py:426-434)."""
-    b = r.shape[0] // 2
-    return jnp.sign(r[:b] - r[b:])
-
-
-def online_loss(d: jax.Array, h: jax.Array, beta: float) -> jax.Array:
-    """The mean over transitions ``J`` and pairs ``B`` of ``-log sigmoid(beta h (d_a - d_b))``
-    (train_online_pso_sdxl_dmd2.py:851-854, averaged over the transitions as ON:236/773
-    accumulate): ``d [J, 2B]`` clipped log-ratios of the pairs' members ``(i, i + B)``,
-    ``h [B]`` (:func:`preference`). A tie (``h = 0``) gives ``log 2`` and no gradient."""
-    b = h.shape[0]
-    return jnp.mean(-jax.nn.log_sigmoid(beta * h[None] * (d[:, :b] - d[:, b:])))
-
-
-def ddim_transition(denoiser, params, x, t, s, cond, eta):
-    """``(mean [B, ...], std [B])`` of DDIM's step ``t -> s`` from ``x`` (``t``, ``s``: ``[B]``)."""
-    pred = denoiser(params, x, t, cond)[0]
-    alpha_t, sigma_t = denoiser.schedule.alpha_sigma(t)
-    alpha_s, sigma_s = denoiser.schedule.alpha_sigma(s)
-    ratio = jnp.where(sigma_t > 0, sigma_s / jnp.maximum(sigma_t, 1e-12), 0.0)
-    std = eta * ratio * jnp.sqrt(jnp.clip(1.0 - (alpha_t / alpha_s) ** 2, 0.0, None))
-    mean = bcast_right(alpha_s, x) * pred.x0 + bcast_right(jnp.sqrt(jnp.clip(sigma_s**2 - std**2, 0.0, None)), x) * pred.eps
-    return mean, std
-
-
-def transition(denoiser, params, x, t, s, cond, kernel: str, eta: float):
-    """``(mean [B, ...], std [B])`` of the online kernel's step ``t -> s`` (``KERNELS``):
-    ``"renoise"`` (DMD2, distilled_inference_with_logprob.py:102-126; the consistency
-    sampler's step) ``N(alpha_s x0_hat, sigma_s^2)``; ``"ddim"``: :func:`ddim_transition`."""
-    if kernel == "renoise":
-        pred = denoiser(params, x, t, cond)[0]
-        alpha_s, sigma_s = denoiser.schedule.alpha_sigma(s)
-        return bcast_right(alpha_s, x) * pred.x0, sigma_s
-    return ddim_transition(denoiser, params, x, t, s, cond, eta)
-
-
-def trajectories(denoiser, params, grid, x_T, cond, eta, key, kernel: str = "ddim") -> jax.Array:
-    """``[K + 1, B, ...]``: the states of the ``kernel``'s chain over ``grid`` from ``x_T``
-    (no gradient)."""
-    params = jax.lax.stop_gradient(params)
-
-    def body(x, k):
-        b = x.shape[0]
-        t, s = jnp.full((b,), grid[k]), jnp.full((b,), grid[k + 1])
-        mean, std = transition(denoiser, params, x, t, s, cond, kernel, eta)
-        x_next = mean + bcast_right(std, x) * jax.random.normal(jax.random.fold_in(key, k), x.shape)
-        return x_next, x_next
-
-    _, states = jax.lax.scan(body, x_T, jnp.arange(len(grid) - 1))
-    return jnp.concatenate([x_T[None], states])
-
-
-def transition_indices(key: jax.Array, transitions: str, steps: int, b: int) -> jax.Array:
-    """``[J, 2B]``: which transition ``k < K - 1`` each row of the ``2B`` trajectories is
-    scored at (the last, deterministic one never): ``"all"``, ``J = K - 1``, every one
-    (train_online_pso_sdxl_dmd2.py:628-635, 773); ``"one"``, ``J = 1``, one uniform ``k``
-    per pair, shared by its two members."""
-    if transitions == "all":
-        return jnp.broadcast_to(jnp.arange(steps - 1)[:, None], (steps - 1, 2 * b))
-    k = jax.random.randint(key, (b,), 0, steps - 1)
-    return jnp.concatenate([k, k])[None]
-
 
 def student_sampler(settings) -> dict:
     """The tuned student's sampler (``Distiller.student``; its sample grids, its final FD and
@@ -230,77 +149,6 @@ def settings_before_issue26(loss: str) -> dict:
     return {"pair_times": "grid", "pair_weighting": "x0", "prior_weight": 0.5 if loss == "hinge" else 0.0,
             "online_kernel": "ddim", "online_transitions": "one"}
 
-
-def sample_references(student: Any, params: Any, steps: int, num_references: int, seed: int,
-                      num_classes: int | None, image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """``(images [R, *image_shape], labels [R])``: the frozen student's ``steps``-step DDIM
-    samples on its trailing grid from ``PRNGKey(seed)``, labels cycling the classes (zeros
-    when unconditional)."""
-    labels = np.arange(num_references, dtype=np.int32) % (num_classes or 1)
-    x_T = jax.random.normal(jax.random.PRNGKey(seed), (num_references, *image_shape))
-    cond = {"label": jnp.asarray(labels)} if num_classes is not None else None
-    grid = make_grid("trailing", steps, student.schedule)
-    images = jax.jit(lambda p, x, c: sample(student, p, DDIM(student.schedule), grid, x, c))(params, x_T, cond)
-    return np.asarray(images, np.float32), labels
-
-
-def read_references(path: str | pathlib.Path, image_shape: tuple[int, ...],
-                    num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(images, labels)`` of a references ``.npz``, in the cycling order the loss indexes
-    (``label + classes * row``); every flaw is a ``ValueError`` naming ``path``."""
-    path = pathlib.Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: np.asarray(f[k]) for k in ("images", "labels") if k in f.files}
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such references file") from None
-    except Exception as e:  # noqa: BLE001 - a damaged zip, a pickle, a truncated member
-        raise ValueError(f"{path} is not a readable .npz of references ({type(e).__name__}: {e})") from None
-    if set(arrays) != {"images", "labels"}:
-        raise ValueError(f"{path} lacks {sorted({'images', 'labels'} - set(arrays))}: a references file holds "
-                         "images [R, ...] and labels [R]")
-    images, labels = arrays["images"], arrays["labels"]
-    if images.ndim != len(image_shape) + 1 or tuple(images.shape[1:]) != tuple(image_shape) or not len(images):
-        raise ValueError(f"{path} holds images of shape {images.shape}; the model's samples are {tuple(image_shape)}")
-    if not (np.issubdtype(images.dtype, np.floating) and np.isfinite(images).all()):
-        raise ValueError(f"{path}: the images must be finite floats (got {images.dtype}, or NaN/inf values)")
-    classes = num_classes or 1
-    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) \
-            or labels.min() < 0 or labels.max() >= classes:
-        raise ValueError(f"{path}: labels must be {len(images)} integers in [0, {classes})")
-    counts = np.bincount(labels, minlength=classes)
-    if len(set(counts.tolist())) != 1:
-        raise ValueError(f"{path}: every class needs the same number of references; counts {counts.tolist()}")
-    order = np.stack([np.flatnonzero(labels == c) for c in range(classes)], axis=1).reshape(-1)
-    return images[order].astype(np.float32), labels[order].astype(np.int32)
-
-
-def write_references(path: pathlib.Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """Writes the reference cache atomically (process 0); a kill leaves the old file or none."""
-    if jax.process_index() == 0:
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez(tmp, images=images, labels=labels)
-        os.replace(tmp, path)
-
-
-def offline_references(settings, workdir: pathlib.Path, student: Any, params: Any, num_classes: int | None,
-                       image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, bool]:
-    """``(images, labels, new)`` of a run in ``workdir``: its cache when it has one (a resume,
-    or a run that stopped before its first checkpoint), else ``settings.references``, else
-    sampled by the student; ``new``: the cache still has to be written. Checks everything
-    before the caller writes anything."""
-    cache = pathlib.Path(workdir) / REFERENCES_FILE
-    if cache.exists():
-        return (*read_references(cache, image_shape, num_classes), False)
-    checkpoints = pathlib.Path(workdir) / "checkpoints"
-    if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
-        raise ValueError(f"the reference cache {cache} is missing: this run's checkpoints were tuned against it; "
-                         "restore it, or start a new work directory")
-    if settings.get("references"):
-        return (*read_references(settings.references, image_shape, num_classes), True)
-    images, labels = sample_references(student, params, settings.steps, settings.num_references,
-                                       settings.reference_seed, num_classes, image_shape)
-    return images, labels, True
 
 
 def check_settings(*, steps: int, loss: str, mode: str, beta: float | None, lam: float, clip: float,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from diffusion.nn.denoiser import Denoiser
-from distill import pso
+from distill import pso, pso_online, pso_references
 from sampling.grids import make_grid
 from sampling.loop import sample
 from sampling.solvers.ddim import DDIM, ddim_update
@@ -47,11 +47,11 @@ def test_gaussian_logprob_and_clipped_ratio_against_float64():
     std = RNG.uniform(0.2, 1.0, size=3)
     want = np.mean((-0.5 * ((x - mean) / std[:, None, None, None]) ** 2 - np.log(std[:, None, None, None])
                     - 0.5 * np.log(2 * np.pi)).reshape(3, -1), axis=1)
-    np.testing.assert_allclose(pso.gaussian_logprob(jnp.asarray(x), jnp.asarray(mean), jnp.asarray(std)), want,
+    np.testing.assert_allclose(pso_online.gaussian_logprob(jnp.asarray(x), jnp.asarray(mean), jnp.asarray(std)), want,
                                rtol=1e-5)
-    r = pso.clipped_log_ratio(jnp.array([0.5, -0.5, 0.01]), jnp.zeros(3), 0.1)
+    r = pso_online.clipped_log_ratio(jnp.array([0.5, -0.5, 0.01]), jnp.zeros(3), 0.1)
     np.testing.assert_allclose(np.exp(r), [1.1, 0.9, np.exp(0.01)], rtol=1e-6)
-    assert float(pso.online_loss(jnp.zeros((3, 8)), jnp.array([1.0, -1.0, 0.0, 1.0]), 50.0)) == pytest.approx(
+    assert float(pso_online.online_loss(jnp.zeros((3, 8)), jnp.array([1.0, -1.0, 0.0, 1.0]), 50.0)) == pytest.approx(
         np.log(2.0))
 
 
@@ -61,18 +61,18 @@ def test_the_transition_is_ddims_step_and_trajectories_at_eta_0_are_ddim_samples
     cond = {"label": jnp.array([0, 1, 2])}
     t, s = jnp.full((3,), grid[1]), jnp.full((3,), grid[2])
     for eta in (0.0, 1.0):
-        mean, std = pso.ddim_transition(DEN, PARAMS, x, t, s, cond, eta)
+        mean, std = pso_online.ddim_transition(DEN, PARAMS, x, t, s, cond, eta)
         pred = DEN(PARAMS, x, t, cond)[0]
         (a_t, s_t), (a_s, s_s) = SCHED.alpha_sigma(t), SCHED.alpha_sigma(s)
         noise = jax.random.normal(jax.random.PRNGKey(1), x.shape)
         step = ddim_update(pred.x0, pred.eps, a_s, s_s, a_t, s_t, eta, noise)
         np.testing.assert_allclose(mean + std[:, None, None, None] * noise, step, atol=1e-5)
         assert (float(std.max()) > 0) == (eta > 0)
-    states = pso.trajectories(DEN, PARAMS, grid, x, cond, 0.0, jax.random.PRNGKey(2))
+    states = pso_online.trajectories(DEN, PARAMS, grid, x, cond, 0.0, jax.random.PRNGKey(2))
     assert states.shape == (5, 3, 8, 8, 1)
     np.testing.assert_allclose(states[-1], sample(DEN, PARAMS, DDIM(SCHED), grid, x, cond), atol=1e-5)
     # eta 1: the last step to t = 0 is deterministic (std 0), the others are not
-    stds = [pso.ddim_transition(DEN, PARAMS, x, jnp.full((3,), grid[k]), jnp.full((3,), grid[k + 1]), cond, 1.0)[1]
+    stds = [pso_online.ddim_transition(DEN, PARAMS, x, jnp.full((3,), grid[k]), jnp.full((3,), grid[k + 1]), cond, 1.0)[1]
             for k in range(4)]
     assert all(float(v.min()) > 0 for v in stds[:3]) and float(stds[3].max()) == 0.0
 
@@ -85,7 +85,7 @@ def _batch():
 @functools.cache
 def refs():
     """The frozen student's 6 references (3 steps, seed 0) of the 3 classes."""
-    return pso.sample_references(DEN, PARAMS, 3, 6, 0, 3, (8, 8, 1))
+    return pso_references.sample_references(DEN, PARAMS, 3, 6, 0, 3, (8, 8, 1))
 
 
 def _method(**kwargs):
@@ -182,7 +182,7 @@ def test_a_references_file_is_read_in_cycling_order_and_every_flaw_is_named(tmp_
     images, labels = refs()
     order = np.array([3, 1, 5, 0, 2, 4])  # labels [0, 1, 2, 0, 1, 2] shuffled
     path = _write(tmp_path / "refs.npz", images=images[order], labels=labels[order])
-    got_images, got_labels = pso.read_references(path, (8, 8, 1), 3)
+    got_images, got_labels = pso_references.read_references(path, (8, 8, 1), 3)
     np.testing.assert_array_equal(got_labels, [0, 1, 2, 0, 1, 2])
     for i, label in enumerate(got_labels):  # each row is one of the file's images of that label
         assert any(np.array_equal(got_images[i], images[j]) for j in range(6) if labels[j] == label)
@@ -200,7 +200,7 @@ def test_a_references_file_is_read_in_cycling_order_and_every_flaw_is_named(tmp_
     (tmp_path / "damaged.npz").write_bytes(path.read_bytes()[:200])
     for match, file in bad.items():
         with pytest.raises(ValueError, match=match) as e:
-            pso.read_references(file, (8, 8, 1), 3)
+            pso_references.read_references(file, (8, 8, 1), 3)
         assert str(file) in str(e.value)
 
 
@@ -209,7 +209,7 @@ def test_a_run_takes_its_cache_else_the_settings_file_else_samples_and_refuses_a
 
     images, labels = refs()
     settings = ConfigDict({"references": "", "steps": 3, "num_references": 6, "reference_seed": 0})
-    get = lambda wd: pso.offline_references(settings, wd, DEN, PARAMS, 3, (8, 8, 1))  # noqa: E731
+    get = lambda wd: pso_references.offline_references(settings, wd, DEN, PARAMS, 3, (8, 8, 1))  # noqa: E731
     fresh = tmp_path / "fresh"
     got_images, got_labels, new = get(fresh)  # nothing given: the frozen student's samples, to be written
     assert new and not fresh.exists()
@@ -218,10 +218,10 @@ def test_a_run_takes_its_cache_else_the_settings_file_else_samples_and_refuses_a
     got_images, _, new = get(fresh)  # a references file: its images, to be written
     assert new and np.array_equal(got_images, -images)
     fresh.mkdir()
-    pso.write_references(fresh / pso.REFERENCES_FILE, images, labels)
+    pso_references.write_references(fresh / pso_references.REFERENCES_FILE, images, labels)
     got_images, _, new = get(fresh)  # the work directory's own cache comes first, and stays
     assert not new and np.array_equal(got_images, images)
-    assert [p.name for p in fresh.iterdir()] == [pso.REFERENCES_FILE]  # atomic: no temporary left
+    assert [p.name for p in fresh.iterdir()] == [pso_references.REFERENCES_FILE]  # atomic: no temporary left
     lost = tmp_path / "lost"
     (lost / "checkpoints" / "4").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"reference cache .*lost/pso_references.npz is missing: this run's "
@@ -360,20 +360,20 @@ def test_renoise_kernel_is_the_dmd2_step_and_the_consistency_sampler():
     t, s = jnp.array([0.75]), jnp.array([0.5])
     for kernel, std_want, logp_want in (("renoise", 0.959902, (-0.894269, -0.894273)),
                                         ("ddim", 0.940794, (-0.878072, -0.878155))):
-        mean, std = pso.transition(tuned, None, x, t, s, None, kernel, 1.0)
-        ref_mean, _ = pso.transition(ref, None, x, t, s, None, kernel, 1.0)
+        mean, std = pso_online.transition(tuned, None, x, t, s, None, kernel, 1.0)
+        ref_mean, _ = pso_online.transition(ref, None, x, t, s, None, kernel, 1.0)
         assert float(std[0]) == pytest.approx(std_want, rel=1e-5)
-        np.testing.assert_allclose([float(pso.gaussian_logprob(x_next, m, std)[0]) for m in (mean, ref_mean)],
+        np.testing.assert_allclose([float(pso_online.gaussian_logprob(x_next, m, std)[0]) for m in (mean, ref_mean)],
                                    logp_want, rtol=1e-5)
     # DMD2's re-noising is DDIM at eta = sigma_s / ddim_std(eta 1): 1.0061, 1.0203, 1.0411 on the trailing 4-grid
     grid = make_grid("trailing", 4, SCHED)
     etas = []
     for k in range(3):
         tk, sk = jnp.full((1,), grid[k]), jnp.full((1,), grid[k + 1])
-        eta = float(SCHED.alpha_sigma(sk)[1][0] / pso.ddim_transition(tuned, None, x, tk, sk, None, 1.0)[1][0])
+        eta = float(SCHED.alpha_sigma(sk)[1][0] / pso_online.ddim_transition(tuned, None, x, tk, sk, None, 1.0)[1][0])
         etas.append(eta)
-        for a, b in zip(pso.transition(tuned, None, x, tk, sk, None, "renoise", 1.0),
-                        pso.ddim_transition(tuned, None, x, tk, sk, None, eta)):
+        for a, b in zip(pso_online.transition(tuned, None, x, tk, sk, None, "renoise", 1.0),
+                        pso_online.ddim_transition(tuned, None, x, tk, sk, None, eta)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(etas, [1.0061, 1.0203, 1.0411], atol=1e-4)
     # one step of a re-noising trajectory is the consistency sampler's step with the same noise
@@ -381,32 +381,32 @@ def test_renoise_kernel_is_the_dmd2_step_and_the_consistency_sampler():
     tk, sk, key = jnp.full((3,), grid[1]), jnp.full((3,), grid[2]), jax.random.PRNGKey(4)
     solver = Consistency(SCHED)
     step = solver.step(solver.init(xs, key), lambda x_, t_, c: (DEN(PARAMS, x_, t_, cond)[0], c), tk, sk).x
-    mean, std = pso.transition(DEN, PARAMS, xs, tk, sk, cond, "renoise", 1.0)
+    mean, std = pso_online.transition(DEN, PARAMS, xs, tk, sk, cond, "renoise", 1.0)
     z = jax.random.normal(jax.random.split(key)[1], xs.shape)
     np.testing.assert_allclose(mean + std[:, None, None, None] * z, step, atol=1e-5)
     # and its last step (s = 0) is deterministic: the model's x0
-    last = pso.transition(DEN, PARAMS, xs, jnp.full((3,), grid[3]), jnp.zeros((3,)), cond, "renoise", 1.0)
+    last = pso_online.transition(DEN, PARAMS, xs, jnp.full((3,), grid[3]), jnp.zeros((3,)), cond, "renoise", 1.0)
     assert float(last[1].max()) == 0.0
 
 
 def test_online_loss_averages_all_transitions_and_ties_weigh_zero():
     d_a, d_b = jnp.array([0.004, -0.003, 0.2]), jnp.array([-0.002, 0.001, -0.5])
     r = jnp.array([1.0, 2.0, 3.0, 0.5, 2.0, 3.5])
-    h = pso.preference(r)
+    h = pso_online.preference(r)
     np.testing.assert_array_equal(h, [1, 0, -1])  # DMD2's compare: a tie is 0 (not a win for either)
-    d = pso.clipped_log_ratio(jnp.concatenate([d_a, d_b])[None], jnp.zeros((1, 6)), 0.1)
-    per = [float(pso.online_loss(d[:, [i, i + 3]], h[i:i + 1], 50.0)) for i in range(3)]
+    d = pso_online.clipped_log_ratio(jnp.concatenate([d_a, d_b])[None], jnp.zeros((1, 6)), 0.1)
+    per = [float(pso_online.online_loss(d[:, [i, i + 3]], h[i:i + 1], 50.0)) for i in range(3)]
     np.testing.assert_allclose(per, [0.554355, np.log(2.0), 10.033579], rtol=1e-5)
-    assert float(pso.online_loss(d, h, 50.0)) == pytest.approx(3.760360, rel=1e-5)
-    grad = jax.grad(lambda d_: pso.online_loss(d_, h, 50.0))(jnp.concatenate([d_a, d_b])[None] * 0.1)
+    assert float(pso_online.online_loss(d, h, 50.0)) == pytest.approx(3.760360, rel=1e-5)
+    grad = jax.grad(lambda d_: pso_online.online_loss(d_, h, 50.0))(jnp.concatenate([d_a, d_b])[None] * 0.1)
     assert float(grad[0, 1]) == 0.0 and float(grad[0, 4]) == 0.0 and float(jnp.abs(grad).max()) > 0
     # J transitions: the mean of the per-transition losses
     dj = jax.random.uniform(jax.random.PRNGKey(0), (3, 6), minval=-0.1, maxval=0.1)
-    assert float(pso.online_loss(dj, h, 50.0)) == pytest.approx(
-        np.mean([float(pso.online_loss(dj[j:j + 1], h, 50.0)) for j in range(3)]), rel=1e-6)
+    assert float(pso_online.online_loss(dj, h, 50.0)) == pytest.approx(
+        np.mean([float(pso_online.online_loss(dj[j:j + 1], h, 50.0)) for j in range(3)]), rel=1e-6)
     # which transitions: all K - 1 (never the deterministic last), or one per pair shared by its members
-    np.testing.assert_array_equal(pso.transition_indices(None, "all", 4, 2), [[0] * 4, [1] * 4, [2] * 4])
-    one = np.asarray(pso.transition_indices(jax.random.PRNGKey(1), "one", 4, 500))
+    np.testing.assert_array_equal(pso_online.transition_indices(None, "all", 4, 2), [[0] * 4, [1] * 4, [2] * 4])
+    one = np.asarray(pso_online.transition_indices(jax.random.PRNGKey(1), "one", 4, 500))
     assert one.shape == (1, 1000) and set(one.ravel().tolist()) == {0, 1, 2}
     np.testing.assert_array_equal(one[0, :500], one[0, 500:])
 
@@ -430,14 +430,14 @@ def test_the_online_loss_scores_every_transition_of_the_kernels_trajectories():
 
     @jax.jit
     def by_hand():
-        states = pso.trajectories(DEN, tuned, grid, jax.random.normal(k_T, (2 * b, 8, 8, 1)), cond, 1.0, k_traj,
+        states = pso_online.trajectories(DEN, tuned, grid, jax.random.normal(k_T, (2 * b, 8, 8, 1)), cond, 1.0, k_traj,
                                   "renoise")
         d = []
         for k in range(steps - 1):
             t, s = jnp.full((2 * b,), grid[k]), jnp.full((2 * b,), grid[k + 1])
-            mean, std = pso.transition(DEN, tuned, states[k], t, s, cond, "renoise", 1.0)
-            ref_mean, _ = pso.transition(DEN, PARAMS, states[k], t, s, cond, "renoise", 1.0)
-            logp = lambda m: pso.gaussian_logprob(states[k + 1], m, std)  # noqa: E731, B023
+            mean, std = pso_online.transition(DEN, tuned, states[k], t, s, cond, "renoise", 1.0)
+            ref_mean, _ = pso_online.transition(DEN, PARAMS, states[k], t, s, cond, "renoise", 1.0)
+            logp = lambda m: pso_online.gaussian_logprob(states[k + 1], m, std)  # noqa: E731, B023
             d.append(logp(mean) - logp(ref_mean))
         return reward(states[-1], None), jnp.stack(d)
 
