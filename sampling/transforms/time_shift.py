@@ -6,8 +6,9 @@ the next grid time whose expected variance is closest to the sample's own varian
 (over all its elements), while the time is above a cutoff.
 
 * ``mode="query"`` (default; the paper's algorithm as METHODS.md section 1 reconstructs
-  it, which no released file does exactly; the nearest is the authors' DEIS sampler): the next step runs as if the current time were ``tau`` (the network is
-  queried there), per sample.
+  it, which no released file does exactly; the nearest is the authors' DEIS sampler): the
+  next step runs as if the current time were ``tau`` (the network is queried there), per
+  sample.
 * ``mode="destination"`` (the authors' released PNM samplers, ``sampler/pnm_solver.py``
   of Mingxiao-Li/TS-DPM: DDIM, DDPM, S-/F-PNDM): the network is queried at the grid
   time; ``tau``, chosen from the *current* sample's variance around the next grid time,
@@ -32,8 +33,8 @@ The selection rule compares the sample's unbiased variance (``ddof = 1``, torch'
   unbiased sample returns the window's centre.
 * Where the target is the same at both ends of the window (``data_var = 1``: a unit-variance
   sample has variance 1 at every noise level), the variance says nothing and the given
-  time is kept, bit for bit. With the authors' target this never happens on a window of two or more steps
-  (tested on every schedule), so it leaves their rule untouched.
+  time is kept, bit for bit. With the authors' target this never happens on a window of
+  two or more steps (tested on every schedule), so it leaves their rule untouched.
 * ``min_snr`` (default 0: off, the authors' behaviour) shifts only where the target's
   spread across the window is at least ``min_snr`` standard errors of the sample's
   variance, ``target_centre * sqrt(2 / (D - 1))`` for ``D`` elements per sample (or
