@@ -171,7 +171,9 @@ def upgrade_config(saved: dict) -> dict:
     * ``distill`` keeps the fields of its method (one section used to hold every method's);
       a field the method gained since (PSO's ``references``) takes its default; a PSO or TiUE
       run from before issue 26 gets the settings it trained with
-      (``distill.pso.settings_before_issue26``, ``distill.tiue.LEGACY``).
+      (``distill.pso.settings_before_issue26``, ``distill.tiue.LEGACY``), and so does any
+      method's run for the fields its ``Distiller.legacy`` names (progressive, guided,
+      consistency).
     """
     saved = json.loads(json.dumps(saved))  # a deep copy
     model = saved.get("model", {})
@@ -205,6 +207,8 @@ def upgrade_config(saved: dict) -> dict:
             for key, value in LEGACY.items():
                 d.setdefault(key, value)
         if d.get("method") in registry.distillers():
+            for key, value in registry.get(d["method"]).legacy.items():  # fields gained since: the old settings
+                d.setdefault(key, value)
             defaults = registry.get(d["method"]).defaults
             fields = {*registry.GENERIC_FIELDS, *defaults}
             saved["distill"] = {k: v for k, v in d.items() if k in fields}

@@ -89,6 +89,9 @@ class Distiller:
       tunes_students: it tunes a distilled student (its teacher is a student; PSO), so the
         teacher may be any student; otherwise only a progressive student may teach.
       own_data: the run trains on its config's ``data`` (a target set), not the teacher's.
+      legacy: values of fields the method gained since its first runs, for a saved
+        ``config.json`` that lacks them: the settings those runs trained with
+        (``configs.common.upgrade_config``); a field not named here takes its default.
     """
 
     name: str
@@ -101,6 +104,7 @@ class Distiller:
     smoke: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     tunes_students: bool = False
     own_data: bool = False
+    legacy: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 _DISTILLERS: dict[str, Distiller] = {}

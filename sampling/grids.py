@@ -24,6 +24,12 @@
 * ``quadratic``: the DDIM paper's quadratic spacing ``n_i ~ (i * sqrt(0.8 T) / (N - 1))^2``,
   dense near the data, up to ``0.8 T`` as in its released code (times that would repeat
   near ``t = 0`` are pushed apart by one training step).
+* ``lcm``: LCM's multistep sampling times on its training lattice (diffusers'
+  ``LCMScheduler.set_timesteps``, ``scheduling_lcm.py:459, 537-541``, 0.42.1): the
+  ``LCM_SKIP = 50``-point skip lattice a consistency student is trained on
+  (``distill/consistency.py``; LCM's ``num_ddim_timesteps``), points ``j T / 50``, reversed,
+  at the indices ``floor(linspace(0, 50, N, endpoint=False))``; diffusers' timestep ``d`` is
+  our ``T t = d + 1``. 4 steps: ``1, .76, .5, .26``; 8: ``1, .88, .76, .64, .5, .38, .26, .14``.
 * ``logsnr``: uniform in log-SNR from ``t = 1`` to ``t = 1 / T`` (DPM-Solver's choice;
   continuous times, not snapped to the training grid).
 
@@ -39,7 +45,8 @@ import numpy as np
 
 from diffusion.schedules import Schedule
 
-GRIDS = ("uniform", "leading", "trailing", "quadratic", "logsnr", "tsdpm", "adm")
+GRIDS = ("uniform", "leading", "trailing", "quadratic", "logsnr", "tsdpm", "adm", "lcm")
+LCM_SKIP = 50  # the lcm grid's lattice: LCM's num_ddim_timesteps, distill.num_skip of a consistency student
 ENDS_AT_ONE_STEP = ("leading", "tsdpm")  # grids whose last time is 1 / T, not 0
 
 
@@ -52,6 +59,17 @@ def trailing_time(j, n, T: int):
     q, r = num // n, num % n
     up = (2 * r > n) | ((2 * r == n) & (q % 2 == 1))
     return (q + up.astype(q.dtype)).astype(jnp.float32) / T
+
+
+def lcm_times(n: int, T: int, skip: int = LCM_SKIP) -> np.ndarray:
+    """``[n]`` decreasing network times of LCM's multistep sampler on a ``skip``-interval
+    lattice of ``T`` steps: the lattice ``trailing_time(j, skip, T)``, ``j = 0..skip - 1``
+    (largest first; the times consistency distillation trains at), at the indices
+    ``floor(linspace(0, skip, n, endpoint=False))`` (diffusers' ``LCMScheduler``)."""
+    if not 1 <= n <= skip:
+        raise ValueError(f"the lcm grid has {skip} lattice times; {n} steps need 1 <= steps <= {skip}")
+    lattice = np.asarray(trailing_time(np.arange(skip), skip, T), np.float64)
+    return lattice[np.floor(np.linspace(0, skip, num=n, endpoint=False)).astype(np.int64)]
 
 
 def _adm_indices(T: int, n: int) -> np.ndarray:
@@ -83,6 +101,8 @@ def _network_times(kind: str, n: int, schedule: Schedule) -> np.ndarray:
         return (np.arange(n)[::-1] * k + 2) / T  # the authors' index k j + 1, our step k j + 2
     if kind == "adm":
         return (_adm_indices(T, n)[::-1] + 1) / T
+    if kind == "lcm":
+        return lcm_times(n, T)
     if kind == "logsnr":
         hi, lo = float(schedule.logsnr(jnp.asarray(1.0 / T))), float(schedule.logsnr(jnp.asarray(1.0)))
         return np.asarray(schedule.t_from_logsnr(jnp.linspace(lo, hi, n)), np.float64)

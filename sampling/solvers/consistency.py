@@ -1,6 +1,9 @@
 """Multistep consistency sampling (Song et al. 2023, Alg. 1; LCM's scheduler): at each
 step take the model's ``x0 = f(x_t, t)`` and re-noise it to the next time with **fresh**
-noise, ``x_s = alpha_s x0 + sigma_s z``; the last step (``s = 0``) returns ``x0``."""
+noise, ``x_s = alpha_s x0 + sigma_s z``; the last step (``s = 0``) returns ``x0``.
+Consistency students sample on the ``lcm`` grid (``sampling/grids.py``): LCM's times, on the
+lattice they were trained at; with it the chain equals diffusers' ``LCMScheduler``
+(tests/sampling/test_consistency_solver.py)."""
 
 from __future__ import annotations
 

@@ -189,3 +189,80 @@ def test_consistency_loss_equals_float64_reference():
     # the EMA target moves towards the params
     state = method.after_update(state_with(extra, params=jnp.asarray(0.0)))
     np.testing.assert_allclose(float(state.extra.target), 0.9)
+
+
+# ------------------------------------------------------------------------------------------ issue 26
+
+@struct.dataclass
+class ConstX0(Stateless):
+    """x0 = 3 everywhere, eps consistent with it."""
+
+    @property
+    def schedule(self):
+        return SCHEDULE
+
+    def __call__(self, params, x_t, t, cond=None, **_):
+        t = jnp.broadcast_to(t, x_t.shape[:1])
+        a, s = (v[:, None] for v in SCHEDULE.alpha_sigma(t))
+        x0 = jnp.full_like(x_t, 3.0)
+        return type(mixture()(None, x_t, t)[0])(x0=x0, eps=(x_t - a * x0) / s), {}
+
+
+@pytest.mark.parametrize("clip,mid,final", [(0.0, 1.302669, 3.0), (1.0, 0.754197, 1.0)])
+def test_ddim_clip_x0_is_the_references_evaluation_sampler(clip, mid, final):
+    """Salimans & Ho's evaluation DDIM clips x0 to [-1, 1] and recomputes eps from it
+    (dpm.py:159-164). A stub x0 = 3, 2 trailing steps from x_T = 0.5 on the linear schedule
+    (alpha, sigma = 0.0063528, 0.9999798 at t = 1; 0.2803341, 0.9599025 at t = 0.5):
+    unclipped x_0.5 = 1.302669, final 3; clip_x0 = 1: 0.754197, final 1. The knob reaches the
+    solver from a sampler spec and is traced."""
+    from sampling.loop import sample
+    from sampling.registry import ModelCaps
+    from sampling.spec import SamplerSpec
+
+    spec = SamplerSpec.parse(f"solver=ddim;steps=2;grid=trailing;clip_x0={clip:g}")
+    den, solver, grid = spec.build(ConstX0(), ModelCaps())
+    assert float(solver.clip_x0) == clip
+    x_T = jnp.full((1, 3), 0.5)
+    st = solver.step(solver.init(x_T, jax.random.PRNGKey(0)), lambda x, t, c: (den(None, x, t)[0], c), grid[0], grid[1])
+    np.testing.assert_allclose(np.asarray(st.x), mid, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(sample(den, None, solver, grid, x_T, None)), final, atol=1e-5)
+    # float64 port of the reference's step: clip x, eps from the clipped x, z_s = alpha_s x + sigma_s eps
+    a1, s1 = np_alpha_sigma(np.array([1.0]))
+    a5, s5 = np_alpha_sigma(np.array([0.5]))
+    x = min(3.0, clip) if clip else 3.0
+    np.testing.assert_allclose(float(a5[0, 0] * x + s5[0, 0] * (0.5 - a1[0, 0] * x) / s1[0, 0]), mid, atol=1e-6)
+
+
+def test_ddim_without_clipping_is_unchanged_bit_for_bit():
+    from sampling.solvers.ddim import DDIM, ddim_update
+
+    mix = mixture()
+    x = jax.random.normal(jax.random.PRNGKey(3), (7, 3)) * 2
+    t, s = jnp.asarray(0.6), jnp.asarray(0.3)
+    solver = DDIM(SCHEDULE, 0.0)
+    st = jax.jit(lambda x: solver.step(solver.init(x, jax.random.PRNGKey(0)), lambda x, t, c: (mix(None, x, t)[0], c),
+                                        t, s).x)(x)
+    pred = mix(None, x, t)[0]
+    want = jax.jit(lambda x0, eps: ddim_update(x0, eps, *SCHEDULE.alpha_sigma(s), *SCHEDULE.alpha_sigma(t), 0.0,
+                                               jnp.zeros_like(x)))(pred.x0, pred.eps)
+    np.testing.assert_array_equal(np.asarray(st), np.asarray(want))
+
+
+def test_pseudo_huber_is_lcms_elementwise_form():
+    """One 2x2 image, d = (0.1, -0.2, 0, 0.3), c = 1e-3: LCM's mean(sqrt(d^2 + c^2) - c)
+    (train_lcm_distill_sd_wds.py:1234-1236) = 0.14925229; Kairos' old per-image form
+    sqrt(mean(d^2) + c^2) - c = 0.18608554; l2 = mean(d^2) = 0.035."""
+    from distill.consistency import consistency_distance
+
+    d = jnp.asarray([0.1, -0.2, 0.0, 0.3]).reshape(1, 2, 2, 1)
+    z = jnp.zeros_like(d)
+    np.testing.assert_allclose(float(consistency_distance(d, z, "huber")), 0.14925229, rtol=1e-6)
+    np.testing.assert_allclose(float(consistency_distance(d, z, "huber", "elementwise")), 0.14925229, rtol=1e-6)
+    np.testing.assert_allclose(float(consistency_distance(d, z, "huber", "per_image")), 0.18608554, rtol=1e-6)
+    np.testing.assert_allclose(float(consistency_distance(d, z, "l2")), 0.035, rtol=1e-6)
+    torch = pytest.importorskip("torch")
+    dt = torch.tensor(np.asarray(d), dtype=torch.float64)
+    ref = torch.mean(torch.sqrt(dt**2 + 1e-3**2) - 1e-3)  # LCM's line, on the reference library
+    np.testing.assert_allclose(float(consistency_distance(d, z, "huber")), float(ref), rtol=1e-6)
+    with pytest.raises(ValueError, match="huber form"):
+        consistency_distance(d, z, "huber", "mean")

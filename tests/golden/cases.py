@@ -141,8 +141,9 @@ def loss_case(name: str) -> dict:
     elif name == "guided":
         wnet = tiny_unet(num_classes=3, guidance_embed=True)
         p = noisy_params(wnet, label=jnp.zeros((1,), jnp.int32), guidance=jnp.ones((1,)))
+        # the recorded settings (the defaults before issue 26)
         method = guided_distillation(Denoiser(wnet, SCHED, "v"), start_steps=8, steps_per_round=4, rounds=2,
-                                     num_classes=3, p_guided=0.5)
+                                     num_classes=3, p_guided=0.5, w_range=(1.0, 4.0), vanilla_w="drawn")
         loss_fn, extra = method.loss_fn, method.init_extra(p, p)
     else:
         assert name == "consistency", name

@@ -108,7 +108,8 @@ def test_students_are_ordinary_work_directories(students):
             assert all(np.isfinite(r["noise_kl"]) for r in read_metrics(students / name) if "noise_kl" in r)
         else:  # 8 -> 4 -> 2 steps, one kept checkpoint per round
             assert saved["train"]["num_steps"] == 8
-            assert saved["eval"]["sampler"] == "solver=ddim;steps=2;grid=trailing" + (";guidance=2" if name == "guided" else "")
+            assert saved["eval"]["sampler"] == ("solver=ddim;steps=2;grid=trailing;clip_x0=1"  # the reference's sampler
+                                                + (";guidance=2" if name == "guided" else ""))
             assert run.steps == [4, 8]
             metrics = [r for r in read_metrics(students / name) if "round" in r]
             assert [(r["step"], r["round"], r["student_steps"]) for r in metrics] == [
@@ -217,7 +218,7 @@ def test_students_sample_and_evaluate_on_their_own_grid(students):
                                    run.caps, labels=class_labels(20, run.num_classes))
             assert not np.array_equal(loop_images, images)  # (the smoke teacher barely depends on x: close)
     run = load_run(students / "guided")
-    assert default_sweep(run.config) == "solver=ddim;steps=2;grid=trailing;guidance=2"
+    assert default_sweep(run.config) == "solver=ddim;steps=2;grid=trailing;clip_x0=1;guidance=2"
     records = run_cells(run, run.steps, parse_sweep(default_sweep(run.config)), students / "guided" / "eval", 50,
                         progress=False)
     assert [(r["ckpt"], r["steps"], r["guidance"]) for r in records] == [(4, 2, "2"), (8, 2, "2")]

@@ -109,3 +109,37 @@ def test_bad_grids_are_clear_errors():
     with pytest.raises(ValueError, match="at least 1"):
         make_grid("uniform", 0, SCHED)
     assert make_grid("trailing", 3, make_schedule("cosine_logsnr")).dtype == jnp.float32
+
+
+# ------------------------------------------------------------------------------------------ lcm (issue 26)
+
+@pytest.mark.parametrize("n,want", [(1, [1.0, 0.0]), (2, [1.0, 0.5, 0.0]), (4, [1.0, 0.76, 0.5, 0.26, 0.0]),
+                                    (8, [1.0, 0.88, 0.76, 0.64, 0.5, 0.38, 0.26, 0.14, 0.0])])
+def test_lcm_grid_is_lcms_sampling_times_on_the_training_lattice(n, want):
+    """LCM's multistep times (diffusers' LCMScheduler on its 50-point lattice), in our t =
+    (timestep + 1) / T; every network time is a lattice point consistency distillation trains
+    at (distill/consistency.py: trailing_time(k, 50, T)), bit for bit."""
+    from sampling.grids import trailing_time
+
+    g = np.asarray(make_grid("lcm", n, SCHED))
+    np.testing.assert_allclose(g, want, atol=1e-6)
+    lattice = set(np.asarray(trailing_time(np.arange(50), 50, 1000)).tolist())
+    assert all(float(t) in lattice for t in g[:-1])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 6, 8, 13, 50])
+def test_lcm_grid_equals_diffusers_lcm_scheduler(n):
+    torch = pytest.importorskip("torch")  # noqa: F841 - diffusers' schedulers need it
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.LCMScheduler(num_train_timesteps=1000, original_inference_steps=50)
+    sched.set_timesteps(n)
+    want = (np.asarray(sched.timesteps) + 1) / 1000
+    np.testing.assert_allclose(np.asarray(make_grid("lcm", n, SCHED))[:-1], want, atol=1e-6)
+
+
+def test_lcm_times_on_another_lattice_and_too_many_steps():
+    from sampling.grids import lcm_times
+
+    np.testing.assert_allclose(lcm_times(4, 1000, skip=10) * 1000, [1000, 800, 500, 300])  # idx 0, 2, 5, 7 of 10
+    with pytest.raises(ValueError, match="50 lattice times"):
+        make_grid("lcm", 51, SCHED)
