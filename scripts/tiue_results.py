@@ -50,7 +50,8 @@ V_TEACHER = "runs/digits_v"  # the progressive and consistency students' (and Ti
 SIMILARITY_STEPS = (2, 4, 8, 25)
 TIUE_GUIDANCE = 4.5  # configs/digits_tiue.py's distill.guidance (train_loopfree.sh; checked against each run)
 LEADING4, TRAILING4 = "solver=ddim;steps=4;grid=leading;loopfree=on", "solver=ddim;steps=4;grid=trailing;loopfree=on"
-# (key, label, work directory, student steps picking a progressive round or None for the last checkpoint, sampler)
+# (key, label, work directory, student steps picking a progressive round or None for the last checkpoint, sampler;
+# each student on its own method's sampler: progressive clips x0 as its reference does, consistency on LCM's lattice)
 ENTRIES = (
     ("tiue", "TiUE K=4 (the reference's settings: VSD + KL 0.1)", "runs/digits_tiue", None, LEADING4),
     ("tiue_kl0", "TiUE K=4, KL off", "runs/digits_tiue_kl0", None, LEADING4),
@@ -60,10 +61,10 @@ ENTRIES = (
     ("tiue_legacy", "TiUE K=4 as before issue 26 (v teacher, trailing, w=3, KL / 8)", "runs/digits_tiue_legacy",
      None, TRAILING4),
     ("vsd1", "1-step VSD student (K=1)", "runs/digits_tiue_k1", None, "solver=ddim;steps=1;grid=trailing;loopfree=on"),
-    ("progressive4", "progressive, 4 steps", "runs/digits_progressive", 4, "solver=ddim;steps=4"),
-    ("progressive1", "progressive, 1 step", "runs/digits_progressive", 1, "solver=ddim;steps=1"),
-    ("consistency4", "consistency, 4 steps", "runs/digits_consistency", None, "solver=consistency;steps=4"),
-    ("consistency1", "consistency, 1 step", "runs/digits_consistency", None, "solver=consistency;steps=1"),
+    ("progressive4", "progressive, 4 steps", "runs/digits_progressive", 4, "solver=ddim;steps=4;clip_x0=1"),
+    ("progressive1", "progressive, 1 step", "runs/digits_progressive", 1, "solver=ddim;steps=1;clip_x0=1"),
+    ("consistency4", "consistency, 4 steps", "runs/digits_consistency", None, "solver=consistency;steps=4;grid=lcm"),
+    ("consistency1", "consistency, 1 step", "runs/digits_consistency", None, "solver=consistency;steps=1;grid=lcm"),
     ("eps_teacher4_cfg", f"eps teacher, DDIM 4 (leading) + CFG w={TIUE_GUIDANCE:g}", TEACHER, None,
      f"solver=ddim;steps=4;grid=leading;guidance={TIUE_GUIDANCE:g}"),
     ("eps_teacher64_cfg", f"eps teacher, DDIM 64 + CFG w={TIUE_GUIDANCE:g}", TEACHER, None,
