@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.guidance_embed = False  # conditioned on the guidance scale w (guided-distillation students)
     c.model.pred_type = "eps"  # eps | x0 | v
     c.model.dtype = "float32"  # float32 | bfloat16 (compute dtype; params stay float32)
+    c.model.temporal_cond = "adaln_zero"  # video temporal blocks: FVDM per-frame adaLN-Zero | none (pre-issue 26)
     c.model.remat = "off"  # recompute blocks in the backward pass: off | nothing_saveable | dots_... (diffusion/nn/remat.py)
 
     c.diffusion = ml_collections.ConfigDict()
@@ -52,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion.beta_end = config_dict.placeholder(float)  # None: the schedule's own (linear 0.02, SD 0.012)
     c.diffusion.weighting = "eps"  # eps | v | x0 | snr_trunc
     c.diffusion.cond_drop_prob = 0.1  # label dropout: learns the unconditional branch for CFG
+    c.diffusion.per_frame_group = 2  # video: FVDM's per-frame coin per group of G samples (0: one per batch)
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 2500
@@ -173,7 +175,11 @@ def upgrade_config(saved: dict) -> dict:
       run from before issue 26 gets the settings it trained with
       (``distill.pso.settings_before_issue26``, ``distill.tiue.LEGACY``), and so does any
       method's run for the fields its ``Distiller.legacy`` names (progressive, guided,
-      consistency).
+      consistency);
+    * a video run (``data.frames`` set) from before issue 26 keeps the model and the coin it
+      trained with: ``model.temporal_cond = "none"`` (temporal blocks without time input) and
+      ``diffusion.per_frame_group = 0`` (one per-frame coin per batch); other runs get today's
+      defaults (``"adaln_zero"``, 2), which an image model never reads.
     """
     saved = json.loads(json.dumps(saved))  # a deep copy
     model = saved.get("model", {})
@@ -189,6 +195,9 @@ def upgrade_config(saved: dict) -> dict:
     saved.setdefault("train", {}).setdefault("lora_rank", 0)
     saved["train"].setdefault("lora_alpha", None)
     saved.setdefault("data", {}).setdefault("max_per_class", None)
+    video = saved["data"].get("frames") is not None
+    model.setdefault("temporal_cond", "none" if video else "adaln_zero")
+    saved["diffusion"].setdefault("per_frame_group", 0 if video else 2)
     saved.setdefault("text", None)
     saved.setdefault("latent", None)
     for name in ("sample", "eval"):

@@ -11,6 +11,15 @@ video UNet (temporal attention after every residual block) is built because the 
 a video. ``diffusion.per_frame_prob`` is FVDM's ``p``: the default variant trains at the
 paper's 0.2, ``:p0`` is a standard video model (every frame shares a time) and ``:p1``
 gives every frame its own time in every batch; all three cost the same compute.
+
+FVDM's reference choices (issue 26, docs/design/video.md): the temporal blocks modulate and
+gate every frame by its own time embedding (``model.temporal_cond = "adaln_zero"``), the
+per-frame coin is tossed per group of 2 samples as the reference tosses it per GPU's local
+batch (``diffusion.per_frame_group = 2``), and samples are drawn with the reference's sampler,
+DDIM with 50 steps on ADM's respaced grid (``grid=adm``); plans give frames at ``t = 1/T`` and
+let DDIM re-estimate them (``sampling/transforms/plan.py``). Work directories trained before
+issue 26 load as they ran (``configs.common.upgrade_config``: ``temporal_cond = "none"``,
+``per_frame_group = 0``).
 Sized from measurement: ``python -m benchmarks.train_throughput --config
 configs/moving_digits.py`` gave 1.75 s per step (batch 16, 0.83M parameters, 53 GFLOP per
 step; 2026-12-03, a 2-core AMD EPYC), so 1200 steps train in about 35 minutes.
@@ -19,6 +28,7 @@ step; 2026-12-03, a 2-core AMD EPYC), so 1200 steps train in about 35 minutes.
 from configs.common import base_config, shrink_for_smoke
 
 VARIANTS = {"": 0.2, "p0": 0.0, "p02": 0.2, "p1": 1.0}
+REFERENCE_SAMPLER = "solver=ddim;steps=50;grid=adm"  # ucf101_sample_video.yaml:34-36; respace.py:41-62
 
 
 def get_config(arg: str | None = None):
@@ -32,13 +42,15 @@ def get_config(arg: str | None = None):
     c.model.attn_resolutions = (8,)
     c.model.num_heads = 4
     c.model.dropout = 0.0
+    c.model.temporal_cond = "adaln_zero"  # FVDM@9373f998 models/latte_video.py:278-310, 488
     c.diffusion.per_frame_prob = 0.2
+    c.diffusion.per_frame_group = 2  # train_video.py:340, once per rank of local_batch_size 2
     c.diffusion.cond_drop_prob = 0.0
     c.train.batch_size = 16
     c.train.num_steps = 1200
     c.train.sample_every = 600
     c.train.ckpt_every = 100
-    c.sample.sampler = c.eval.sampler = "solver=ddim;steps=25;grid=trailing"
+    c.sample.sampler = c.eval.sampler = REFERENCE_SAMPLER
     c.sample.num = 8
     c.eval.fd_digits = False  # a video: launch.evaluate scores it with the video metrics
     if arg == "smoke":

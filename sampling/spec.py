@@ -18,9 +18,11 @@ from sampling.grids import GRIDS, make_grid
 from sampling.registry import OFF, BuildContext, ModelCaps, fmt
 
 Knobs = tuple[tuple[str, Any], ...]
-TAG_VERSION = 3  # of tag() and of what it names; orchestration/workdir migrates older records
+TAG_VERSION = 4  # of tag() and of what it names; orchestration/workdir migrates older records
 # 3 (issue 26): a time shift's cutoff is the authors' 0-based index (old C = new C - 1);
 #   cache_branch is DeepCache's numbering (old b = new b - 1, tagged -db instead of -b)
+# 4 (issue 26): a video plan's given frames sit at t = 1/T and are DDIM-updated, and no network call
+#   sees t < 1/T; a version-3 plan that gave frames (or lagged) is given_time=zero;given_update=clamp
 
 
 def _is_off(value) -> bool:

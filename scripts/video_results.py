@@ -1,25 +1,42 @@
-r"""FVDM on moving digits (issue 12): models trained at ``p`` in {0, 0.2, 1} with equal
+r"""FVDM on moving digits (issues 12 and 26): models trained at ``p`` in {0, 0.2, 1} with equal
 compute, under every sampling plan. Writes docs/results/video_fvdm.{md,json} and
-video_*.png / video_*.gif.
+video_*.png / video_*.gif. The whole page, training included (``scripts/video_fvdm.sh``)::
 
+    python -m launch.train --config configs/moving_digits.py:p0 --workdir runs/moving_digits_p0
+    python -m launch.train --config configs/moving_digits.py --workdir runs/moving_digits
+    python -m launch.train --config configs/moving_digits.py:p1 --workdir runs/moving_digits_p1
     python -m scripts.video_results --p0 runs/moving_digits_p0 --p02 runs/moving_digits \
-        --p1 runs/moving_digits_p1 [--num 100] [--long 32]
+        --p1 runs/moving_digits_p1 [--num 100] [--long 32] [--samplers reference,old]
 
 Every run was trained by ``launch.train --config configs/moving_digits.py:<variant>``
-(the same steps, batch and model; only ``diffusion.per_frame_prob`` differs). Each model is
-sampled with the configs' sampler (DDIM 25 steps, trailing grid) under:
+(the same steps, batch and model; only ``diffusion.per_frame_prob`` differs). Since issue 26
+the config is FVDM's reference's: per-frame adaLN-Zero in the temporal blocks
+(``model.temporal_cond``) and the per-frame coin per pair of samples
+(``diffusion.per_frame_group = 2``); the runs table says what each work directory was
+trained with. Each model is sampled under two samplers:
+
+* ``reference`` (the page's main tables and the criteria): FVDM's, DDIM with 50 steps on
+  ADM's respaced grid (``grid=adm``, FVDM@9373f998 ``ucf101_sample_video.yaml:34-36``,
+  ``diffusion/respace.py:41-62``), given frames at ``t = 1/T`` and re-estimated by DDIM every
+  step (the plan's defaults, ``sampling/transforms/plan.py``);
+* ``old`` (a comparison section): the sampler before issue 26, DDIM 25 trailing steps with
+  given frames clean at ``t = 0`` and clamped (``given_time=zero;given_update=clamp``, which
+  reproduces the old plan bit for bit; plans without given frames are unchanged by it);
+
+under the plans
 
 1. ``sync`` (unconditional), seeds 0 and 1: FVD proxy, per-frame FD, identity stability;
 2. ``i2v`` (frame 0 given) and ``interp`` (frames 0 and 7 given), FVDM's per-frame
-   conditioning (given frames at ``t = 0``), and the same frames given by the replacement
-   trick (``plan=replace``), seeds 0 and 1: PSNR / SSIM of the generated frames against the
-   held-out continuation, and the scores above;
+   conditioning, and the same frames given by the replacement trick (``plan=replace``),
+   seeds 0 and 1: PSNR / SSIM of the generated frames against the held-out continuation,
+   and the scores above;
 3. ``long:<--long>`` (at least 4x the 8 training frames): per-window per-frame FD (drift);
 4. ``pyramid:2`` (frame ``i`` trails frame ``i - 1`` by 2 grid steps).
 
 Given frames come from the held-out split (glyphs never seen in training); FDs compare
 against the train split. Sampling cells go through ``launch.evaluate``'s machinery into
-``<workdir>/eval_results/report.json``, so an interrupted run resumes.
+``<workdir>/eval_results/report.json``, so an interrupted run resumes (records written
+before issue 26 are read back under the ``old`` sampler's names: tag version 4).
 """
 
 from __future__ import annotations
@@ -41,25 +58,39 @@ from scripts.scenes_results import training
 
 MODELS = (("p0", 0.0), ("p02", 0.2), ("p1", 1.0))
 SEEDS = (0, 1)
-SOLVER, STEPS = "ddim", 25  # configs/moving_digits.py's sampler
 PYRAMID_LAG = 2
+# name -> (solver, steps, grid, knobs added to the plans that give frames or lag them)
+SAMPLERS = {
+    "reference": ("ddim", 50, "adm", {}),  # FVDM's sampler and plan (configs/moving_digits.py)
+    "old": ("ddim", 25, "trailing", {"given_time": "zero", "given_update": "clamp"}),  # before issue 26
+}
+SAMPLER_TEXT = {"reference": "DDIM 50 steps on ADM's grid, given frames at t = 1/T re-estimated by DDIM (FVDM's)",
+                "old": "DDIM 25 trailing steps, given frames clean at t = 0 and clamped (before issue 26)"}
+LEGACY_PLANS = ("i2v", "interp", "long", "pyramid")  # the plans whose given frames or lag the knobs change
 
 
-def plans(frames: int, long: int) -> dict[str, dict]:
-    """Name -> plan knobs of every cell a model is sampled under."""
+def plans(frames: int, long: int, sampler: str = "reference") -> dict[str, dict]:
+    """Name -> plan knobs of every cell a model is sampled under with ``sampler``."""
     last = f"0,{frames - 1}"
-    return {"sync": {"plan": "sync"}, "i2v": {"plan": "i2v"}, "interp": {"plan": "interp"},
-            "replace_i2v": {"plan": "replace"}, "replace_interp": {"plan": "replace", "given_frames": last},
-            "long": {"plan": f"long:{long}"}, "pyramid": {"plan": f"pyramid:{PYRAMID_LAG}"}}
+    out = {"sync": {"plan": "sync"}, "i2v": {"plan": "i2v"}, "interp": {"plan": "interp"},
+           "replace_i2v": {"plan": "replace"}, "replace_interp": {"plan": "replace", "given_frames": last},
+           "long": {"plan": f"long:{long}"}, "pyramid": {"plan": f"pyramid:{PYRAMID_LAG}"}}
+    extra = SAMPLERS[sampler][3]
+    return {name: {**knobs, **extra} if name in LEGACY_PLANS else knobs for name, knobs in out.items()}
+
+
+def make_cell_spec(sampler: str, knobs: dict):
+    solver, steps, grid, _ = SAMPLERS[sampler]
+    return make_spec(solver, steps, grid, **knobs)
 
 
 SEEDED = ("sync", "i2v", "interp", "replace_i2v", "replace_interp")  # with seeds 0 and 1; the rest seed 0
 
 
-def evaluate(run, knobs: dict, num: int, seeds) -> list[dict]:
-    """The records of one plan (x ``seeds``), run or read back."""
+def evaluate(run, sampler: str, knobs: dict, num: int, seeds) -> list[dict]:
+    """The records of one plan under ``sampler`` (x ``seeds``), run or read back."""
     ckpt = run.steps[-1]
-    cells = [Cell(make_spec(SOLVER, STEPS, **knobs), s) for s in seeds]
+    cells = [Cell(make_cell_spec(sampler, knobs), s) for s in seeds]
     records = run_cells(run, [ckpt], cells, run.workdir / "eval_results", num)
     wanted = {c.key(ckpt, num) for c in cells}
     return [r for r in records if r["id"] in wanted]
@@ -108,10 +139,17 @@ def real_section(config, num: int, frames: int, long: int) -> dict:
     return out
 
 
-def model_section(run, num: int, long: int) -> dict:
+def model_section(run, num: int, long: int, sampler: str = "reference") -> dict:
     frames = run.caps.frames
-    return {name: summary(evaluate(run, knobs, num, SEEDS if name in SEEDED else (0,)))
-            for name, knobs in plans(frames, long).items()}
+    return {name: summary(evaluate(run, sampler, knobs, num, SEEDS if name in SEEDED else (0,)))
+            for name, knobs in plans(frames, long, sampler).items()}
+
+
+def trained_with(config) -> dict:
+    """What a video run was trained with, as its (upgraded) config says: FVDM's reference
+    choices since issue 26, or the model and coin before it."""
+    return {"temporal_cond": config.model.get("temporal_cond", "none"),
+            "per_frame_group": int(config.diffusion.get("per_frame_group", 0))}
 
 
 def figures(runs: dict, out: pathlib.Path, long: int, n: int = 4) -> None:
@@ -134,7 +172,7 @@ def figures(runs: dict, out: pathlib.Path, long: int, n: int = 4) -> None:
         rows = [truth[:, :length]] if figure in ("i2v", "interp", "long") else []
         for key, run in runs.items():
             for name in names:
-                video, _ = draw(run, params[key], make_spec(SOLVER, STEPS, **knobs[name]), n, truth=truth)
+                video, _ = draw(run, params[key], make_cell_spec("reference", knobs[name]), n, truth=truth)
                 rows.append(video)
                 if figure == "sync":
                     save_gif(to_uint8(video), out / f"video_sync_{key}.gif", ncol=n)
@@ -178,6 +216,40 @@ def _fmt(s: dict, f: str, digits: int = 2) -> str:
     return f"{s[f]:.{digits}f}" if s.get(f) is not None else "–"
 
 
+def _temporal_text(job: dict) -> str:
+    return "per-frame adaLN-Zero" if job.get("temporal_cond") == "adaln_zero" else "no time input (before issue 26)"
+
+
+def _coin_text(job: dict) -> str:
+    g = job.get("per_frame_group", 0)
+    return "batch (before issue 26)" if not g else f"{g} samples"
+
+
+def old_sampler_section(r: dict) -> list[str]:
+    """The sampler before issue 26 next to FVDM's, per model and plan: the headline score of
+    each plan (FVD proxy; PSNR for i2v and interpolation; the last window's FD for long video)."""
+    if not r.get("old_sampler"):
+        return []
+    m, o, f = r["models"], r["old_sampler"], r["frames"]
+    names = {"p0": "p = 0", "p02": "p = 0.2", "p1": "p = 1"}
+    rows = [("sync", "FVD proxy", "fvd_proxy", 1), ("i2v", "PSNR (dB)", "psnr", 2), ("i2v", "FVD proxy", "fvd_proxy", 1),
+            ("interp", "PSNR (dB)", "psnr", 2), ("interp", "FVD proxy", "fvd_proxy", 1),
+            ("pyramid", "FVD proxy", "fvd_proxy", 1)]
+    lines = ["## FVDM's sampler against the one before issue 26", "",
+             f"Left of each arrow: {SAMPLER_TEXT['old']}; right: {SAMPLER_TEXT['reference']}. The replacement "
+             "baseline and sync give no frames, so between the two only the steps and the grid differ for them.", "",
+             "| plan | score | " + " | ".join(names[k] for k, _ in MODELS) + " |", "|---|---|" + "---|" * len(MODELS)]
+    for plan, label, field, digits in rows:
+        cells = [f"{_fmt(o[k][plan], field, digits)} → {_fmt(m[k][plan], field, digits)}" for k, _ in MODELS]
+        lines.append(f"| {plan} | {label} | " + " | ".join(cells) + " |")
+    last = r["long"] // f - 1
+    cells = [f"{o[k]['long']['window_frame_fd'][last]:.1f} → {m[k]['long']['window_frame_fd'][last]:.1f}"
+             for k, _ in MODELS]
+    lines += [f"| long:{r['long']} | per-frame FD, frames {f * last}-{f * last + f - 1} | " + " | ".join(cells) + " |",
+              ""]
+    return lines
+
+
 def markdown(r: dict) -> str:
     m, real, mach, f = r["models"], r["real"], r["machine"], r["frames"]
     windows = r["long"] // f
@@ -187,7 +259,8 @@ def markdown(r: dict) -> str:
         f"`{r['command']}` — {mach['cpu']}, {mach['cores']} cores, {mach['backend']}, jax {mach['jax']}, "
         f"{mach['date']} ({r['wall_s'] / 60:.0f} min for this invocation: sampling cells already in a run's "
         "`eval_results/report.json` are read back, each with its own sampling time).", "",
-        f"Every cell: {r['num']} videos of {f} frames, DDIM {STEPS} steps (trailing grid). Given frames come "
+        f"Every cell: {r['num']} videos of {f} frames, sampled with FVDM's sampler: "
+        f"{SAMPLER_TEXT['reference']} (the last section compares the sampler before issue 26). Given frames come "
         "from the held-out split (glyphs never seen in training); FDs compare against the train split, in the "
         "features of the video probe ([../design/video.md](../design/video.md): real videos score about 5 at 1000 "
         "videos, frame-shuffled 39, static 123). Identity stability: the fraction of videos whose digit set "
@@ -195,9 +268,11 @@ def markdown(r: dict) -> str:
         "the held-out continuation. Means over seeds 0 and 1 where a ± gives the seed-to-seed std.", "",
         "## The runs (equal compute: the same steps, batch and model; minutes: time in training steps, "
         "which depends on what else ran on the machine)", "",
-        "| p | work directory | steps x batch | minutes | final loss |", "|---|---|---|---|---|",
+        "| p | work directory | steps x batch | minutes | final loss | temporal blocks | coin per |",
+        "|---|---|---|---|---|---|---|",
         *[f"| {p} | `{r['job'][k]['workdir']}` | {r['job'][k]['steps']} x {r['job'][k]['batch_size']} | "
-          f"{r['job'][k]['step_seconds'] / 60:.1f} | {r['job'][k]['final_loss']:.4f} |" for k, p in MODELS], "",
+          f"{r['job'][k]['step_seconds'] / 60:.1f} | {r['job'][k]['final_loss']:.4f} | "
+          f"{_temporal_text(r['job'][k])} | {_coin_text(r['job'][k])} |" for k, p in MODELS], "",
         "## Unconditional generation (plan sync)", "",
         "| | FVD proxy | per-frame FD | identity stability |", "|---|---|---|---|",
         f"| real held-out videos (the floor at {r['num']}) | {_fmt(real['real'], 'fvd_proxy')} | "
@@ -208,8 +283,11 @@ def markdown(r: dict) -> str:
         + ", ".join(f"[{names[k]}](video_sync_{k}.gif)" for k, _ in MODELS) + ".", "",
         "![unconditional samples](video_sync.png)", "",
         "## Zero-shot image-to-video and interpolation", "",
-        "FVDM's per-frame conditioning (the given frames at t = 0) against the replacement trick (every frame at "
-        "the grid time, the given frames noised to it before each call).", "",
+        "FVDM's per-frame conditioning (the given frames at t = 1/T, the reference's first noise level, "
+        "re-estimated by DDIM at every step as the reference does) against the replacement trick (every frame at "
+        "the grid time, the given frames noised to it before each call). The scores read the whole video, the "
+        "re-estimated given frames included (the reference keeps them too); PSNR and SSIM only the new frames.",
+        "",
         "| task | model, way | PSNR (dB) | SSIM | FVD proxy | identity stability |", "|---|---|---|---|---|---|"]
     for task, base in (("i2v", "copy_i2v"), ("interp", "blend_interp")):
         b = real[base]
@@ -225,7 +303,7 @@ def markdown(r: dict) -> str:
               "per-frame t and 4 rows replacement:", "", "![i2v](video_i2v.png)", "",
               "Interpolation, in the same order:", "", "![interpolation](video_interp.png)", "",
               f"## Long video ({r['long']} frames, {windows}x the training length)", "",
-              f"Windows of {f}: each new window is given the previous window's last {f // 2} frames at t = 0 and "
+              f"Windows of {f}: each new window is given the previous window's last {f // 2} frames at t = 1/T and "
               f"keeps {f - f // 2} new ones. Per-frame FD of each {f}-frame stretch against real frames (drift):", "",
               "| | " + " | ".join(f"frames {f * i}-{f * i + f - 1}" for i in range(windows)) + " |",
               "|---|" + "---|" * windows,
@@ -241,6 +319,7 @@ def markdown(r: dict) -> str:
                 f"{_fmt(m[k]['pyramid'], 'identity_stability')} | {_fmt(m[k]['sync'], 'fvd_proxy', 1)} |"
                 for k, _ in MODELS], "",
               "![pyramid](video_pyramid.png)", "",
+              *old_sampler_section(r),
               "## METHODS.md's criteria", "",
               "| criterion | holds | numbers |", "|---|---|---|",
               *[f"| {c['criterion']} | {'yes' if c['holds'] else '**no**'} | {c['numbers']} |" for c in r["criteria"]],
@@ -257,9 +336,15 @@ def main():
     ap.add_argument("--long", type=int, default=32)
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--only", choices=[k for k, _ in MODELS], help="evaluate one model's cells and stop")
+    ap.add_argument("--samplers", default="reference,old",
+                    help=f"comma-separated, from {', '.join(SAMPLERS)}: reference (FVDM's; the page's tables) and "
+                         "old (before issue 26; a comparison section)")
     args = ap.parse_args()
     if args.num < 2:
         ap.error(f"--num must be >= 2 (an FD needs two samples), got {args.num}")
+    samplers = [x.strip() for x in args.samplers.split(",") if x.strip()]
+    if "reference" not in samplers or set(samplers) - set(SAMPLERS):
+        ap.error(f"--samplers must include reference and name only {', '.join(SAMPLERS)}; got {args.samplers!r}")
     workdirs = {"p0": args.p0, "p02": args.p02, "p1": args.p1}
     keys = [args.only] if args.only else [k for k, _ in MODELS]
     try:
@@ -275,15 +360,18 @@ def main():
         ap.error(f"--long must be a multiple of the {frames} training frames and at least 4x them, got {args.long}")
     t0 = time.time()
     models = {k: model_section(run, args.num, args.long) for k, run in runs.items()}
+    old = {k: model_section(run, args.num, args.long, "old") for k, run in runs.items()} if "old" in samplers else {}
     if args.only:
         print(f"evaluated {args.only} in {time.time() - t0:.0f}s")
         return
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     r = {"command": f"python -m scripts.video_results --p0 {args.p0} --p02 {args.p02} --p1 {args.p1} "
-                    f"--num {args.num} --long {args.long}",
+                    f"--num {args.num} --long {args.long} --samplers {','.join(samplers)}",
          "num": args.num, "long": args.long, "frames": frames, "machine": machine(), "models": models,
-         "job": {k: {"workdir": workdirs[k], **training(workdirs[k])} for k in workdirs},
+         "old_sampler": old, "samplers": {k: SAMPLER_TEXT[k] for k in samplers},
+         "job": {k: {"workdir": workdirs[k], **training(workdirs[k]), **trained_with(runs[k].config)}
+                 for k in workdirs},
          "real": real_section(runs["p0"].config, args.num, frames, args.long)}
     figures(runs, out, args.long)
     r["criteria"] = criteria(r)

@@ -47,12 +47,16 @@ class MultiHeadAttention(nn.Module):
     computes only the values: ``out = A_cached v`` (no query/key projections, no
     ``q k^T``, no softmax). Cross-attention maps are never cached.
 
-    ``qkv_bias=False``: projections without bias (Stable Diffusion's).
+    ``qkv_bias=False``: projections without bias (Stable Diffusion's). ``zero_out=False``:
+    the output projection keeps flax's default (lecun-normal) initialisation, for a block
+    whose residual is gated by a zero-initialised gate of its own (a zero gate over a zero
+    projection gives both zero gradient: the block would never train).
     """
 
     num_heads: int
     dtype: jnp.dtype = jnp.float32
     qkv_bias: bool = True
+    zero_out: bool = True
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, attention: str = "compute", context: jnp.ndarray | None = None) -> jnp.ndarray:
@@ -78,9 +82,8 @@ class MultiHeadAttention(nn.Module):
             if attention == "store":
                 self.put_variable(MAPS, "weights", weights)
         out = heads_first(jnp.einsum("bhqk,bhkd->bhqd", weights, v))  # back to [B, Lq, H, D]
-        return nn.DenseGeneral(
-            c, axis=(-2, -1), kernel_init=nn.initializers.zeros_init(), dtype=self.dtype, name="out"
-        )(out)
+        out_init = nn.initializers.zeros_init() if self.zero_out else nn.linear.default_kernel_init
+        return nn.DenseGeneral(c, axis=(-2, -1), kernel_init=out_init, dtype=self.dtype, name="out")(out)
 
 
 class AttentionBlock(nn.Module):
@@ -98,29 +101,64 @@ class AttentionBlock(nn.Module):
         return tokens.reshape(b, h, w, c)
 
 
+TEMPORAL_CONDS = ("adaln_zero", "none")  # the temporal blocks' time conditioning (UNet.temporal_cond)
+
+
 class TemporalAttentionBlock(nn.Module):
     """Residual self-attention across frames at each location (factorized space-time):
-    ``x: [B * F, H, W, C]`` (frames folded into the batch, sample-major) -> the same shape.
+    ``x: [B * F, H, W, C]`` (frames folded into the batch, sample-major), ``emb: [B * F, D]``
+    each frame's own time (and label) embedding, in the same order -> ``[B * F, H, W, C]``.
 
     Tokens are the ``F`` frames of one pixel; a parameter-free sinusoidal frame-position
-    embedding is added to the normalised tokens, so attention knows frame order while no
-    weight depends on ``F`` (the same weights run on 8 or 16 frames). The output
-    projection starts at zero, so a fresh block is the identity. Its maps
+    embedding is added to the attention's input, so attention knows frame order while no
+    weight depends on ``F`` (the same weights run on 8 or 16 frames). Its maps
     ``[B * H * W, heads, F, F]`` are stored and reused like spatial ones (``attention``).
+
+    ``time_cond`` (static):
+
+    * ``"adaln_zero"`` (default): FVDM's per-frame adaLN-Zero, the attention half of its
+      ``TransformerBlock_Temp`` (FVDM@9373f998 ``models/latte_video.py:278-310``; the
+      per-frame conditioning ``timestep_temp`` at ``:488``): ``(shift, scale, gate) =
+      Linear(SiLU(emb_f))`` per frame (the Linear zero-initialised, ``:432-434``), a
+      LayerNorm without affine (eps 1e-6, ``:284``), then ``x + gate * attn(norm(x) * (1 +
+      scale) + shift + position)`` (``:307``): every frame of every location is modulated
+      and gated by its own time. The gate starts at 0, so a fresh block is the identity;
+      the attention's output projection is *not* zeroed (the reference's is xavier,
+      ``:400-405``), or gate and projection would both get zero gradient forever.
+    * ``"none"``: the block before issue 26 (no time input; learned-affine LayerNorm; the
+      output projection zero-initialised): video checkpoints trained before it load and run
+      as they did.
     """
 
     num_heads: int
     dtype: jnp.dtype = jnp.float32
+    time_cond: str = "adaln_zero"
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, frames: int, attention: str = "compute") -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, emb: jnp.ndarray, frames: int, attention: str = "compute") -> jnp.ndarray:
         from diffusion.nn.embeddings import sinusoidal_embedding
 
+        if self.time_cond not in TEMPORAL_CONDS:
+            raise ValueError(f"unknown temporal time conditioning {self.time_cond!r}; expected one of "
+                             f"{', '.join(TEMPORAL_CONDS)} (config.model.temporal_cond)")
         bf, h, w, c = x.shape
         b = bf // frames
         tokens = x.reshape(b, frames, h * w, c).transpose(0, 2, 1, 3).reshape(b * h * w, frames, c)
-        normed = nn.LayerNorm(dtype=self.dtype, name="norm")(tokens)
-        position = sinusoidal_embedding(jnp.arange(frames), c, scale=1.0).astype(normed.dtype)
-        tokens = tokens + MultiHeadAttention(self.num_heads, self.dtype, name="temporal_attn")(
-            normed + position, attention)
+        position = sinusoidal_embedding(jnp.arange(frames), c, scale=1.0).astype(self.dtype)
+        if self.time_cond == "none":
+            normed = nn.LayerNorm(dtype=self.dtype, name="norm")(tokens)
+            tokens = tokens + MultiHeadAttention(self.num_heads, self.dtype, name="temporal_attn")(
+                normed + position.astype(normed.dtype), attention)
+        else:
+            if emb is None or emb.shape[0] != bf:
+                raise ValueError(f"the temporal block's adaLN needs one embedding per frame [B * F = {bf}, D]; "
+                                 f"got {None if emb is None else emb.shape}")
+            mod = nn.Dense(3 * c, kernel_init=nn.initializers.zeros_init(), dtype=self.dtype, name="ada")(
+                nn.silu(emb))  # [B * F, 3C]: latte_video.py:290-293
+            mod = jnp.broadcast_to(mod.reshape(b, 1, frames, 3 * c), (b, h * w, frames, 3 * c))
+            shift, scale, gate = jnp.split(mod.reshape(b * h * w, frames, 3 * c), 3, axis=-1)  # the order of :304
+            normed = nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=self.dtype, name="norm")(tokens)
+            y = MultiHeadAttention(self.num_heads, self.dtype, zero_out=False, name="temporal_attn")(
+                normed * (1 + scale) + shift + position, attention)
+            tokens = tokens + gate * y
         return tokens.reshape(b, h * w, frames, c).transpose(0, 2, 1, 3).reshape(bf, h, w, c)

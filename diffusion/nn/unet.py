@@ -44,6 +44,9 @@ class UNet(nn.Module):
         modulated by its own time embedding, and a temporal attention block
         (:class:`~diffusion.nn.attention.TemporalAttentionBlock`) follows every residual
         block. No parameter depends on ``F``.
+      temporal_cond: the temporal blocks' per-frame time conditioning: ``"adaln_zero"``
+        (FVDM's: each frame's tokens scaled, shifted and gated by its own embedding) or
+        ``"none"`` (video models trained before issue 26).
       dtype: compute dtype (``bfloat16`` on accelerators); parameters stay float32.
       remat: the blocks' rematerialisation policy in training (``diffusion.nn.remat``).
     """
@@ -59,6 +62,7 @@ class UNet(nn.Module):
     guidance_embed: bool = False
     out_channels: int | None = None
     temporal: bool = False
+    temporal_cond: str = "adaln_zero"
     dtype: jnp.dtype = jnp.float32
     remat: str = "off"
 
@@ -132,12 +136,13 @@ class UNet(nn.Module):
         retrieve = modes.features == "retrieve"
         res_block = remat.block(ResBlock, self.remat, train, static_argnums=(3,))
         attention_block = remat.block(AttentionBlock, self.remat, train, static_argnums=(2,))
-        temporal_block = remat.block(TemporalAttentionBlock, self.remat, train, static_argnums=(2, 3))
+        temporal_block = remat.block(TemporalAttentionBlock, self.remat, train, static_argnums=(3, 4))
 
-        def temporal(h, name):
+        def temporal(h, name):  # emb: [B * F, D], each frame's own embedding (sample-major, as h)
             if frames is None:
                 return h
-            return temporal_block(self.num_heads, self.dtype, name=name)(h, frames, modes.attention)
+            return temporal_block(self.num_heads, self.dtype, self.temporal_cond, name=name)(
+                h, emb, frames, modes.attention)
 
         def res_attn(h, width, name):  # a residual block, then attention at the chosen resolutions
             h = res_block(width, self.dropout, self.scale_shift, self.dtype, name=name)(h, emb, train)

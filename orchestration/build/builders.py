@@ -103,6 +103,7 @@ def build_unet(model: ml_collections.ConfigDict, info: DatasetInfo) -> UNet:
         guidance_embed=model.guidance_embed,
         out_channels=info.image_shape[-1],
         temporal=info.num_frames is not None,  # a video dataset gets the video UNet (docs/design/video.md)
+        temporal_cond=model.get("temporal_cond", "adaln_zero"),  # "none": video runs from before issue 26
         dtype=DTYPES[model.dtype],
         remat=model.get("remat", "off"),
     )

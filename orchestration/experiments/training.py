@@ -36,7 +36,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, pro
     optimizer = make_optimizer_from(config.train)
     make = state_factory(lambda key: init_params(config, info, key), optimizer, jax.random.PRNGKey(config.seed))
     loss_fn = make_diffusion_loss(denoiser, config.diffusion.weighting, config.diffusion.cond_drop_prob,
-                                  caps.null_label, float(config.diffusion.get("per_frame_prob", 0.0)))
+                                  caps.null_label, float(config.diffusion.get("per_frame_prob", 0.0)),
+                                  config.diffusion.get("per_frame_group", 2))
     exp = Experiment(denoiser, caps, source, info, optimizer, make, loss_fn)
     if caps.text or config.get("latent") is not None:
         exp = with_frozen_parts(exp, config, pathlib.Path(workdir))

@@ -8,8 +8,11 @@ fields); its records are converted from those fields. Tag version 3 (issue 26) r
 two knobs: a time shift's cutoff counts the authors' 0-based index (a version-2 cutoff ``C``
 shifted exactly where version 3's ``C - 1`` does), and ``cache_branch`` is DeepCache's
 numbering (version 2's ``b`` is version 3's ``b - 1``, the same blocks); older records are
-renamed to the same samples. So finished cells are recognised, never silently re-run,
-mistaken for new ones or dropped.
+renamed to the same samples. Tag version 4 (issue 26, FVDM) changed what a video plan does
+with given frames (now at ``t = 1/T`` and DDIM-updated, every network time at least ``1/T``):
+a version-3 record whose plan gave frames, lagged or shifted times is renamed to
+``given_time=zero;given_update=clamp``, the samples it holds. So finished cells are recognised,
+never silently re-run, mistaken for new ones or dropped.
 """
 
 from __future__ import annotations
@@ -75,6 +78,31 @@ def upgrade_v2(record: dict) -> dict:
     return {**fields, "id": f"{head}/{spec.tag()}/{rest}", **record_fields(spec)}
 
 
+def _plan_changed_in_v4(spec: SamplerSpec) -> bool:
+    """Whether a version-3 sampler's samples depend on what version 4 changed: a plan giving
+    frames or lagging them (fed ``t = 0``), or one under a time shift (a shifted time may reach
+    ``0``). Plain ``sync`` and the ``replace`` baseline are unchanged."""
+    plan = spec.knobs("plan")
+    if plan is None or plan["kind"] == "replace":
+        return False
+    plain_sync = plan["kind"] == "sync" and plan["given_frames"] == "default" and spec.knobs("time_shift") is None
+    return not plain_sync
+
+
+def upgrade_v3(record: dict) -> dict:
+    """A tag-version-3 record in version 4, naming the same samples: a plan that
+    :func:`_plan_changed_in_v4` gets ``given_time=zero;given_update=clamp`` (Kairos's plan
+    before issue 26) in its sampler, its values and its id; other records are unchanged."""
+    old = SamplerSpec.parse(record["sampler"])
+    if not _plan_changed_in_v4(old):
+        return record
+    values = old.to_values()
+    spec = SamplerSpec.from_values({**values, "given_time": "zero", "given_update": "clamp"})
+    head, _, rest = record["id"].split("/", 2)
+    fields = {k: v for k, v in record.items() if k not in values}
+    return {**fields, "id": f"{head}/{spec.tag()}/{rest}", **record_fields(spec)}
+
+
 def load_records(path: pathlib.Path, log=print) -> list[dict]:
     """The records of ``path`` in today's tag version (``[]`` if it does not exist).
 
@@ -92,7 +120,9 @@ def load_records(path: pathlib.Path, log=print) -> list[dict]:
             records = [upgrade_v1(r) for r in records]
         if version <= 2:
             records = [upgrade_v2(r) for r in records]
-            if records and version < TAG_VERSION:
+        if version <= 3:
+            records = [upgrade_v3(r) for r in records]
+        if records and version < TAG_VERSION:
                 log(f"{path}: converted {len(records)} record(s) of tag version {version} to version {TAG_VERSION}")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path} is not a readable evaluation report ({type(e).__name__}: {e}); move it away "
