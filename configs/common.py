@@ -72,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.max_consecutive_nonfinite = 20
     c.train.lora_rank = 0  # > 0: train only LoRA adapters of this rank on the attention projections
     c.train.lora_alpha = config_dict.placeholder(float)  # the adapters' scale alpha / rank (None: alpha = rank)
+    c.train.lora_init = "normal"  # how adapters' a starts: normal N(0, 1/d_in) | peft | gaussian (diffusion/train/lora.py)
 
     c.text = None  # text conditioning (a text-to-image model): max_length, clip_skip, encoder / tokenizer sources
     c.latent = None  # latent diffusion: the VAE's source
@@ -168,7 +169,8 @@ def upgrade_config(saved: dict) -> dict:
     * ``model.guidance_embed`` is added (False) where it is missing, and so are
       ``model.kind`` ("unet"), ``model.remat`` ("off"), ``diffusion.beta_start`` / ``beta_end`` (None: the
       schedule's own), ``text`` and ``latent`` (None: a label model on pixels),
-      ``train.lora_rank`` (0) and ``train.lora_alpha`` (None), ``data.max_per_class`` (None: all);
+      ``train.lora_rank`` (0), ``train.lora_alpha`` (None) and ``train.lora_init`` ("normal"),
+      ``data.max_per_class`` (None: all);
     * ``sample`` / ``eval`` ``solver, steps, grid, guidance`` become one ``sampler`` spec;
     * ``distill`` keeps the fields of its method (one section used to hold every method's);
       a field the method gained since (PSO's ``references``) takes its default; a PSO or TiUE
@@ -194,6 +196,7 @@ def upgrade_config(saved: dict) -> dict:
         saved.setdefault("diffusion", {}).setdefault(key, None)
     saved.setdefault("train", {}).setdefault("lora_rank", 0)
     saved["train"].setdefault("lora_alpha", None)
+    saved["train"].setdefault("lora_init", "normal")
     saved.setdefault("data", {}).setdefault("max_per_class", None)
     video = saved["data"].get("frames") is not None
     model.setdefault("temporal_cond", "none" if video else "adaln_zero")

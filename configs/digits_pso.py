@@ -37,8 +37,8 @@ from configs.common import distill_config, shrink_distill_for_smoke
 # runs/digits_progressive halves 128 -> 1 steps in 7 rounds of 300 steps: its 4-step student
 # is the checkpoint that ends round 5 (keep_every = 300 keeps it)
 FOUR_STEP_CHECKPOINT = 1500
-REFERENCE_LORA = {"lora_rank": 16, "lr": 2e-4, "num_steps": 600, "batch_size": 4, "weight_decay": 1e-4,
-                  "grad_clip": 1.0}
+REFERENCE_LORA = {"lora_rank": 16, "lora_init": "gaussian", "lr": 2e-4, "num_steps": 600, "batch_size": 4,
+                  "weight_decay": 1e-4, "grad_clip": 1.0}
 # (distill, train, data) overrides of each variant
 VARIANTS = {
     "": ({}, {}, {}),
@@ -49,8 +49,8 @@ VARIANTS = {
     "online_old": ({"mode": "online", "online_kernel": "ddim", "online_transitions": "one"}, {}, {}),
     "lora": ({}, REFERENCE_LORA, {}),
     "lora_few": ({}, REFERENCE_LORA, {"max_per_class": 5}),
-    "online_lora": ({"mode": "online"}, {"lora_rank": 16, "lr": 1e-5, "batch_size": 4, "weight_decay": 1e-6,
-                                         "grad_clip": 1.0}, {}),
+    "online_lora": ({"mode": "online"}, {"lora_rank": 16, "lora_init": "gaussian", "lr": 1e-5, "batch_size": 4,
+                                         "weight_decay": 1e-6, "grad_clip": 1.0}, {}),
 }
 
 

@@ -7,7 +7,8 @@ the merged params equal the base exactly at the start. ``targets`` picks which p
 adapters (all four by default; TiUE's fake score: ``("query", "value")``, the reference's
 ``target_modules=["to_q", "to_v"]``); ``init_kind`` how ``a`` starts (``"normal"``:
 ``N(0, 1 / d_in)``, ours; ``"peft"``: PEFT's ``kaiming_uniform_(a=sqrt(5))``, i.e.
-``U(-1 / sqrt(d_in), 1 / sqrt(d_in))``, variance ``1 / (3 d_in)``).
+``U(-1 / sqrt(d_in), 1 / sqrt(d_in))``, variance ``1 / (3 d_in)``; ``"gaussian"``: PEFT's
+``init_lora_weights="gaussian"``, ``N(0, 1 / rank^2)``, what PSO's reference trains with).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from flax import traverse_util
 # MultiHeadAttention's projections (both UNets) and the number of input axes of their kernels:
 # query/key/value [in, heads, head], out [heads, head, out]
 TARGETS = {"query": 1, "key": 1, "value": 1, "out": 2}
-INIT_KINDS = ("normal", "peft")
+INIT_KINDS = ("normal", "peft", "gaussian")
 
 
 def check_targets(targets: Iterable[str]) -> tuple[str, ...]:
@@ -81,6 +82,8 @@ def init(params: Any, rank: int, key: jax.Array, targets: Iterable[str] = tuple(
         k = jax.random.fold_in(key, i)
         if init_kind == "peft":  # torch.nn.init.kaiming_uniform_(a=sqrt(5)): bound sqrt(6 / (1 + 5) / d_in)
             a = jax.random.uniform(k, (d_in, rank), minval=-1.0, maxval=1.0) / math.sqrt(d_in)
+        elif init_kind == "gaussian":  # peft lora/layer.py: nn.init.normal_(lora_A, std=1 / r)
+            a = jax.random.normal(k, (d_in, rank)) / rank
         else:
             a = jax.random.normal(k, (d_in, rank)) / math.sqrt(d_in)
         adapters[path] = {"a": a, "b": jnp.zeros((rank, d_out))}

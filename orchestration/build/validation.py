@@ -16,6 +16,7 @@ from diffusion.losses import WEIGHTINGS
 from diffusion.nn.remat import POLICIES as REMAT_POLICIES
 from diffusion.param import PRED_TYPES
 from diffusion.schedules import SCHEDULES
+from diffusion.train.lora import INIT_KINDS as LORA_INITS
 from diffusion.train.optim import LR_SCHEDULES
 from orchestration.build.builders import DTYPES, MODEL_KINDS
 
@@ -34,7 +35,7 @@ RANGES = {  # field -> (low, high, whether high itself is allowed)
 CHOICES = {
     "model.pred_type": PRED_TYPES, "model.dtype": tuple(DTYPES), "diffusion.schedule": SCHEDULES,
     "diffusion.weighting": WEIGHTINGS, "train.lr_schedule": LR_SCHEDULES, "model.kind": (*MODEL_KINDS, "vae"),
-    "model.remat": REMAT_POLICIES,
+    "model.remat": REMAT_POLICIES, "train.lora_init": LORA_INITS,
 }
 
 

@@ -82,7 +82,8 @@ def with_lora(exp: Experiment, config: ml_collections.ConfigDict) -> Experiment:
 
     def make(*args):
         state = exp.make(*args)
-        tree = lora.init(state.params, rank, jax.random.fold_in(jax.random.PRNGKey(config.seed), 7))
+        tree = lora.init(state.params, rank, jax.random.fold_in(jax.random.PRNGKey(config.seed), 7),
+                         init_kind=config.train.get("lora_init", "normal"))
         return state.replace(params=tree, opt_state=optimizer.init(tree))
 
     jax.eval_shape(make, *exp.make_args)  # a rank the network cannot take fails now, before anything is written

@@ -56,3 +56,13 @@ def test_a_missing_vae_workdir_or_package_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="'not_a_kairos_package' named by"):
         train(c, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_lora_init_is_refused_before_anything_is_written(tmp_path):
+    from configs import digits
+
+    c = digits.get_config("smoke")
+    c.train.lora_rank, c.train.lora_init = 2, "xavier"
+    with pytest.raises(ValueError, match="config.train.lora_init is 'xavier'; expected one of normal, peft, gaussian"):
+        train(c, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

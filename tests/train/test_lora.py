@@ -125,3 +125,17 @@ def test_peft_init_is_torchs_kaiming_uniform_with_a_sqrt5():
     assert np.abs(a).max() > 0.99 * bound
     np.testing.assert_allclose(a.var(), 1 / (3 * d_in), rtol=0.03)
     np.testing.assert_allclose(ref.var(), 1 / (3 * d_in), rtol=0.06)
+
+
+def test_gaussian_init_is_pefts_init_lora_weights_gaussian():
+    """PEFT's ``init_lora_weights="gaussian"`` (what PSO's reference trains with): A ~ N(0, 1 / r^2)
+    whatever the width, B zero; it reaches the train loop through ``train.lora_init``."""
+    d_in, rank = 64, 16
+    weights = {"self_attn": {"query": {"kernel": jnp.zeros((d_in, 4, 16))}}}
+    trees = [lora.init(weights, rank, jax.random.PRNGKey(s), init_kind="gaussian") for s in range(8)]
+    a = np.concatenate([np.asarray(t["adapters"]["self_attn/query/kernel"]["a"]).ravel() for t in trees])
+    np.testing.assert_allclose(a.std(), 1 / rank, rtol=0.03)
+    assert all(not np.asarray(t["adapters"]["self_attn/query/kernel"]["b"]).any() for t in trees)
+    from configs import digits_pso
+
+    assert digits_pso.get_config("lora").train.lora_init == "gaussian"
