@@ -411,13 +411,14 @@ def test_online_loss_averages_all_transitions_and_ties_weigh_zero():
     np.testing.assert_array_equal(one[0, :500], one[0, 500:])
 
 
-def test_the_online_loss_scores_every_transition_of_the_kernels_trajectories():
+def test_the_online_loss_scores_every_transition_of_the_kernels_trajectories(monkeypatch):
     """The online loss by hand: the same draws, re-noising trajectories, every Gaussian
     transition scored under the tuned and the frozen params, ranked by a reward."""
     from diffusion.metrics import rewards
 
     reward = lambda images, labels: jnp.mean(images.reshape(images.shape[0], -1), axis=-1)  # noqa: E731
-    rewards.register("pso_test_brightness", lambda: reward)
+    # registered for this test only: other tests list the registry
+    monkeypatch.setitem(rewards._REWARDS, "pso_test_brightness", lambda: reward)
     steps, b = 3, 4
     method = pso.pso_tuning(DEN, steps=steps, mode="online", reward="pso_test_brightness", num_classes=3)
     tuned = jax.tree.map(lambda a: a * 1.05, PARAMS)
