@@ -309,6 +309,8 @@ def markdown(result: dict) -> str:
                   for f in r["fewer_steps"]]
         for title, key in (("Attention reuse: HURRY and PHAST", "reuse"), ("Feature caching", "feature_cache"),
                            ("Combined", "combined")):
+            if not r[key]:
+                continue
             lines += ["", f"### {title}", "",
                       "| method | speed-up | PSNR (dB) | FD-digits | equal-latency DDIM | its PSNR | its FD | PSNR gain (dB) |",
                       "|---|---|---|---|---|---|---|---|"]
