@@ -28,8 +28,8 @@ The authors' recipes (their training setup, not only their loss):
 * ``online_lora``: online with rank-16 LoRA, lr 1e-5, weight decay 1e-6, 4 pairs a step
   (config_sdxl_dmd_dpo.py; its 8-bit AdamW is not reproduced).
 
-Not reproduced until diffusion/train/lora.py offers it: the reference's LoRA init (A ~
-N(0, 1/r^2), peft 0.11.1 ``init_lora_weights="gaussian"``; ours N(0, 1/d_in)).
+The LoRA variants start as the reference does: ``train.lora_init = "gaussian"`` (A ~
+N(0, 1/r^2), peft 0.11.1 ``init_lora_weights="gaussian"``).
 """
 
 from configs.common import distill_config, shrink_distill_for_smoke
