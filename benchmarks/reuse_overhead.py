@@ -53,8 +53,9 @@ def call_flops(den, params, x, cond, modes: Modes) -> float:
 
 def skipped_fraction(den, params, x, cond, transform, steps: int) -> float:
     """``f``: the fraction of the chain's FLOPs (plain calls) a transform's plan skips."""
-    attention, features = transform.step_plan(steps).codes(steps)
-    branch = transform.step_plan(steps).feature_branch
+    plan = transform.step_plan(steps)
+    attention, features = plan.codes(steps)
+    branch = plan.feature_branch
     full = call_flops(den, params, x, cond, COMPUTE)
     cost = {}
     total = 0.0
@@ -108,6 +109,7 @@ def main():
         "alternate": AttentionReuse(den, reuse_steps(n, list(range(2, n, 2)))),
     }, args.repeats)
     den, params, info = model(digits.get_config())
+    # FeatureCache's branch b is DeepCache's cache_branch b - 1 (docs/design/caching.md)
     result["feature_cache_digits"] = measure(den, params, info, args.batch, n, {
         "all_full": FeatureCache(den, np.ones(n, bool), branch=3),
         **{f"uniform_{k}_branch2": FeatureCache(den, uniform_full(n, k), branch=3) for k in (2, 5)},
