@@ -233,7 +233,8 @@ def define_sampler_flags(what: str = "the run's config.sample.sampler") -> None:
 
     flags.DEFINE_string("solver", None, f"Solver: {', '.join(sorted(registry.solvers()))} (default: {what}).")
     flags.DEFINE_string("steps", None, f"Sampling steps, >= 1 (default: {what}).")
-    flags.DEFINE_string("grid", None, f"Time grid: {', '.join(GRIDS)} (default: {what}).")
+    flags.DEFINE_string("grid", None, f"Time grid: {', '.join(GRIDS)}; a suffix @0 / @1 ends it on the "
+                         f"data / the first training step (default: {what}).")
     for key, text in registry.key_help().items():
         flags.DEFINE_string(key, None, text)
 

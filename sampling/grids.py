@@ -30,12 +30,23 @@
   (``distill/consistency.py``; LCM's ``num_ddim_timesteps``), points ``j T / 50``, reversed,
   at the indices ``floor(linspace(0, 50, N, endpoint=False))``; diffusers' timestep ``d`` is
   our ``T t = d + 1``. 4 steps: ``1, .76, .5, .26``; 8: ``1, .88, .76, .64, .5, .38, .26, .14``.
+* ``linspace``: diffusers' Euler / Euler-ancestral ``linspace`` spacing (SD 2.x's 768-v
+  folder): fractional timesteps ``tau = linspace(0, T - 1, N)`` reversed, our ``t = (tau + 1) / T``,
+  then ``0``. Its times sit between training steps, where diffusers interpolates ``sigma``
+  linearly: a sampler on this grid reads the schedule that way (:func:`sampling_schedule`).
+* ``karras``: Karras et al.'s sigmas (``rho = 7``) from the largest to the smallest training
+  sigma (diffusers' ``use_karras_sigmas`` on the ``linspace`` spacing), each placed at the time
+  whose ``log sigma`` interpolates the table (diffusers' ``_sigma_to_t``), then ``0``; sampled
+  with the ``log sigma`` reading of the schedule, so the solver steps on the Karras sigmas.
 * ``logsnr``: uniform in log-SNR from ``t = 1`` to ``t = 1 / T`` (DPM-Solver's choice;
   continuous times, not snapped to the training grid).
 
 The last entry is ``0`` (the final step returns the data prediction), except for
-``leading`` and ``tsdpm``, which reproduce Stable Diffusion's schedulers and TS-DPM's PNM
-samplers: they end on ``t = 1 / T``.
+``leading`` and ``tsdpm``, which reproduce Stable Diffusion's DDIM / PNDM schedulers and
+TS-DPM's PNM samplers: they end on ``t = 1 / T``. A suffix sets the end of any grid:
+``@0`` ends on the data (``leading@0``: SDXL's Euler scheduler, whose last sigma is 0),
+``@1`` on the first training step (``trailing@1``: a DDIM scheduler with
+``set_alpha_to_one=False``, DPM-Solver's ``final_sigmas_type="sigma_min"``).
 """
 
 from __future__ import annotations
@@ -43,9 +54,12 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion.schedules import Schedule
+from diffusion.schedules import DiscreteSchedule, Schedule
+from diffusion.sigma_schedule import SigmaInterpolated, sigma_table
 
-GRIDS = ("uniform", "leading", "trailing", "quadratic", "logsnr", "tsdpm", "adm", "lcm")
+GRIDS = ("uniform", "leading", "trailing", "quadratic", "logsnr", "tsdpm", "adm", "lcm", "linspace", "karras")
+ENDS = {"0": 0, "1": 1}  # a grid's "@E" suffix: its last time in training steps
+KARRAS_RHO = 7.0
 LCM_SKIP = 50  # the lcm grid's lattice: LCM's num_ddim_timesteps, distill.num_skip of a consistency student
 ENDS_AT_ONE_STEP = ("leading", "tsdpm")  # grids whose last time is 1 / T, not 0
 
@@ -70,6 +84,46 @@ def lcm_times(n: int, T: int, skip: int = LCM_SKIP) -> np.ndarray:
         raise ValueError(f"the lcm grid has {skip} lattice times; {n} steps need 1 <= steps <= {skip}")
     lattice = np.asarray(trailing_time(np.arange(skip), skip, T), np.float64)
     return lattice[np.floor(np.linspace(0, skip, num=n, endpoint=False)).astype(np.int64)]
+
+
+def split_grid(name: str) -> tuple[str, int | None]:
+    """``"leading@0" -> ("leading", 0)``; ``"trailing" -> ("trailing", None)`` (the kind's own end).
+    Raises ValueError naming the grids for an unknown kind or end."""
+    kind, sep, end = str(name).partition("@")
+    if kind not in GRIDS:
+        raise ValueError(f"unknown time grid {name!r}; expected one of {', '.join(GRIDS)}, optionally with @0 "
+                         "(end on the data) or @1 (end on the first training step)")
+    if sep and end not in ENDS:
+        raise ValueError(f"bad time grid end {name!r}: the suffix is @0 (end on the data) or @1 (the first "
+                         "training step)")
+    return kind, (ENDS[end] if sep else None)
+
+
+def check_grid(name: str) -> str:
+    """``name`` if it names a grid (kind and optional ``@E`` end), else ValueError."""
+    split_grid(name)
+    return name
+
+
+def sampling_schedule(name: str, schedule: Schedule) -> Schedule:
+    """The schedule a sampler on grid ``name`` reads: diffusers' reading between training steps
+    for the grids whose times are fractional diffusers timesteps (``linspace``: sigma linear;
+    ``karras``: log sigma linear; ``diffusion.sigma_schedule``), else ``schedule`` itself."""
+    kind, _ = split_grid(name)
+    if kind in ("linspace", "karras") and isinstance(schedule, DiscreteSchedule):
+        return SigmaInterpolated(schedule, "sigma" if kind == "linspace" else "log_sigma")
+    return schedule
+
+
+def karras_times(n: int, schedule: DiscreteSchedule, rho: float = KARRAS_RHO) -> np.ndarray:
+    """``[n]`` decreasing times of Karras' sigmas between the largest and the smallest training sigma,
+    placed where ``log sigma`` interpolates the table (diffusers' ``_convert_to_karras``, ``_sigma_to_t``)."""
+    table = sigma_table(schedule)
+    ramp = np.linspace(0, 1, n)
+    lo, hi = table[0] ** (1 / rho), table[-1] ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    tau = np.interp(np.log(sigmas), np.log(table), np.arange(len(table), dtype=np.float64))
+    return (tau + 1.0) / schedule.num_steps
 
 
 def _adm_indices(T: int, n: int) -> np.ndarray:
@@ -103,6 +157,14 @@ def _network_times(kind: str, n: int, schedule: Schedule) -> np.ndarray:
         return (_adm_indices(T, n)[::-1] + 1) / T
     if kind == "lcm":
         return lcm_times(n, T)
+    if kind == "linspace":
+        tau = np.linspace(0, T - 1, n, dtype=np.float32)[::-1].astype(np.float64)  # diffusers' float32 timesteps
+        return (tau + 1.0) / T
+    if kind == "karras":
+        if not isinstance(schedule, DiscreteSchedule):
+            raise ValueError("the karras grid places sigmas on a discrete schedule's training steps; this model's "
+                             f"schedule is continuous ({type(schedule).__name__}): use logsnr")
+        return karras_times(n, schedule)
     if kind == "logsnr":
         hi, lo = float(schedule.logsnr(jnp.asarray(1.0 / T))), float(schedule.logsnr(jnp.asarray(1.0)))
         return np.asarray(schedule.t_from_logsnr(jnp.linspace(lo, hi, n)), np.float64)
@@ -114,16 +176,20 @@ def make_grid(kind: str, num_steps: int, schedule: Schedule) -> jnp.ndarray:
     for ``ENDS_AT_ONE_STEP``).
 
     Args:
-      kind: one of ``GRIDS`` (module docstring).
+      kind: one of ``GRIDS`` (module docstring), optionally with an ``@0`` / ``@1`` end.
       num_steps: steps of a first-order solver (= network calls), >= 1.
       schedule: the model's noise schedule.
     """
+    kind, end = split_grid(kind)
+    schedule = schedule.base if isinstance(schedule, SigmaInterpolated) else schedule
     if num_steps < 1:
         raise ValueError(f"need at least 1 sampling step, got {num_steps}")
     if schedule.num_steps and num_steps > schedule.num_steps:
         raise ValueError(f"{num_steps} steps exceed the {schedule.num_steps} steps of the training schedule")
     times = _network_times(kind, num_steps, schedule)
-    last = 1.0 / schedule.T if kind in ENDS_AT_ONE_STEP else 0.0
+    if end is None:
+        end = 1 if kind in ENDS_AT_ONE_STEP else 0
+    last = end / schedule.T
     if times[0] > 1.0:
         raise ValueError(f"the {kind!r} grid with {num_steps} steps starts past t = 1 on a {schedule.T}-step "
                          "schedule (its index offset, diffusers' steps_offset or the authors' + 1, pushes its first "

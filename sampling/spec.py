@@ -14,7 +14,7 @@ import dataclasses
 from typing import Any, Callable, Mapping
 
 from sampling import registry
-from sampling.grids import GRIDS, make_grid
+from sampling.grids import check_grid, make_grid, sampling_schedule
 from sampling.registry import OFF, BuildContext, ModelCaps, fmt
 
 Knobs = tuple[tuple[str, Any], ...]
@@ -52,7 +52,7 @@ class SamplerSpec:
     Attributes:
       solver: a registered solver name.
       steps: sampling steps (>= 1).
-      grid: time grid (``sampling.grids.GRIDS``).
+      grid: time grid (``sampling.grids.GRIDS``, optionally with an ``@0`` / ``@1`` end).
       solver_knobs: ``((knob, value), ...)`` of the solver, every knob filled.
       transforms: ``((name, ((knob, value), ...)), ...)`` sorted by name, every knob filled.
     """
@@ -69,8 +69,7 @@ class SamplerSpec:
             steps = registry.integer(1)(self.steps)
         except ValueError as e:
             raise ValueError(f"bad steps: {e}; sampling needs at least 1 step") from None
-        if self.grid not in GRIDS:
-            raise ValueError(f"unknown time grid {self.grid!r}; available: {', '.join(GRIDS)}")
+        check_grid(self.grid)
         object.__setattr__(self, "steps", steps)
         object.__setattr__(self, "solver_knobs", _fill(part, dict(self.solver_knobs)))
         filled = {name: _fill(registry.transform(name), dict(knobs)) for name, knobs in self.transforms}
@@ -205,8 +204,13 @@ class SamplerSpec:
 
         Transforms wrap in their declared order; a part the model needs (``implicit``,
         e.g. the guidance input of a w-conditioned student) is applied even if not asked
-        for. ``external`` holds data read from a work directory (``launch/``)."""
-        schedule = denoiser.schedule
+        for. ``external`` holds data read from a work directory (``launch/``). A grid of fractional
+        diffusers timesteps (``linspace``, ``karras``) reads the schedule as diffusers does between
+        training steps (``sampling.grids.sampling_schedule``): the denoiser and the solver both
+        get that reading."""
+        schedule = sampling_schedule(self.grid, denoiser.schedule)
+        if schedule is not denoiser.schedule:
+            denoiser = with_schedule(denoiser, schedule)
         ctx = BuildContext(self.steps, caps, schedule, self.grid, external or {})
         solver = registry.solver(self.solver).make(schedule, **dict(self.solver_knobs))
         applied = {name: dict(knobs) for name, knobs in self.transforms}
@@ -239,6 +243,16 @@ class SamplerSpec:
             if part.network_calls is not None:
                 calls = part.network_calls(self.steps, dict(knobs))
         return calls
+
+
+def with_schedule(denoiser: Any, schedule) -> Any:
+    """``denoiser`` reading ``schedule``: a denoiser dataclass with a ``schedule`` field (the
+    network's ``Denoiser``, the analytic mixtures) before any transform wraps it."""
+    if not (dataclasses.is_dataclass(denoiser) and "schedule" in {f.name for f in dataclasses.fields(denoiser)}):
+        raise ValueError(f"the grid reads the schedule as diffusers does between training steps, but "
+                         f"{type(denoiser).__name__} has no schedule field to give it; build the sampler on the "
+                         "plain denoiser")
+    return dataclasses.replace(denoiser, schedule=schedule)
 
 
 def make_spec(solver: str = "ddim", steps: int = 50, grid: str = "trailing", **values) -> SamplerSpec:

@@ -91,3 +91,24 @@ def test_unknown_schedule_lists_choices():
         make_schedule("sqrt")
     with pytest.raises(ValueError, match="unknown discrete schedule"):
         DiscreteSchedule(kind="sqrt")
+
+
+def test_sigma_reading_agrees_on_training_steps_and_inverts():
+    """diffusers' sigma reading of a discrete schedule (diffusion/sigma_schedule.py): equal to the
+    schedule on the training steps, its own inverse between them, the base below t = 1 / T."""
+    from diffusion.sigma_schedule import SigmaInterpolated
+
+    base = make_schedule("scaled_linear")
+    steps = jnp.arange(1, 1001) / 1000
+    between = (jnp.arange(1, 1000) + 0.37) / 1000
+    for mode in ("sigma", "log_sigma"):
+        s = SigmaInterpolated(base, mode)
+        np.testing.assert_allclose(np.asarray(s.alpha_bar(steps)), np.asarray(base.alpha_bar(steps)), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(s.t_from_log_alpha_bar(s.log_alpha_bar(between))), np.asarray(between),
+                                   atol=2e-6)
+        a, sig = s.alpha_sigma(between)
+        np.testing.assert_allclose(np.asarray(a**2 + sig**2), 1.0, atol=1e-6)
+        assert float(s.alpha_bar(jnp.asarray(0.0))) == 1.0
+    ve = lambda sch: np.asarray(sch.alpha_sigma(between)[1] / sch.alpha_sigma(between)[0])  # noqa: E731
+    lin, log = ve(SigmaInterpolated(base, "sigma")), ve(SigmaInterpolated(base, "log_sigma"))
+    assert np.all(lin >= log * (1 - 1e-6))  # a chord of a convex function in log lies above it

@@ -6,6 +6,7 @@ from sampling.solvers.base import Solver, SolverState
 from sampling.solvers.consistency import Consistency
 from sampling.solvers.ddim import DDIM, DDPM
 from sampling.solvers.dpm_solver import DPMSolverPP
-from sampling.solvers.pndm import PNDM
+from sampling.solvers.euler import Euler
+from sampling.solvers.pndm import PLMS, PNDM
 
-__all__ = ["Consistency", "DDIM", "DDPM", "DPMSolverPP", "PNDM", "Solver", "SolverState"]
+__all__ = ["Consistency", "DDIM", "DDPM", "DPMSolverPP", "Euler", "PLMS", "PNDM", "Solver", "SolverState"]

@@ -143,3 +143,27 @@ def test_lcm_times_on_another_lattice_and_too_many_steps():
     np.testing.assert_allclose(lcm_times(4, 1000, skip=10) * 1000, [1000, 800, 500, 300])  # idx 0, 2, 5, 7 of 10
     with pytest.raises(ValueError, match="50 lattice times"):
         make_grid("lcm", 51, SCHED)
+
+
+# ------------------------------------------------------------------------------------------ ends, sigma grids (issue 27)
+
+def test_an_end_suffix_moves_the_last_time_only():
+    for kind, ends in (("leading", (0, 1)), ("trailing", (0, 1)), ("linspace", (0,))):
+        own = np.asarray(make_grid(kind, 10, SCHED))
+        for end in ends:
+            g = np.asarray(make_grid(f"{kind}@{end}", 10, SCHED))
+            np.testing.assert_array_equal(g[:-1], own[:-1])
+            assert g[-1] == np.float32(end / 1000)
+    with pytest.raises(ValueError, match="repeats"):  # its last network time is already the first step
+        make_grid("linspace@1", 10, SCHED)
+
+
+@pytest.mark.parametrize("bad", ["leading@2", "leading@", "fancy@0", "@0"])
+def test_a_bad_grid_end_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="time grid"):
+        make_grid(bad, 10, SCHED)
+
+
+def test_karras_needs_a_discrete_schedule():
+    with pytest.raises(ValueError, match="continuous"):
+        make_grid("karras", 10, make_schedule("cosine_logsnr"))

@@ -209,8 +209,8 @@ def test_time_shift_composes_with_guidance_and_every_solver(name):
     # every sample lands on its guided target w * mean[label]. With an x0-constant model
     # the noise estimate is constant along an unshifted path, so PNDM is exact without the
     # shift; shifted query times make it vary, and PNDM's extrapolation of it is then only
-    # close (F-PNDM: 0.07 here at 10 steps with a 20-step window).
-    tol = 0.1 if "pndm" in name else 1e-3
+    # close (F-PNDM: 0.07 here at 10 steps with a 20-step window; PLMS, the same multistep: 0.076).
+    tol = 0.1 if "pndm" in name or name == "plms" else 1e-3
     np.testing.assert_allclose(np.asarray(out), 2.0 * np.asarray(MEANS)[[0, 1, 0, 1]], atol=tol)
 
 
