@@ -4,7 +4,8 @@ r"""Samples a trained work directory with any solver and sampling transform.
         [--ckpt 2500] [--guidance 2.0] [--time_shift=80,300] [--seed 0] \
         [--attention_reuse hurry:5] [--feature_cache uniform:3 --cache_branch 0]
     python -m launch.sample --workdir runs/sd15 --prompt "a photo of a cat" [--prompt ...] \
-        [--prompts_file prompts.txt] [--negative_prompt "blurry"] --guidance 7.5 --num 4
+        [--prompts_file prompts.txt] [--negative_prompt "blurry"] --guidance 7.5 --num 4 \
+        [--initial_noise latents.npy]   # diffusers' latents, [N, H, W, C]: diffusers' image
     python -m launch.sample --workdir runs/moving_digits --plan i2v [--given_frames 0] \
         [--source heldout]    # also --plan sync, interp, long:64, pyramid:2
 
@@ -39,6 +40,8 @@ flags.DEFINE_integer("batch_size", 500, "Samples per compiled batch.")
 cli.define_prompt_flags()
 flags.DEFINE_string("source", None, "A video plan's given frames come from this split of the run's dataset "
                     "(default: heldout).")
+flags.DEFINE_string("initial_noise", None, "A .npy of standard-normal noise [N, H, W, C] to start from: diffusers' "
+                    "latents= (before init_noise_sigma), transposed to channels last; N is --num.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output file of the same sampler, checkpoint, seed and num.")
 cli.define_distributed_flags()
 flags.adopt_module_key_flags(cli)  # every flag defined through cli shows in --help
@@ -52,7 +55,8 @@ def main(argv):
 
     written = write_samples(FLAGS.workdir, overrides=cli.sampler_overrides(), num=FLAGS.num, ckpt=FLAGS.ckpt,
                             seed=FLAGS.seed, batch_size=FLAGS.batch_size, prompts=cli.read_prompts(),
-                            negative_prompt=FLAGS.negative_prompt, source=FLAGS.source, overwrite=FLAGS.overwrite)
+                            negative_prompt=FLAGS.negative_prompt, source=FLAGS.source, overwrite=FLAGS.overwrite,
+                            initial_noise=FLAGS.initial_noise)
     if written.paths:
         print(written.summary())
 

@@ -24,6 +24,7 @@ from diffusion.metrics.grid import save_grid, to_uint8
 from orchestration.build.run_loader import load_run
 from orchestration.generation.draw import draw
 from orchestration.generation.generate import all_devices_mesh, check_prompts, cycled_prompts
+from orchestration.generation.initial_noise import noise_digest, read_initial_noise
 from orchestration.generation.video import needs_truth, save_gif, truth_videos, video_length
 from orchestration.workdir import files
 from orchestration.workdir.phast_files import external_for
@@ -71,12 +72,15 @@ def sample_name(spec_tag: str, step: int, seed: int, num: int, prompts: list[str
 def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None, num: int | None = None,
                   ckpt: str = "latest", seed: int = 0, batch_size: int = 500, prompts: list[str] | None = None,
                   negative_prompt: str = "", source: str | None = None, overwrite: bool = False,
-                  progress: bool = True) -> Written:
+                  progress: bool = True, initial_noise: str | pathlib.Path | None = None) -> Written:
     """Samples checkpoint ``ckpt`` of ``workdir`` with its ``config.sample.sampler`` merged
     with ``overrides`` (sampler keys, ``SamplerSpec.merged``) and writes the files above.
 
-    ``num`` defaults to the run's ``config.sample.num``. ``source``: the split a video
-    plan's given frames come from (default ``heldout``; refused when the sampler gives none).
+    ``num`` defaults to the run's ``config.sample.num`` (with ``initial_noise``, the file's
+    ``N``). ``source``: the split a video plan's given frames come from (default ``heldout``;
+    refused when the sampler gives none). ``initial_noise``: a ``.npy`` of standard-normal
+    noise ``[N, H, W, C]`` to start from (``orchestration.generation.initial_noise``); the
+    output name then carries its digest instead of depending on ``seed`` alone.
 
     Raises:
       ValueError: a bad count, sampler, prompt or source (before anything is read or written).
@@ -87,6 +91,12 @@ def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None,
     if (num is not None and num < 1) or batch_size < 1:
         raise ValueError(f"--num and --batch_size must be >= 1, got {num} and {batch_size}")
     run = load_run(workdir)
+    x_T = None
+    if initial_noise is not None:
+        if run.caps.frames is not None:
+            raise ValueError("--initial_noise applies to image models; video models draw their own noise per plan")
+        x_T = read_initial_noise(initial_noise, run.sample_shape, num)
+        num = x_T.shape[0]
     num = int(run.config.sample.num) if num is None else num
     check_prompts(run, prompts)  # before the parameters are read
     spec = SamplerSpec.parse(run.config.sample.sampler).merged(overrides or {})
@@ -102,6 +112,8 @@ def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None,
     name = sample_name(spec.tag(), step, seed, num, prompts, negative_prompt)  # tags may hold dots (eta0.5)
     if truth is not None:
         name += f"_{source}"
+    if x_T is not None:
+        name += f"_noise{noise_digest(x_T)}"
     npz, png = (pathlib.Path(workdir) / "samples" / f"{name}.{ext}" for ext in ("npz", "png"))
     if npz.exists() and not overwrite:
         raise FileExistsError(f"{npz} exists; pass --overwrite to sample it again and replace it")
@@ -111,7 +123,7 @@ def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None,
     params = run.params(step)
     t0 = time.perf_counter()
     images, conds = draw(run, params, spec, num, seed=seed, batch_size=batch_size, prompts=prompts,
-                         negative_prompt=negative_prompt, progress=progress,
+                         negative_prompt=negative_prompt, progress=progress, x_T=x_T,
                          external=external_for(run.workdir, spec), truth=truth, mesh=all_devices_mesh())
     seconds = time.perf_counter() - t0
     videos = images.ndim == 5
@@ -122,6 +134,8 @@ def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None,
         settings["negative_prompt"] = negative_prompt
     if truth is not None:
         settings["source"] = source
+    if x_T is not None:
+        settings["initial_noise"] = {"file": str(pathlib.Path(initial_noise).resolve()), "digest": noise_digest(x_T)}
     extra = {} if truth is None else {"truth": to_uint8(truth)}
     with files.replacing(npz) as f:  # a killed run leaves no half file that a rerun would refuse to replace
         np.savez_compressed(f, images=to_uint8(images), **extra,

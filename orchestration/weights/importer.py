@@ -7,12 +7,15 @@ renamed into place, so an import either leaves a complete work directory or none
 import killed with SIGKILL leaves only that hidden folder, which may be deleted). It holds:
 
 * ``config.json``: ``model.kind = "sd_unet"`` with the UNet's fields, the scheduler's
-  betas, training steps and prediction type, a default sampler on the scheduler's
-  timestep spacing, ``text`` and ``latent`` sections;
+  betas, training steps and prediction type, the default sampler that reproduces the
+  scheduler (``orchestration.weights.schedulers``; what it cannot reproduce is a note),
+  ``text`` and ``latent`` sections;
 * ``components/{text_encoder,tokenizer,vae}`` (``orchestration.workdir.components``);
 * ``checkpoints/0``: ``{"ema_params": UNet params}`` (what sampling, evaluation and
   distillation read);
-* ``import.json``: where it came from and what had to be approximated.
+* ``diffusers/``: the folder's configs and tensor layout, for ``launch.export_weights``
+  (``orchestration.weights.diffusers_meta``);
+* ``import.json``: where it came from, what it read and what had to be approximated.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ import ml_collections
 
 from configs.common import base_config
 from diffusion.convert.clip import load_clip_text
-from diffusion.convert.tensors import ConversionError
+from diffusion.convert.tensors import ConversionError, file_dtypes, weight_files
 from diffusion.convert.unet import load_unet
 from diffusion.convert.vae import load_vae
 from diffusion.nn.text.tokenizer import load_tokenizer
+from orchestration.weights.diffusers_meta import save_meta
+from orchestration.weights.schedulers import sampler_for, sampler_string
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 PRED_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
@@ -39,7 +44,8 @@ IMPORT_FILE = "import.json"
 
 
 def _scheduler(folder: pathlib.Path) -> tuple[dict, str, list[str]]:
-    """``(config.diffusion fields, grid, notes)`` from ``scheduler/scheduler_config.json``."""
+    """``(config.diffusion fields, sampler, notes)`` from ``scheduler/scheduler_config.json``: the
+    sampler that reproduces the scheduler (``orchestration.weights.schedulers``)."""
     path = folder / "scheduler" / "scheduler_config.json"
     if not path.is_file():
         raise ConversionError(f"{path} is missing (every diffusers pipeline folder has one)")
@@ -60,29 +66,32 @@ def _scheduler(folder: pathlib.Path) -> tuple[dict, str, list[str]]:
     diffusion = {"schedule": BETA_SCHEDULES[kind], "num_steps": int(s.get("num_train_timesteps", 1000)),
                  "beta_start": float(s.get("beta_start", 0.0001)), "beta_end": float(s.get("beta_end", 0.02)),
                  "pred_type": PRED_TYPES[pred]}
-    spacing, offset = s.get("timestep_spacing", "leading"), int(s.get("steps_offset", 0))
-    alpha_one = bool(s.get("set_alpha_to_one", True))
-    notes = []
-    if spacing == "leading" and offset == 1 and not alpha_one:
-        grid = "leading"
-    elif spacing == "leading" and offset == 0 and alpha_one:
-        grid = "uniform"
-    elif spacing == "trailing" and alpha_one:
-        grid = "trailing"
-    else:
-        grid = "trailing" if spacing == "trailing" else "leading"
-        notes.append(f"the scheduler's timestep_spacing={spacing!r}, steps_offset={offset}, "
-                     f"set_alpha_to_one={alpha_one} has no exact Kairos grid; the default sampler uses grid={grid}")
-    if s.get("clip_sample"):
-        notes.append("the scheduler clips x0 predictions to [-1, 1] (clip_sample=true); Kairos' solvers do not")
-    return diffusion, grid, notes
+    values, notes = sampler_for(s, diffusion["pred_type"])
+    return diffusion, sampler_string(values), notes
 
 
-def convert_pipeline(folder: str | pathlib.Path) -> dict:
+DTYPES = ("float32", "bfloat16")  # the compute dtype of the imported run (config.model.dtype)
+
+
+def _weights_read(folder: pathlib.Path, variant: str | None) -> dict:
+    """``{component: {"files": [...], "dtypes": [...]}}`` of what the import reads."""
+    out = {}
+    for name in ("unet", "vae", "text_encoder"):
+        files = weight_files(folder / name, variant)
+        out[name] = {"files": [str(f.relative_to(folder)) for f in files],
+                     "dtypes": sorted({d for f in files if f.is_file() for d in file_dtypes(f)})}
+    return out
+
+
+def convert_pipeline(folder: str | pathlib.Path, variant: str | None = None, dtype: str = "float32") -> dict:
     """Reads and converts every part of a diffusers pipeline folder; writes nothing.
 
+    ``variant``: read the ``fp16`` / ``bf16`` weight files (``diffusion.convert.tensors.weight_files``;
+    a folder holding only one variant's files reads those without it). Parameters are stored in
+    float32 whatever the files hold; ``dtype`` is the run's compute dtype (``config.model.dtype``).
+
     Returns ``{"config": ConfigDict, "unet": params, "text_encoder": (config, params),
-    "vae": (config, params), "notes": [...]}``.
+    "vae": (config, params), "notes": [...], "weights": {component: {"files", "dtypes"}}}``.
 
     Raises:
       ConversionError: a missing sub-folder or file, an unsupported option, a missing,
@@ -98,7 +107,10 @@ def convert_pipeline(folder: str | pathlib.Path) -> dict:
     if missing:
         raise ConversionError(f"{folder} lacks the sub-folder(s) {missing}; a Stable Diffusion pipeline folder has "
                               f"{list(SUBFOLDERS)}")
-    diffusion, grid, notes = _scheduler(folder)
+    if dtype not in DTYPES:
+        raise ConversionError(f"--dtype {dtype!r} is not a compute dtype here; expected one of {', '.join(DTYPES)}")
+    diffusion, sampler, notes = _scheduler(folder)
+    weights = _weights_read(folder, variant)
     text_config = json.loads((folder / "text_encoder" / "config.json").read_text()) if (
         folder / "text_encoder" / "config.json").is_file() else {}
     if text_config and text_config.get("model_type") not in (None, "clip_text_model"):
@@ -107,9 +119,9 @@ def convert_pipeline(folder: str | pathlib.Path) -> dict:
     if text_config.get("use_attention_mask"):
         raise ConversionError(f"{folder / 'text_encoder'}: use_attention_mask=true is not supported (SD 1.x / 2.x "
                               "encode prompts without an attention mask)")
-    unet_config, unet_params = load_unet(folder / "unet")
-    vae_config, vae_params = load_vae(folder / "vae")
-    clip_config, clip_params = load_clip_text(folder / "text_encoder")
+    unet_config, unet_params = load_unet(folder / "unet", variant)
+    vae_config, vae_params = load_vae(folder / "vae", variant)
+    clip_config, clip_params = load_clip_text(folder / "text_encoder", variant)
     tokenizer = load_tokenizer(folder / "tokenizer")
     if unet_config.cross_attention_dim != clip_config.hidden_size:
         raise ConversionError(f"unet cross_attention_dim={unet_config.cross_attention_dim} but the text encoder's "
@@ -118,12 +130,20 @@ def convert_pipeline(folder: str | pathlib.Path) -> dict:
         raise ConversionError(f"unet in_channels={unet_config.in_channels} but the VAE has "
                               f"{vae_config.latent_channels} latent channels")
     max_length = min(int(tokenizer.model_max_length), clip_config.max_position_embeddings)
-    config = _config(unet_config, vae_config, diffusion, grid, max_length, folder)
+    config = _config(unet_config, vae_config, diffusion, sampler, max_length, folder)
+    config.model.dtype = dtype
     return {"config": config, "unet": unet_params, "text_encoder": (clip_config, clip_params),
-            "vae": (vae_config, vae_params), "notes": notes}
+            "vae": (vae_config, vae_params), "notes": notes, "weights": weights}
 
 
-def _config(unet_config, vae_config, diffusion: dict, grid: str, max_length: int, folder: pathlib.Path
+def describe_weights(record: dict) -> str:
+    """One line of what an import read and how it keeps it (``launch.import_weights`` prints it)."""
+    read = "; ".join(f"{', '.join(w['files'])} ({'/'.join(w['dtypes']) or 'torch pickle'})"
+                     for w in record["weights"].values())
+    return f"read {read}; stored as {record['stored_dtype']}, computed in {record['compute_dtype']} (--dtype)"
+
+
+def _config(unet_config, vae_config, diffusion: dict, sampler: str, max_length: int, folder: pathlib.Path
             ) -> ml_collections.ConfigDict:
     c = base_config()
     c.data.name = "none"
@@ -138,15 +158,16 @@ def _config(unet_config, vae_config, diffusion: dict, grid: str, max_length: int
     c.text = ml_collections.ConfigDict({"encoder": str(folder / "text_encoder"), "tokenizer": str(folder / "tokenizer"),
                                         "max_length": max_length, "clip_skip": 0})
     c.latent = ml_collections.ConfigDict({"vae": str(folder / "vae")})
-    c.sample.sampler = c.eval.sampler = f"solver=ddim;steps=50;grid={grid};guidance=7.5"
+    c.sample.sampler = c.eval.sampler = sampler
     c.sample.num = 4
     c.eval.fd_digits = False
     return c
 
 
-def import_pipeline(folder: str | pathlib.Path, workdir: str | pathlib.Path) -> dict:
-    """Converts ``folder`` and writes the work directory ``workdir`` (which must not exist
-    or be empty). Returns what ``import.json`` records."""
+def import_pipeline(folder: str | pathlib.Path, workdir: str | pathlib.Path, variant: str | None = None,
+                    dtype: str = "float32") -> dict:
+    """Converts ``folder`` (:func:`convert_pipeline`) and writes the work directory ``workdir``
+    (which must not exist or be empty). Returns what ``import.json`` records."""
     from diffusion.train import checkpoint
     from orchestration.workdir import components
     from orchestration.workdir.components import component_dir
@@ -159,7 +180,7 @@ def import_pipeline(folder: str | pathlib.Path, workdir: str | pathlib.Path) -> 
     if workdir.exists() and any(workdir.iterdir()):
         raise FileExistsError(f"--workdir {workdir} exists and is not empty; nothing is overwritten: choose a new "
                               "--workdir (or remove this one yourself)")
-    converted = convert_pipeline(folder)
+    converted = convert_pipeline(folder, variant, dtype)
     config_json = to_json_dict(converted["config"])
     workdir.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{workdir.name}-import-", dir=workdir.parent))
@@ -167,6 +188,7 @@ def import_pipeline(folder: str | pathlib.Path, workdir: str | pathlib.Path) -> 
         components.save_params(component_dir(tmp, "text_encoder"), "clip_text", *converted["text_encoder"])
         components.save_params(component_dir(tmp, "vae"), "vae", *converted["vae"])
         components.save_tokenizer(component_dir(tmp, "tokenizer"), pathlib.Path(folder) / "tokenizer")
+        save_meta(tmp, pathlib.Path(folder), variant)
         write_config(tmp, config_json)
         manager = checkpoint.make_manager(tmp, keep_last=1)
         try:
@@ -175,7 +197,8 @@ def import_pipeline(folder: str | pathlib.Path, workdir: str | pathlib.Path) -> 
         finally:
             manager.close()
         record = {"source": str(pathlib.Path(folder).resolve()), "notes": converted["notes"],
-                  "sampler": converted["config"].sample.sampler}
+                  "sampler": converted["config"].sample.sampler, "weights": converted["weights"],
+                  "stored_dtype": "float32", "compute_dtype": dtype}
         (tmp / IMPORT_FILE).write_text(json.dumps(record, indent=2) + "\n")
         if workdir.exists():
             workdir.rmdir()  # empty, checked above

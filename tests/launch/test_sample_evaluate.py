@@ -80,7 +80,7 @@ def assert_one_line_error(result, message):
 
 
 SAMPLE_ERRORS = [
-    (["--solver", "euler"], "unknown solver 'euler'; available: consistency, ddim, ddpm"),
+    (["--solver", "heun"], "unknown solver 'heun'; available: consistency, ddim, ddpm"),
     (["--ckpt", "7"], "no checkpoint at step(s) [7]"),
     (["--time_shift=80"], "WINDOW,CUTOFF"),
     (["--steps", "4", "--attention_reuse", "phast:3"], "no PHAST schedule at"),
