@@ -18,14 +18,19 @@ from launch import cli
 
 flags.DEFINE_string("diffusers", None, "A local diffusers pipeline folder (SD 1.x / 2.x).")
 flags.DEFINE_string("workdir", None, "The new work directory.")
+flags.DEFINE_string("variant", None, "Read the fp16 or bf16 weight files (diffusion_pytorch_model.fp16.safetensors, "
+                    "...); a folder holding only one variant's files reads those without it.")
+flags.DEFINE_string("dtype", "float32", "The run's compute dtype: float32 or bfloat16 (parameters are stored in "
+                    "float32 whatever the files hold).")
 flags.mark_flags_as_required(["diffusers", "workdir"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    from orchestration.weights.importer import import_pipeline
+    from orchestration.weights.importer import describe_weights, import_pipeline
 
-    record = import_pipeline(FLAGS.diffusers, FLAGS.workdir)
+    record = import_pipeline(FLAGS.diffusers, FLAGS.workdir, variant=FLAGS.variant, dtype=FLAGS.dtype)
+    print(describe_weights(record))
     for note in record["notes"]:
         print(f"note: {note}")
     print(f"imported {FLAGS.diffusers} into {FLAGS.workdir} (default sampler: {record['sampler']})")

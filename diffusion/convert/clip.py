@@ -37,8 +37,9 @@ def convert_clip_text(tensors: Mapping[str, np.ndarray], config: CLIPTextConfig,
     return params
 
 
-def load_clip_text(folder: str | pathlib.Path) -> tuple[CLIPTextConfig, dict]:
+def load_clip_text(folder: str | pathlib.Path, variant: str | None = None) -> tuple[CLIPTextConfig, dict]:
     """``(config, params)`` of a transformers CLIP text-encoder folder (``config.json`` +
-    weights), e.g. a diffusers pipeline's ``text_encoder/``."""
+    weights), e.g. a diffusers pipeline's ``text_encoder/``;
+    ``variant``: ``fp16`` / ``bf16`` weight files (``diffusion.convert.tensors.weight_files``)."""
     config = read_config(folder, CLIPTextConfig, "transformers CLIPTextModel")
-    return config, convert_clip_text(load_state_dict(folder), config, str(folder))
+    return config, convert_clip_text(load_state_dict(folder, variant), config, str(folder))

@@ -17,18 +17,69 @@ import numpy as np
 
 WEIGHT_FILES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
 TORCH_FILES = ("pytorch_model.bin", "diffusion_pytorch_model.bin")
+VARIANTS = ("fp16", "bf16")  # diffusers' and transformers' variant names: model.fp16.safetensors, ...
 
 
 class ConversionError(ValueError):
     """A checkpoint that does not fit the model: a missing, unused or mis-shaped tensor."""
 
 
-def _safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+def _header(path: pathlib.Path) -> tuple[dict, int]:
+    """``(header, data offset)`` of a safetensors file: an 8-byte little-endian length, then JSON."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= n <= size - 8:
+            raise ConversionError(f"could not read {path}: not a safetensors file (header length {n}, file {size} "
+                                  "bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise ConversionError(f"could not read {path}: its safetensors header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ConversionError(f"could not read {path}: its safetensors header is not a table")
+    return header, 8 + n
 
+
+def _bf16_tensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """The bfloat16 tensors of a safetensors file as float32 (numpy has no bfloat16, so safetensors'
+    numpy reader refuses them): each raw little-endian 16-bit pattern becomes a float32's top half."""
+    header, start = _header(path)
+    size, out = path.stat().st_size, {}
+    for name, info in header.items():
+        if name == "__metadata__" or not isinstance(info, dict) or info.get("dtype") != "BF16":
+            continue
+        try:
+            begin, end = (int(v) for v in info["data_offsets"])
+            shape = tuple(int(d) for d in info["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise ConversionError(f"could not read {path}: tensor {name!r} has a malformed header entry") from None
+        if not 0 <= begin <= end <= size - start or end - begin != 2 * int(np.prod(shape, dtype=np.int64)):
+            raise ConversionError(f"could not read {path}: tensor {name!r} has offsets {begin}..{end} that do not "
+                                  f"fit its shape {shape} or the file")
+        raw = np.fromfile(path, dtype="<u2", count=(end - begin) // 2, offset=start + begin)
+        out[name] = (raw.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+    return out
+
+
+def file_dtypes(path: pathlib.Path) -> list[str]:
+    """The tensor dtypes a safetensors file holds (``F16``, ``BF16``, ``F32``, ...), sorted; ``[]`` for others."""
+    if path.suffix != ".safetensors":
+        return []
+    header, _ = _header(path)
+    return sorted({info.get("dtype", "?") for name, info in header.items()
+                   if name != "__metadata__" and isinstance(info, dict)})
+
+
+def _safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    bf16 = _bf16_tensors(path)
     try:
-        return load_file(str(path))
-    except Exception as e:  # a damaged file, or a dtype numpy lacks (bfloat16)
+        with safe_open(str(path), framework="numpy") as f:
+            return {k: bf16[k] if k in bf16 else f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # a damaged file
         raise ConversionError(f"could not read {path}: {type(e).__name__}: {e}") from None
 
 
@@ -45,32 +96,71 @@ def _torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
     return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in tensors.items()}
 
 
-def load_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """All tensors of a checkpoint: ``path`` is a ``.safetensors`` / ``.bin`` file or a
-    component folder holding ``model.safetensors``, ``diffusion_pytorch_model.safetensors``,
-    a sharded ``*.safetensors.index.json``, or (last resort) a torch ``.bin``."""
+def _variant_name(name: str, variant: str | None) -> str:
+    """diffusers' ``_add_variant``: the variant before the last extension (``model.fp16.safetensors``,
+    ``model.safetensors.index.fp16.json``)."""
+    if variant is None:
+        return name
+    stem, ext = name.rsplit(".", 1)
+    return f"{stem}.{variant}.{ext}"
+
+
+def _shards(index: pathlib.Path) -> list[pathlib.Path]:
+    try:
+        return [index.parent / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    except (ValueError, KeyError, AttributeError) as e:
+        raise ConversionError(f"{index} is not a safetensors index (no weight_map): {e}") from None
+
+
+def _variants_in(path: pathlib.Path) -> list[str]:
+    return [v for v in VARIANTS if any(path.glob(f"*.{v}.safetensors")) or any(path.glob(f"*.{v}-*.safetensors"))
+            or any(path.glob(f"*.safetensors.index.{v}.json")) or any(path.glob(f"*.{v}.bin"))]
+
+
+def weight_files(path: str | pathlib.Path, variant: str | None = None) -> list[pathlib.Path]:
+    """The files holding a component's tensors: ``path`` itself if it is a file, else, in a
+    component folder, ``model.safetensors`` / ``diffusion_pytorch_model.safetensors``, the shards
+    of a ``*.safetensors.index.json``, or (last resort) a torch ``.bin``; with ``variant``
+    (``fp16``, ``bf16``) the same names with the variant (``diffusion_pytorch_model.fp16.safetensors``).
+    Without one, a folder holding only one variant's files reads those.
+
+    Raises:
+      ConversionError: no such files (naming the variants the folder does hold), or several
+        variants and none chosen.
+    """
     path = pathlib.Path(path)
     if path.is_file():
-        return _torch_bin(path) if path.suffix == ".bin" else _safetensors(path)
+        return [path]
     if not path.is_dir():
         raise ConversionError(f"{path} does not exist (expected a checkpoint folder or file)")
+    if variant is not None and variant not in VARIANTS:
+        raise ConversionError(f"unknown weights variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     for name in WEIGHT_FILES:
-        if (path / name).is_file():
-            return _safetensors(path / name)
-    for index in sorted(path.glob("*.safetensors.index.json")):
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError) as e:
-            raise ConversionError(f"{index} is not a safetensors index (no weight_map): {e}") from None
-        tensors = {}
-        for shard in shards:
-            tensors.update(_safetensors(path / shard))
-        return tensors
+        if (path / _variant_name(name, variant)).is_file():
+            return [path / _variant_name(name, variant)]
+    indexes = sorted(path.glob(f"*.safetensors.index.{variant}.json" if variant else "*.safetensors.index.json"))
+    if indexes:
+        return _shards(indexes[0])
     for name in TORCH_FILES:
-        if (path / name).is_file():
-            return _torch_bin(path / name)
-    raise ConversionError(f"no weights in {path}: expected one of {', '.join(WEIGHT_FILES + TORCH_FILES)} "
-                          "or a *.safetensors.index.json")
+        if (path / _variant_name(name, variant)).is_file():
+            return [path / _variant_name(name, variant)]
+    found = _variants_in(path)
+    if variant is None and len(found) == 1:
+        return weight_files(path, found[0])
+    expected = ", ".join(_variant_name(n, variant) for n in WEIGHT_FILES + TORCH_FILES)
+    held = f"; it holds {' and '.join(found)} weights: choose one with --variant" if found else ""
+    raise ConversionError(f"no {variant + ' ' if variant else ''}weights in {path}: expected one of {expected} or a "
+                          f"*.safetensors.index{'.' + variant if variant else ''}.json{held}")
+
+
+def load_state_dict(path: str | pathlib.Path, variant: str | None = None) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint (:func:`weight_files`), in their stored dtypes (bfloat16 as float32)."""
+    tensors: dict[str, np.ndarray] = {}
+    for file in weight_files(path, variant):
+        if not file.is_file():
+            raise ConversionError(f"{file} is missing (named by the folder's safetensors index)")
+        tensors.update(_torch_bin(file) if file.suffix == ".bin" else _safetensors(file))
+    return tensors
 
 
 class StateDict:

@@ -82,7 +82,8 @@ def convert_unet(tensors: Mapping[str, np.ndarray], config: SDUNetConfig, source
     return params
 
 
-def load_unet(folder: str | pathlib.Path) -> tuple[SDUNetConfig, dict]:
-    """``(config, params)`` of a diffusers UNet2DConditionModel folder (a pipeline's ``unet/``)."""
+def load_unet(folder: str | pathlib.Path, variant: str | None = None) -> tuple[SDUNetConfig, dict]:
+    """``(config, params)`` of a diffusers UNet2DConditionModel folder (a pipeline's ``unet/``);
+    ``variant``: ``fp16`` / ``bf16`` weight files (``diffusion.convert.tensors.weight_files``)."""
     config = read_config(folder, SDUNetConfig, "diffusers UNet2DConditionModel")
-    return config, convert_unet(load_state_dict(folder), config, str(folder))
+    return config, convert_unet(load_state_dict(folder, variant), config, str(folder))

@@ -71,7 +71,8 @@ def convert_vae(tensors: Mapping[str, np.ndarray], config: VAEConfig, source: st
     return params
 
 
-def load_vae(folder: str | pathlib.Path) -> tuple[VAEConfig, dict]:
-    """``(config, params)`` of a diffusers AutoencoderKL folder (a pipeline's ``vae/``)."""
+def load_vae(folder: str | pathlib.Path, variant: str | None = None) -> tuple[VAEConfig, dict]:
+    """``(config, params)`` of a diffusers AutoencoderKL folder (a pipeline's ``vae/``);
+    ``variant``: ``fp16`` / ``bf16`` weight files (``diffusion.convert.tensors.weight_files``)."""
     config = read_config(folder, VAEConfig, "diffusers AutoencoderKL")
-    return config, convert_vae(load_state_dict(folder), config, str(folder))
+    return config, convert_vae(load_state_dict(folder, variant), config, str(folder))
