@@ -6,6 +6,7 @@ r"""Samples a trained work directory with any solver and sampling transform.
     python -m launch.sample --workdir runs/sd15 --prompt "a photo of a cat" [--prompt ...] \
         [--prompts_file prompts.txt] [--negative_prompt "blurry"] --guidance 7.5 --num 4 \
         [--initial_noise latents.npy]   # diffusers' latents, [N, H, W, C]: diffusers' image
+        [--lora style.safetensors:0.8 --lora detail.safetensors]
     python -m launch.sample --workdir runs/moving_digits --plan i2v [--given_frames 0] \
         [--source heldout]    # also --plan sync, interp, long:64, pyramid:2
 
@@ -42,6 +43,8 @@ flags.DEFINE_string("source", None, "A video plan's given frames come from this 
                     "(default: heldout).")
 flags.DEFINE_string("initial_noise", None, "A .npy of standard-normal noise [N, H, W, C] to start from: diffusers' "
                     "latents= (before init_noise_sigma), transposed to channels last; N is --num.")
+flags.DEFINE_multi_string("lora", [], "A LoRA file (diffusers / PEFT or kohya format) added to an SD-family run's "
+                          "UNet and text encoder, as FILE or FILE:SCALE; repeat for several.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output file of the same sampler, checkpoint, seed and num.")
 cli.define_distributed_flags()
 flags.adopt_module_key_flags(cli)  # every flag defined through cli shows in --help
@@ -51,12 +54,13 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     cli.join_distributed()
+    from diffusion.convert.lora import parse_lora_spec
     from orchestration.generation.write_samples import write_samples
 
     written = write_samples(FLAGS.workdir, overrides=cli.sampler_overrides(), num=FLAGS.num, ckpt=FLAGS.ckpt,
                             seed=FLAGS.seed, batch_size=FLAGS.batch_size, prompts=cli.read_prompts(),
                             negative_prompt=FLAGS.negative_prompt, source=FLAGS.source, overwrite=FLAGS.overwrite,
-                            initial_noise=FLAGS.initial_noise)
+                            initial_noise=FLAGS.initial_noise, loras=[parse_lora_spec(t) for t in FLAGS.lora])
     if written.paths:
         print(written.summary())
 

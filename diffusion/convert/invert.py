@@ -26,9 +26,31 @@ def _probe(layout: Mapping[str, tuple[int, ...]], fill: Callable[[int, tuple[int
             enumerate(sorted(layout.items()))}
 
 
+def _addresses(convert: Callable[[Mapping[str, np.ndarray]], Any], layout: Mapping[str, tuple[int, ...]], params: Any,
+               source: str):
+    """``(keys, [(param leaf, owner key numbers, flat indices)])``: where each param element comes from."""
+    keys = sorted(layout)
+    if any(int(np.prod(layout[k], dtype=np.int64)) >= 2**31 for k in keys):
+        raise ConversionError(f"{source}: a tensor of 2^31 or more elements cannot be addressed")
+    owner = convert(_probe(layout, lambda i, shape: np.full(shape, i)))
+    index = convert(_probe(layout, lambda i, shape: np.arange(int(np.prod(shape, dtype=np.int64))).reshape(shape)))
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    if jax.tree_util.tree_structure(owner) != tree:
+        raise ConversionError(f"{source}: the params do not have the converted model's structure "
+                              f"({tree} vs {jax.tree_util.tree_structure(owner)})")
+    out = []
+    for value, who, where in zip(leaves, jax.tree_util.tree_leaves(owner), jax.tree_util.tree_leaves(index)):
+        who, where = np.asarray(who).view(np.int32), np.asarray(where).view(np.int32)
+        if np.shape(value) != who.shape:
+            raise ConversionError(f"{source}: a param of shape {np.shape(value)} where the model has {who.shape}")
+        out.append((value, who, where))
+    return keys, out, tree
+
+
 def invert(convert: Callable[[Mapping[str, np.ndarray]], Any], layout: Mapping[str, tuple[int, ...]], params: Any,
            source: str) -> dict[str, np.ndarray]:
     """The float32 state dict ``{key: array of layout[key]}`` that ``convert`` maps onto ``params``.
+    Tensors no param touches at all (buffers the converter ignores, such as ``position_ids``) are left out.
 
     Args:
       convert: ``state dict -> Flax params`` (a converter with its config bound), pure data movement.
@@ -39,29 +61,47 @@ def invert(convert: Callable[[Mapping[str, np.ndarray]], Any], layout: Mapping[s
     Raises:
       ConversionError: params of another structure, or a tensor some of whose elements no param fills.
     """
-    keys = sorted(layout)
-    if any(int(np.prod(layout[k], dtype=np.int64)) >= 2**31 for k in keys):
-        raise ConversionError(f"{source}: a tensor of 2^31 or more elements cannot be addressed")
-    owner = convert(_probe(layout, lambda i, shape: np.full(shape, i)))
-    index = convert(_probe(layout, lambda i, shape: np.arange(int(np.prod(shape, dtype=np.int64))).reshape(shape)))
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    if jax.tree_util.tree_structure(owner) != tree:
-        raise ConversionError(f"{source}: the params do not have the converted model's structure "
-                              f"({tree} vs {jax.tree_util.tree_structure(owner)})")
+    keys, leaves, _ = _addresses(convert, layout, params, source)
     out = {k: np.zeros(layout[k], np.float32) for k in keys}
     filled = {k: np.zeros(int(np.prod(layout[k], dtype=np.int64)), bool) for k in keys}
-    for value, who, where in zip(leaves, jax.tree_util.tree_leaves(owner), jax.tree_util.tree_leaves(index)):
+    for value, who, where in leaves:
         value = np.asarray(value, np.float32)
-        who, where = np.asarray(who).view(np.int32), np.asarray(where).view(np.int32)
-        if value.shape != who.shape:
-            raise ConversionError(f"{source}: a param of shape {value.shape} where the model has {who.shape}")
         for k in np.unique(who):
             mask = who == k
             key = keys[int(k)]
             out[key].reshape(-1)[where[mask]] = value[mask]
             filled[key][where[mask]] = True
-    empty = [k for k in keys if not filled[k].all()]
-    if empty:
-        raise ConversionError(f"{source}: no param fills (all of) the tensor(s) {empty[:8]}; the converter is not a "
+    untouched = {k for k in keys if not filled[k].any()}
+    partial = [k for k in keys if k not in untouched and not filled[k].all()]
+    if partial:
+        raise ConversionError(f"{source}: no param fills all of the tensor(s) {partial[:8]}; the converter is not a "
                               "pure rearrangement for them")
-    return out
+    return {k: v for k, v in out.items() if k not in untouched}
+
+
+def add_deltas(convert: Callable[[Mapping[str, np.ndarray]], Any], layout: Mapping[str, tuple[int, ...]], params: Any,
+               deltas: Mapping[str, np.ndarray], source: str) -> Any:
+    """``params`` with ``deltas`` (``{foreign key: array of layout[key]}``) added where each foreign
+    element lands: a LoRA merged in the foreign layout, without converting the model back and forth.
+    Returns float32 numpy params of the same structure.
+
+    Raises:
+      ConversionError: a delta for a tensor the model does not have, or of another shape (named).
+    """
+    unknown = sorted(set(deltas) - set(layout))
+    if unknown:
+        raise ConversionError(f"{source}: {len(unknown)} LoRA target(s) the model does not have: {unknown[:8]}")
+    for key, delta in deltas.items():
+        if tuple(np.shape(delta)) != tuple(layout[key]):
+            raise ConversionError(f"{source}: the LoRA delta for {key!r} has shape {np.shape(delta)}, the model's "
+                                  f"tensor {tuple(layout[key])}")
+    keys, leaves, tree = _addresses(convert, layout, params, source)
+    numbers = {keys.index(k): np.asarray(d, np.float32).reshape(-1) for k, d in deltas.items()}
+    out = []
+    for value, who, where in leaves:
+        value = np.array(value, np.float32)
+        for k in set(np.unique(who).tolist()) & set(numbers):
+            mask = who == k
+            value[mask] += numbers[k][where[mask]]
+        out.append(value)
+    return jax.tree_util.tree_unflatten(tree, out)

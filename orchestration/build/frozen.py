@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import pathlib
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,14 +21,16 @@ from diffusion.nn.vae import AutoencoderKL, images_from_latents
 from orchestration.workdir.components import component_dir, load_from
 
 
-def prompt_encoder(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, batch_size: int = 64
-                   ) -> PromptEncoder:
-    """The run's tokenizer and text encoder (``config.text``: ``max_length``, ``clip_skip``)."""
+def prompt_encoder(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, batch_size: int = 64,
+                   loras: Any = None) -> PromptEncoder:
+    """The run's tokenizer and text encoder (``config.text``: ``max_length``, ``clip_skip``), with
+    ``loras`` (``orchestration.build.lora.Loras``) added to the encoder when given."""
     if config.get("text") is None:
         raise ValueError(f"{workdir} is not a text-conditioned model (its config has no text section)")
     enc = load_from(workdir, "text_encoder", ("clip_text", "bert"))
     tok = load_from(workdir, "tokenizer", ("tokenizer",))
-    return PromptEncoder(enc.kind, tok.tokenizer, enc.config, enc.params, int(config.text.max_length),
+    params = enc.params if loras is None else loras.on_text_encoder(enc.config, enc.params)
+    return PromptEncoder(enc.kind, tok.tokenizer, enc.config, params, int(config.text.max_length),
                          int(config.text.get("clip_skip", 0) or 0), batch_size)
 
 

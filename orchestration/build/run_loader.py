@@ -24,6 +24,14 @@ class LoadedRun:
     caps: ModelCaps
     info: DatasetInfo
     steps: list[int]  # every checkpoint step on disk
+    loras: Any = None  # orchestration.build.lora.Loras applied to the params and the text encoder, or None
+
+    def with_loras(self, specs) -> "LoadedRun":
+        """This run with LoRA files ``((file, scale), ...)`` added to its UNet and text encoder
+        (each file read and checked now; ``orchestration.build.lora``)."""
+        from orchestration.build.lora import load_loras
+
+        return dataclasses.replace(self, loras=load_loras(self.workdir, self.config, specs) if specs else None)
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -34,7 +42,7 @@ class LoadedRun:
         """A text model's ``PromptEncoder`` from ``components/text_encoder`` and ``tokenizer``."""
         from orchestration.build.frozen import prompt_encoder
 
-        return prompt_encoder(self.workdir, self.config, batch_size)
+        return prompt_encoder(self.workdir, self.config, batch_size, self.loras)
 
     def decoder(self):
         """A latent model's ``latents [N, h, w, c] -> images [N, H, W, C]`` (the VAE of
@@ -49,7 +57,7 @@ class LoadedRun:
         return self.caps.null_label
 
     def params(self, step: int) -> Any:
-        """The EMA parameters of checkpoint ``step`` (only they are read)."""
+        """The EMA parameters of checkpoint ``step`` (only they are read), with the run's LoRAs added."""
         if step not in self.steps:
             raise FileNotFoundError(f"no checkpoint at step {step} in {self.workdir}/checkpoints; "
                                     f"available steps: {self.steps}")
@@ -58,9 +66,10 @@ class LoadedRun:
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_one_device), shapes)
         manager = checkpoint.reader(self.workdir)
         try:
-            return checkpoint.restore_subtree(manager, step, {"ema_params": abstract})["ema_params"]
+            params = checkpoint.restore_subtree(manager, step, {"ema_params": abstract})["ema_params"]
         finally:
             manager.close()
+        return params if self.loras is None else self.loras.on_unet(params)
 
     def select(self, spec: str) -> list[int]:
         """``latest``, ``all`` or a comma list of steps -> checkpoint steps (checked)."""

@@ -25,7 +25,7 @@ from diffusion.convert.tensors import read_config
 from diffusion.convert.unet import convert_unet
 from diffusion.convert.vae import convert_vae
 from diffusion.nn.sd_unet import SDUNetConfig
-from orchestration.weights.diffusers_meta import find_meta, read_layout
+from orchestration.workdir.diffusers_meta import find_meta, read_layout
 from orchestration.weights.schedulers import scheduler_config
 from sampling.spec import SamplerSpec
 

@@ -69,10 +69,20 @@ def sample_name(spec_tag: str, step: int, seed: int, num: int, prompts: list[str
     return name
 
 
+def lora_digest(loras: list[tuple[str, float]]) -> str:
+    """8 hex digits of the LoRA files' bytes and scales (an output name's part)."""
+    h = hashlib.sha256()
+    for path, scale in loras:
+        h.update(hashlib.sha256(pathlib.Path(path).read_bytes()).digest())
+        h.update(repr(float(scale)).encode())
+    return h.hexdigest()[:8]
+
+
 def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None, num: int | None = None,
                   ckpt: str = "latest", seed: int = 0, batch_size: int = 500, prompts: list[str] | None = None,
                   negative_prompt: str = "", source: str | None = None, overwrite: bool = False,
-                  progress: bool = True, initial_noise: str | pathlib.Path | None = None) -> Written:
+                  progress: bool = True, initial_noise: str | pathlib.Path | None = None,
+                  loras: list[tuple[str, float]] | None = None) -> Written:
     """Samples checkpoint ``ckpt`` of ``workdir`` with its ``config.sample.sampler`` merged
     with ``overrides`` (sampler keys, ``SamplerSpec.merged``) and writes the files above.
 
@@ -80,7 +90,9 @@ def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None,
     ``N``). ``source``: the split a video plan's given frames come from (default ``heldout``;
     refused when the sampler gives none). ``initial_noise``: a ``.npy`` of standard-normal
     noise ``[N, H, W, C]`` to start from (``orchestration.generation.initial_noise``); the
-    output name then carries its digest instead of depending on ``seed`` alone.
+    output name then carries its digest instead of depending on ``seed`` alone. ``loras``:
+    ``[(file, scale)]`` LoRA files added to the UNet and text encoder (``orchestration.build.lora``;
+    the name carries a digest of the files and scales).
 
     Raises:
       ValueError: a bad count, sampler, prompt or source (before anything is read or written).
@@ -91,6 +103,8 @@ def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None,
     if (num is not None and num < 1) or batch_size < 1:
         raise ValueError(f"--num and --batch_size must be >= 1, got {num} and {batch_size}")
     run = load_run(workdir)
+    if loras:
+        run = run.with_loras(loras)  # every file read and checked now
     x_T = None
     if initial_noise is not None:
         if run.caps.frames is not None:
@@ -114,6 +128,8 @@ def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None,
         name += f"_{source}"
     if x_T is not None:
         name += f"_noise{noise_digest(x_T)}"
+    if loras:
+        name += f"_lora{lora_digest(loras)}"
     npz, png = (pathlib.Path(workdir) / "samples" / f"{name}.{ext}" for ext in ("npz", "png"))
     if npz.exists() and not overwrite:
         raise FileExistsError(f"{npz} exists; pass --overwrite to sample it again and replace it")
@@ -134,6 +150,8 @@ def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None,
         settings["negative_prompt"] = negative_prompt
     if truth is not None:
         settings["source"] = source
+    if loras:
+        settings["loras"] = [{"file": str(pathlib.Path(f).resolve()), "scale": s} for f, s in loras]
     if x_T is not None:
         settings["initial_noise"] = {"file": str(pathlib.Path(initial_noise).resolve()), "digest": noise_digest(x_T)}
     extra = {} if truth is None else {"truth": to_uint8(truth)}

@@ -14,7 +14,7 @@ import killed with SIGKILL leaves only that hidden folder, which may be deleted)
 * ``checkpoints/0``: ``{"ema_params": UNet params}`` (what sampling, evaluation and
   distillation read);
 * ``diffusers/``: the folder's configs and tensor layout, for ``launch.export_weights``
-  (``orchestration.weights.diffusers_meta``);
+  (``orchestration.workdir.diffusers_meta``);
 * ``import.json``: where it came from, what it read and what had to be approximated.
 """
 
@@ -34,7 +34,7 @@ from diffusion.convert.tensors import ConversionError, file_dtypes, weight_files
 from diffusion.convert.unet import load_unet
 from diffusion.convert.vae import load_vae
 from diffusion.nn.text.tokenizer import load_tokenizer
-from orchestration.weights.diffusers_meta import save_meta
+from orchestration.workdir.diffusers_meta import save_meta
 from orchestration.weights.schedulers import sampler_for, sampler_string
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
