@@ -1,12 +1,15 @@
-"""How closely an imported Stable Diffusion pipeline reproduces diffusers' own image, and
-how far the nearest wrong settings land (the evidence behind docs/results/sd_import.md).
+"""How closely an imported Stable Diffusion folder reproduces diffusers' own image, one row per
+stock scheduler and per family (the evidence behind docs/results/sd_import.md).
 
     .venv/bin/python -m scripts.import_parity
 
-Builds the tiny random StableDiffusionPipeline of tests/launch/test_import_weights.py
-(BPE tokenizer trained offline), imports it, samples two prompts with DDIM 10 steps,
-guidance 7.5 from the pipeline's own initial latents, and prints the max abs pixel
-difference (images in [0, 1]) for the right sampler and three wrong ones.
+Builds the tiny random StableDiffusionPipeline of tests/launch/test_import_weights.py (BPE
+tokenizer trained offline), saves it with each scheduler SD-family folders ship (eps and v
+prediction), imports each with ``import_pipeline`` (what ``launch.import_weights`` runs), samples
+two prompts with the imported default sampler at 10 steps and guidance 7.5 from diffusers' own
+initial latents, and prints the max abs difference to diffusers' image (floats in [0, 1]) and
+the uint8 images' largest difference in levels and share of differing pixels; then what the
+import wrote before issue 27 (DDIM on the leading grid) on the same folders.
 """
 
 from __future__ import annotations
@@ -17,37 +20,69 @@ import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import diffusers  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from orchestration.build.run_loader import load_run  # noqa: E402
 from orchestration.generation.draw import draw  # noqa: E402
 from orchestration.weights.importer import import_pipeline  # noqa: E402
-from orchestration.build.run_loader import load_run  # noqa: E402
 from sampling.spec import SamplerSpec  # noqa: E402
 from tests.launch.test_import_weights import PROMPT, tiny_pipeline  # noqa: E402
 
-SPECS = ("solver=ddim;steps=10;grid=leading;guidance=7.5",  # what the import writes: diffusers' settings
-         "solver=ddim;steps=10;grid=uniform;guidance=7.5",  # steps_offset 0, ends at t = 0
-         "solver=ddim;steps=10;grid=leading;guidance=7",
-         "solver=ddim;steps=10;grid=leading")  # no guidance
+BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+FOLDERS = [  # (row, scheduler class, options)
+    ("DDIM, SD 2.1 style", "DDIMScheduler", dict(steps_offset=1, set_alpha_to_one=False, clip_sample=False)),
+    ("PNDM, SD 1.x's stock folder", "PNDMScheduler", dict(steps_offset=1, set_alpha_to_one=False, skip_prk_steps=True)),
+    ("Euler, linspace (SD 2.x 768-v's)", "EulerDiscreteScheduler", dict(steps_offset=1)),
+    ("Euler, leading (SDXL's spacing)", "EulerDiscreteScheduler", dict(steps_offset=1, timestep_spacing="leading")),
+    ("Euler, Karras sigmas", "EulerDiscreteScheduler", dict(use_karras_sigmas=True)),
+    ("DPM-Solver++ 2M, trailing", "DPMSolverMultistepScheduler", dict(timestep_spacing="trailing")),
+    ("DPM-Solver++ 3M, trailing", "DPMSolverMultistepScheduler", dict(timestep_spacing="trailing", solver_order=3,
+                                                                      lower_order_final=False)),
+    ("DPM-Solver++ 2M, linspace (not reproduced)", "DPMSolverMultistepScheduler", {}),
+    ("Heun (no solver here)", "HeunDiscreteScheduler", {}),
+]
+PREDICTIONS = (("eps", "epsilon"), ("v", "v_prediction"))
+
+
+def compare(pipe, folder, run_dir, prompts, latents, sampler=None):
+    with torch.no_grad():
+        ref = pipe(prompts, num_inference_steps=10, guidance_scale=7.5, latents=latents.clone(),
+                   output_type="np").images
+    run = load_run(run_dir)
+    spec = SamplerSpec.parse(sampler or run.config.sample.sampler).merged({"steps": 10})
+    images, _ = draw(run, run.params(0), spec, 2, prompts=prompts, x_T=latents.permute(0, 2, 3, 1).numpy())
+    ours = np.clip(images / 2 + 0.5, 0, 1)
+    levels = np.abs(np.round(ours * 255).astype(int) - np.round(ref * 255).astype(int))
+    return spec.to_string(), np.abs(ours - ref).max(), levels.max(), (levels > 0).mean()
 
 
 def main():
     root = pathlib.Path(tempfile.mkdtemp())
     prompts = [PROMPT, "a small 3"]
     pipe = tiny_pipeline(root / "pipe")
-    import_pipeline(root / "pipe", root / "run")
     latents = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = pipe(prompts, num_inference_steps=10, guidance_scale=7.5, latents=latents, output_type="np").images
-    run = load_run(root / "run")
-    print("| sampler | max abs difference to diffusers' image |\n|---|---|")
-    for spec in SPECS:
-        images, _ = draw(run, run.params(0), SamplerSpec.parse(spec), 2, prompts=prompts,
-                         x_T=latents.permute(0, 2, 3, 1).numpy())
-        print(f"| `{spec}` | {np.abs(np.clip(images / 2 + 0.5, 0, 1) - ref).max():.2e} |")
-    print(f"\nspread of diffusers' image: std {ref.std():.3f}, max difference between the two prompts "
-          f"{np.abs(ref[0] - ref[1]).max():.3f}")
+    rows, before = [], []
+    for short, prediction in PREDICTIONS:
+        for i, (row, cls, options) in enumerate(FOLDERS):
+            pipe.scheduler = getattr(diffusers, cls)(**BETAS, prediction_type=prediction, **options)
+            folder, run_dir = root / f"{short}{i}", root / f"{short}{i}_run"
+            pipe.save_pretrained(folder, safe_serialization=True)
+            record = import_pipeline(folder, run_dir)
+            sampler, diff, levels, share = compare(pipe, folder, run_dir, prompts, latents)
+            notes = "; ".join(record["notes"]) or "none"
+            rows.append(f"| {row} | {short} | `{sampler}` | {diff:.2e} | {levels} | {share:.1%} | {notes} |")
+            if cls != "DDIMScheduler":
+                _, diff, levels, share = compare(pipe, folder, run_dir, prompts, latents,
+                                                 "solver=ddim;steps=10;grid=leading;guidance=7.5")
+                before.append(f"| {row} | {short} | {diff:.2e} | {levels} | {share:.1%} |")
+    print("| folder's scheduler | prediction | sampler the import writes (at 10 steps) | max abs difference | "
+          "max uint8 levels | pixels off | import notes |\n|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print("\nBefore issue 27 every folder sampled with DDIM on the leading grid:\n")
+    print("| folder's scheduler | prediction | max abs difference | max uint8 levels | pixels off |\n|---|---|---|---|---|")
+    print("\n".join(before))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,10 @@ def _scheduler(folder: pathlib.Path) -> tuple[dict, str, list[str]]:
     diffusion = {"schedule": BETA_SCHEDULES[kind], "num_steps": int(s.get("num_train_timesteps", 1000)),
                  "beta_start": float(s.get("beta_start", 0.0001)), "beta_end": float(s.get("beta_end", 0.02)),
                  "pred_type": PRED_TYPES[pred]}
-    values, notes = sampler_for(s, diffusion["pred_type"])
+    try:
+        values, notes = sampler_for(s, diffusion["pred_type"])
+    except ValueError as e:
+        raise ConversionError(f"{path}: {e}") from None
     return diffusion, sampler_string(values), notes
 
 

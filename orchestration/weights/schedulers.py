@@ -29,6 +29,14 @@ from typing import Any
 DETERMINISTIC = ("DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler",
                  "LCMScheduler")
 KNOWN = DETERMINISTIC + ("EulerAncestralDiscreteScheduler",)
+# diffusers' other scheduler classes (0.42.1): imported with a note and the nearest sampler; a class
+# name in neither list is not a diffusers scheduler, and the import refuses the folder
+OTHER_DIFFUSERS = ("DDPMScheduler", "LMSDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
+                   "KDPM2AncestralDiscreteScheduler", "DPMSolverSinglestepScheduler", "DPMSolverSDEScheduler",
+                   "DEISMultistepScheduler", "UniPCMultistepScheduler", "TCDScheduler", "EDMEulerScheduler",
+                   "EDMDPMSolverMultistepScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler",
+                   "SASolverScheduler", "IPNDMScheduler", "CosineDPMSolverMultistepScheduler",
+                   "DDPMWuerstchenScheduler", "DDIMInverseScheduler", "CMStochasticIterativeScheduler")
 DEFAULT_STEPS = {"LCMScheduler": 4}
 DEFAULT_GUIDANCE = {"LCMScheduler": 1.0}
 
@@ -109,8 +117,15 @@ def _dpm(s: dict, cls: str, notes: list[str]) -> dict:
 
 def sampler_for(s: dict[str, Any], pred_type: str) -> tuple[dict, list[str]]:
     """``({solver, grid, steps, guidance, knobs...}, notes)``: the sampler that reproduces the
-    scheduler of config ``s`` on a ``pred_type`` (``eps`` / ``v`` / ``x0``) network."""
+    scheduler of config ``s`` on a ``pred_type`` (``eps`` / ``v`` / ``x0``) network.
+
+    Raises:
+      ValueError: a class name that is not a diffusers scheduler."""
     cls = str(s.get("_class_name", "DDIMScheduler"))
+    if cls not in KNOWN and cls not in OTHER_DIFFUSERS:
+        raise ValueError(f"scheduler class {cls!r} is not a diffusers scheduler (known: {', '.join(KNOWN)}, and "
+                         f"{len(OTHER_DIFFUSERS)} more that import with the nearest sampler); is this folder's "
+                         "scheduler_config.json damaged?")
     notes: list[str] = []
     values: dict[str, Any] = {"steps": DEFAULT_STEPS.get(cls, 50), "guidance": DEFAULT_GUIDANCE.get(cls, 7.5)}
     if cls == "DDIMScheduler":

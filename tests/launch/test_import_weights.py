@@ -129,7 +129,11 @@ def test_import_refuses_to_overwrite_and_bad_folders_write_nothing(imported, tmp
     sched.write_text(json.dumps({**json.loads(sched.read_text()), "prediction_type": "flow"}))
     with pytest.raises(ConversionError, match="prediction_type='flow'"):
         import_pipeline(broken, tmp_path / "w4")
-    assert not any((tmp_path / f"w{i}").exists() for i in range(1, 5))
+    sched.write_text(json.dumps({**json.loads(sched.read_text()), "prediction_type": "epsilon",
+                                 "_class_name": "FancyScheduler"}))
+    with pytest.raises(ConversionError, match="'FancyScheduler' is not a diffusers scheduler"):
+        import_pipeline(broken, tmp_path / "w5")
+    assert not any((tmp_path / f"w{i}").exists() for i in range(1, 6))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
 
 

@@ -72,3 +72,8 @@ def test_what_cannot_be_reproduced_is_a_note_naming_it(config, words):
     SamplerSpec.parse(sampler_string({k: v for k, v in values.items() if k != "guidance"}))  # a valid sampler
     text = " ".join(notes)
     assert notes and all(w in text for w in words), notes
+
+
+def test_a_class_that_is_no_diffusers_scheduler_is_refused():
+    with pytest.raises(ValueError, match="'FancyScheduler' is not a diffusers scheduler"):
+        sampler_for({"_class_name": "FancyScheduler"}, "eps")
