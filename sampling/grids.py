@@ -38,6 +38,10 @@
   sigma (diffusers' ``use_karras_sigmas`` on the ``linspace`` spacing), each placed at the time
   whose ``log sigma`` interpolates the table (diffusers' ``_sigma_to_t``), then ``0``; sampled
   with the ``log sigma`` reading of the schedule, so the solver steps on the Karras sigmas.
+* ``dpm_linspace``, ``dpm_leading``: the spacings of diffusers' DPM-Solver multistep (and
+  UniPC, DEIS) schedulers: ``N + 1`` training steps, rounded, the last (``0``) dropped:
+  ``round(linspace(0, T - 1, N + 1))`` reversed, and ``k (T // (N + 1)) + 1`` (``steps_offset=1``)
+  reversed; our ``t = (tau + 1) / T``, then ``0``.
 * ``logsnr``: uniform in log-SNR from ``t = 1`` to ``t = 1 / T`` (DPM-Solver's choice;
   continuous times, not snapped to the training grid).
 
@@ -57,7 +61,8 @@ import numpy as np
 from diffusion.schedules import DiscreteSchedule, Schedule
 from diffusion.sigma_schedule import SigmaInterpolated, sigma_table
 
-GRIDS = ("uniform", "leading", "trailing", "quadratic", "logsnr", "tsdpm", "adm", "lcm", "linspace", "karras")
+GRIDS = ("uniform", "leading", "trailing", "quadratic", "logsnr", "tsdpm", "adm", "lcm", "linspace", "karras",
+         "dpm_linspace", "dpm_leading")
 ENDS = {"0": 0, "1": 1}  # a grid's "@E" suffix: its last time in training steps
 KARRAS_RHO = 7.0
 LCM_SKIP = 50  # the lcm grid's lattice: LCM's num_ddim_timesteps, distill.num_skip of a consistency student
@@ -159,6 +164,12 @@ def _network_times(kind: str, n: int, schedule: Schedule) -> np.ndarray:
         return lcm_times(n, T)
     if kind == "linspace":
         tau = np.linspace(0, T - 1, n, dtype=np.float32)[::-1].astype(np.float64)  # diffusers' float32 timesteps
+        return (tau + 1.0) / T
+    if kind == "dpm_linspace":
+        tau = np.linspace(0, T - 1, n + 1).round()[::-1][:-1]
+        return (tau + 1.0) / T
+    if kind == "dpm_leading":
+        tau = (np.arange(n + 1) * (T // (n + 1))).round()[::-1][:-1] + 1
         return (tau + 1.0) / T
     if kind == "karras":
         if not isinstance(schedule, DiscreteSchedule):

@@ -8,7 +8,7 @@ chain to float32 rounding (tests/sampling/test_diffusers_schedulers.py):
 ``PNDMScheduler``              ``plms`` (``skip_prk_steps``; ``plms_combine=v`` for v networks)
 ``EulerDiscreteScheduler``     ``euler`` (``init_sigma=1`` for linspace / trailing spacing)
 ``EulerAncestralDiscrete...``  ``euler;ancestral=1``
-``DPMSolverMultistep...``      ``dpmpp2m`` / ``dpmpp3m`` (trailing spacing)
+``DPMSolverMultistep...``      ``dpmpp2m`` / ``dpmpp3m`` (``dpm_linspace``, ``dpm_leading``, trailing)
 ``LCMScheduler``               ``consistency`` on the ``lcm`` grid
 =============================  ==============================================================
 
@@ -106,12 +106,18 @@ def _dpm(s: dict, cls: str, notes: list[str]) -> dict:
     if order == 3 and s.get("lower_order_final", True):
         notes.append(f"{cls}: lower_order_final lowers the second-to-last 3M step to order 2 below 15 steps; "
                      f"{solver} keeps order 3 there")
-    spacing = s.get("timestep_spacing", "linspace")
+    spacing, offset = s.get("timestep_spacing", "linspace"), int(s.get("steps_offset", 0))
     end = 1 if s.get("final_sigmas_type", "zero") == "sigma_min" else 0
-    grid = _end("trailing", 0, end)
-    if spacing != "trailing":
-        notes.append(f"{cls}: timestep_spacing={spacing!r} is not reproduced (its N + 1-point rounding); the "
-                     f"sampler uses grid={grid}")
+    if s.get("lambda_min_clipped", float("-inf")) != float("-inf"):
+        notes.append(f"{cls}: lambda_min_clipped={s['lambda_min_clipped']} is not reproduced; the grid spans every "
+                     "training step")
+    grids = {"linspace": "dpm_linspace", "trailing": "trailing"}
+    if spacing == "leading" and offset == 1:
+        grids["leading"] = "dpm_leading"
+    grid = _end(grids.get(spacing, "dpm_linspace"), 0, end)
+    if spacing not in grids:
+        notes.append(f"{cls}: timestep_spacing={spacing!r} with steps_offset={offset} is not reproduced; the sampler "
+                     f"uses grid={grid}")
     return {"solver": solver, "grid": grid}
 
 
@@ -223,10 +229,13 @@ def scheduler_config(spec, diffusion: dict, pred_type: str) -> tuple[dict, list[
         if bool(knobs.get("init_sigma")) != (spacing in ("linspace", "trailing")):
             notes.append(f"init_sigma={knobs.get('init_sigma')} differs from diffusers' start on {spacing} spacing")
         return config, notes
-    if spec.solver in ("dpmpp2m", "dpmpp3m") and grid == "trailing":
+    dpm_spacing = {"trailing": ("trailing", 0), "dpm_linspace": ("linspace", 0), "dpm_leading": ("leading", 1)}
+    if spec.solver in ("dpmpp2m", "dpmpp3m") and grid in dpm_spacing:
         order = 2 if spec.solver == "dpmpp2m" else 3
+        spacing, offset = dpm_spacing[grid]
         return {**base, "_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver++",
-                "solver_order": order, "timestep_spacing": "trailing", "lower_order_final": order == 2}, notes
+                "solver_order": order, "timestep_spacing": spacing, "steps_offset": offset,
+                "lower_order_final": order == 2}, notes
     if spec.solver == "consistency" and grid == "lcm":
         return {**base, "_class_name": "LCMScheduler", "original_inference_steps": 50}, notes
     notes.append(f"solver {spec.solver} on grid {grid} has no diffusers scheduler: the folder gets DDIM on the leading "

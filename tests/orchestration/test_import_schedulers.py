@@ -19,6 +19,7 @@ FOLDERS = {
     "euler_a": ("EulerAncestralDiscreteScheduler", dict(steps_offset=1, timestep_spacing="leading"), "eps"),
     "euler_karras": ("EulerDiscreteScheduler", dict(use_karras_sigmas=True), "eps"),
     "dpm_trailing": ("DPMSolverMultistepScheduler", dict(timestep_spacing="trailing"), "eps"),
+    "dpm_default": ("DPMSolverMultistepScheduler", dict(steps_offset=1), "v"),  # linspace: the default
     "ddim_trailing_alpha_min": ("DDIMScheduler", dict(timestep_spacing="trailing", set_alpha_to_one=False,
                                                       clip_sample=False), "eps"),
     "pndm_v": ("PNDMScheduler", dict(skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False), "v"),
@@ -62,7 +63,8 @@ def test_the_sampler_strings_of_sd_folders():
     ({"_class_name": "DDIMScheduler", "clip_sample": True}, ["clip_sample=true"]),
     ({"_class_name": "PNDMScheduler", "skip_prk_steps": False, "steps_offset": 1, "set_alpha_to_one": False},
      ["skip_prk_steps=false", "plms"]),
-    ({"_class_name": "DPMSolverMultistepScheduler"}, ["timestep_spacing='linspace'", "grid=trailing"]),
+    ({"_class_name": "DPMSolverMultistepScheduler", "timestep_spacing": "leading"},
+     ["timestep_spacing='leading' with steps_offset=0", "grid=dpm_linspace"]),
     ({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++",
       "timestep_spacing": "trailing"}, ["algorithm_type='sde-dpmsolver++'", "dpmpp2m"]),
     ({"_class_name": "EulerDiscreteScheduler", "interpolation_type": "log_linear"}, ["interpolation_type"]),

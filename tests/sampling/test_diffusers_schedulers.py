@@ -84,3 +84,12 @@ def test_dpm_solver_pp_equals_dpm_solver_multistep_on_trailing(order, steps):
     sched = diffusers.DPMSolverMultistepScheduler(**SD_BETAS, solver_order=order, timestep_spacing="trailing",
                                                   lower_order_final=order == 2)
     close(ours(f"dpmpp{order}m", steps, "trailing", "eps"), theirs(sched, steps, "eps"))
+
+
+@pytest.mark.parametrize("spacing,grid", [("linspace", "dpm_linspace"), ("leading", "dpm_leading")])
+def test_dpm_solver_pp_on_dpm_solvers_own_spacings(spacing, grid):
+    """DPMSolverMultistepScheduler's default linspace spacing and SD's leading one (steps_offset 1):
+    N + 1 rounded training steps, the last dropped."""
+    sched = diffusers.DPMSolverMultistepScheduler(**SD_BETAS, timestep_spacing=spacing, steps_offset=1,
+                                                  prediction_type=PRED["v"])
+    close(ours("dpmpp2m", 15, grid, "v"), theirs(sched, 15, "v"))
