@@ -40,7 +40,8 @@ FOLDERS = [  # (row, scheduler class, options)
     ("DPM-Solver++ 2M, trailing", "DPMSolverMultistepScheduler", dict(timestep_spacing="trailing")),
     ("DPM-Solver++ 3M, trailing", "DPMSolverMultistepScheduler", dict(timestep_spacing="trailing", solver_order=3,
                                                                       lower_order_final=False)),
-    ("DPM-Solver++ 2M, linspace (not reproduced)", "DPMSolverMultistepScheduler", {}),
+    ("DPM-Solver++ 2M, linspace (its default)", "DPMSolverMultistepScheduler", dict(steps_offset=1)),
+    ("UniPC, linspace (its default)", "UniPCMultistepScheduler", dict(steps_offset=1)),
     ("Heun (no solver here)", "HeunDiscreteScheduler", {}),
 ]
 PREDICTIONS = (("eps", "epsilon"), ("v", "v_prediction"))

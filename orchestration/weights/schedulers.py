@@ -9,6 +9,7 @@ chain to float32 rounding (tests/sampling/test_diffusers_schedulers.py):
 ``EulerDiscreteScheduler``     ``euler`` (``init_sigma=1`` for linspace / trailing spacing)
 ``EulerAncestralDiscrete...``  ``euler;ancestral=1``
 ``DPMSolverMultistep...``      ``dpmpp2m`` / ``dpmpp3m`` (``dpm_linspace``, ``dpm_leading``, trailing)
+``UniPCMultistepScheduler``    ``unipc`` (order 2, bh2 / bh1; DPM-Solver's spacings)
 ``LCMScheduler``               ``consistency`` on the ``lcm`` grid
 =============================  ==============================================================
 
@@ -27,13 +28,13 @@ from __future__ import annotations
 from typing import Any
 
 DETERMINISTIC = ("DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler",
-                 "LCMScheduler")
+                 "UniPCMultistepScheduler", "LCMScheduler")
 KNOWN = DETERMINISTIC + ("EulerAncestralDiscreteScheduler",)
 # diffusers' other scheduler classes (0.42.1): imported with a note and the nearest sampler; a class
 # name in neither list is not a diffusers scheduler, and the import refuses the folder
 OTHER_DIFFUSERS = ("DDPMScheduler", "LMSDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
                    "KDPM2AncestralDiscreteScheduler", "DPMSolverSinglestepScheduler", "DPMSolverSDEScheduler",
-                   "DEISMultistepScheduler", "UniPCMultistepScheduler", "TCDScheduler", "EDMEulerScheduler",
+                   "DEISMultistepScheduler", "TCDScheduler", "EDMEulerScheduler",
                    "EDMDPMSolverMultistepScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler",
                    "SASolverScheduler", "IPNDMScheduler", "CosineDPMSolverMultistepScheduler",
                    "DDPMWuerstchenScheduler", "DDIMInverseScheduler", "CMStochasticIterativeScheduler")
@@ -92,6 +93,39 @@ def _sigma_family_grid(s: dict, cls: str, notes: list[str]) -> tuple[str, bool]:
     return "linspace", True
 
 
+def _dpm_grid(s: dict, cls: str, notes: list[str]) -> str:
+    """The grid of DPM-Solver / UniPC's spacings; the end follows ``final_sigmas_type``."""
+    spacing, offset = s.get("timestep_spacing", "linspace"), int(s.get("steps_offset", 0))
+    end = 1 if s.get("final_sigmas_type", "zero") == "sigma_min" else 0
+    if s.get("lambda_min_clipped", float("-inf")) != float("-inf"):
+        notes.append(f"{cls}: lambda_min_clipped={s['lambda_min_clipped']} is not reproduced; the grid spans every "
+                     "training step")
+    grids = {"linspace": "dpm_linspace", "trailing": "trailing"}
+    if spacing == "leading" and offset == 1:
+        grids["leading"] = "dpm_leading"
+    grid = _end(grids.get(spacing, "dpm_linspace"), 0, end)
+    if spacing not in grids:
+        notes.append(f"{cls}: timestep_spacing={spacing!r} with steps_offset={offset} is not reproduced; the sampler "
+                     f"uses grid={grid}")
+    return grid
+
+
+def _unipc(s: dict, cls: str, notes: list[str]) -> dict:
+    variant = s.get("solver_type", "bh2")
+    if variant not in ("bh1", "bh2"):
+        notes.append(f"{cls}: solver_type={variant!r} is not reproduced; the sampler uses bh2")
+        variant = "bh2"
+    unsupported = [f"{k}={s[k]!r}" for k, default in (("solver_order", 2), ("predict_x0", True),
+                                                      ("disable_corrector", []), ("use_karras_sigmas", False),
+                                                      ("solver_p", None)) if k in s and s[k] != default]
+    if s.get("final_sigmas_type") == "sigma_min" and s.get("lower_order_final", True):
+        unsupported.append("lower_order_final on a chain ending at sigma_min (unipc lowers only a step onto t = 0)")
+    if unsupported:
+        notes.append(f"{cls}: {', '.join(unsupported)} not reproduced; the sampler uses unipc (order 2, data "
+                     "prediction, the corrector on every step)")
+    return {"solver": "unipc", "grid": _dpm_grid(s, cls, notes), "unipc_variant": variant}
+
+
 def _dpm(s: dict, cls: str, notes: list[str]) -> dict:
     algorithm, order = s.get("algorithm_type", "dpmsolver++"), int(s.get("solver_order", 2))
     solver = "dpmpp3m" if order == 3 else "dpmpp2m"
@@ -106,19 +140,7 @@ def _dpm(s: dict, cls: str, notes: list[str]) -> dict:
     if order == 3 and s.get("lower_order_final", True):
         notes.append(f"{cls}: lower_order_final lowers the second-to-last 3M step to order 2 below 15 steps; "
                      f"{solver} keeps order 3 there")
-    spacing, offset = s.get("timestep_spacing", "linspace"), int(s.get("steps_offset", 0))
-    end = 1 if s.get("final_sigmas_type", "zero") == "sigma_min" else 0
-    if s.get("lambda_min_clipped", float("-inf")) != float("-inf"):
-        notes.append(f"{cls}: lambda_min_clipped={s['lambda_min_clipped']} is not reproduced; the grid spans every "
-                     "training step")
-    grids = {"linspace": "dpm_linspace", "trailing": "trailing"}
-    if spacing == "leading" and offset == 1:
-        grids["leading"] = "dpm_leading"
-    grid = _end(grids.get(spacing, "dpm_linspace"), 0, end)
-    if spacing not in grids:
-        notes.append(f"{cls}: timestep_spacing={spacing!r} with steps_offset={offset} is not reproduced; the sampler "
-                     f"uses grid={grid}")
-    return {"solver": solver, "grid": grid}
+    return {"solver": solver, "grid": _dpm_grid(s, cls, notes)}
 
 
 def sampler_for(s: dict[str, Any], pred_type: str) -> tuple[dict, list[str]]:
@@ -157,6 +179,8 @@ def sampler_for(s: dict[str, Any], pred_type: str) -> tuple[dict, list[str]]:
             notes.append(f"{cls}: s_churn is a step argument Kairos' euler does not take; the sampler has no churn")
     elif cls == "DPMSolverMultistepScheduler":
         values.update(_dpm(s, cls, notes))
+    elif cls == "UniPCMultistepScheduler":
+        values.update(_unipc(s, cls, notes))
     elif cls == "LCMScheduler":
         values.update(solver="consistency", grid="lcm")
         notes.append(f"{cls}: the scheduler's boundary coefficients (c_skip, c_out) are not applied to an imported "
@@ -168,7 +192,7 @@ def sampler_for(s: dict[str, Any], pred_type: str) -> tuple[dict, list[str]]:
     else:
         values.update(solver="ddim", grid="leading")
         notes.append(f"{cls} has no Kairos solver; the sampler written is ddim on the leading grid (solvers: ddim, "
-                     "plms, euler, dpmpp2m, dpmpp3m, consistency)")
+                     "plms, euler, dpmpp2m, dpmpp3m, unipc, consistency)")
     return values, notes
 
 
@@ -236,6 +260,11 @@ def scheduler_config(spec, diffusion: dict, pred_type: str) -> tuple[dict, list[
         return {**base, "_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver++",
                 "solver_order": order, "timestep_spacing": spacing, "steps_offset": offset,
                 "lower_order_final": order == 2}, notes
+    if spec.solver == "unipc" and grid in dpm_spacing:
+        spacing, offset = dpm_spacing[grid]
+        return {**base, "_class_name": "UniPCMultistepScheduler", "solver_order": 2, "predict_x0": True,
+                "solver_type": knobs.get("variant", "bh2"), "timestep_spacing": spacing, "steps_offset": offset,
+                "lower_order_final": True}, notes
     if spec.solver == "consistency" and grid == "lcm":
         return {**base, "_class_name": "LCMScheduler", "original_inference_steps": 50}, notes
     notes.append(f"solver {spec.solver} on grid {grid} has no diffusers scheduler: the folder gets DDIM on the leading "

@@ -20,6 +20,7 @@ FOLDERS = {
     "euler_karras": ("EulerDiscreteScheduler", dict(use_karras_sigmas=True), "eps"),
     "dpm_trailing": ("DPMSolverMultistepScheduler", dict(timestep_spacing="trailing"), "eps"),
     "dpm_default": ("DPMSolverMultistepScheduler", dict(steps_offset=1), "v"),  # linspace: the default
+    "unipc_default": ("UniPCMultistepScheduler", dict(steps_offset=1), "eps"),
     "ddim_trailing_alpha_min": ("DDIMScheduler", dict(timestep_spacing="trailing", set_alpha_to_one=False,
                                                       clip_sample=False), "eps"),
     "pndm_v": ("PNDMScheduler", dict(skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False), "v"),
@@ -79,3 +80,17 @@ def test_what_cannot_be_reproduced_is_a_note_naming_it(config, words):
 def test_a_class_that_is_no_diffusers_scheduler_is_refused():
     with pytest.raises(ValueError, match="'FancyScheduler' is not a diffusers scheduler"):
         sampler_for({"_class_name": "FancyScheduler"}, "eps")
+
+
+@pytest.mark.parametrize("name", sorted(FOLDERS))
+def test_export_writes_the_scheduler_that_imports_back_to_the_same_sampler(name):
+    from orchestration.weights.schedulers import scheduler_config
+
+    _, config, pred_type = folder_config(name)
+    values, _ = sampler_for(config, pred_type)
+    spec = SamplerSpec.parse(sampler_string({k: v for k, v in values.items() if k != "guidance"}))
+    diffusion = {"num_steps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "schedule": "scaled_linear"}
+    written, notes = scheduler_config(spec, diffusion, pred_type)
+    assert notes == [] and written["_class_name"] == config["_class_name"], (written, notes)
+    again, _ = sampler_for(written, pred_type)
+    assert again == values

@@ -93,3 +93,17 @@ def test_dpm_solver_pp_on_dpm_solvers_own_spacings(spacing, grid):
     sched = diffusers.DPMSolverMultistepScheduler(**SD_BETAS, timestep_spacing=spacing, steps_offset=1,
                                                   prediction_type=PRED["v"])
     close(ours("dpmpp2m", 15, grid, "v"), theirs(sched, 15, "v"))
+
+
+@pytest.mark.parametrize("variant,pred_type,spacing,grid,options", [
+    ("bh2", "eps", "trailing", "trailing", {}),
+    ("bh2", "v", "linspace", "dpm_linspace", {}),
+    ("bh2", "eps", "leading", "dpm_leading", {}),
+    # diffusers' bh1 onto sigma 0 is NaN (B(h) = -inf times a zero residual): compared ending on sigma_min,
+    # where diffusers' lower_order_final (order 1 on the last step whatever its end) is turned off
+    ("bh1", "eps", "trailing", "trailing@1", dict(final_sigmas_type="sigma_min", lower_order_final=False)),
+])
+def test_unipc_equals_unipc_multistep_scheduler(variant, pred_type, spacing, grid, options):
+    sched = diffusers.UniPCMultistepScheduler(**SD_BETAS, solver_type=variant, timestep_spacing=spacing, steps_offset=1,
+                                              prediction_type=PRED[pred_type], **options)
+    close(ours("unipc", 12, grid, pred_type, unipc_variant=variant), theirs(sched, 12, pred_type))
