@@ -58,6 +58,8 @@ def convert_unet(tensors: Mapping[str, np.ndarray], config: SDUNetConfig, source
     params = {"conv_in": sd.conv("conv_in"), "conv_out": sd.conv("conv_out"), "conv_norm_out": sd.norm("conv_norm_out"),
               "time_embedding_linear_1": sd.linear("time_embedding.linear_1"),
               "time_embedding_linear_2": sd.linear("time_embedding.linear_2"),
+              **({"add_embedding_linear_1": sd.linear("add_embedding.linear_1"),
+                  "add_embedding_linear_2": sd.linear("add_embedding.linear_2")} if config.addition_time_embed_dim else {}),
               "mid_block_resnets_0": _resnet(sd, "mid_block.resnets.0"),
               "mid_block_resnets_1": _resnet(sd, "mid_block.resnets.1"),
               "mid_block_attentions_0": _transformer(sd, "mid_block.attentions.0", config.num_heads[-1],
@@ -76,8 +78,10 @@ def convert_unet(tensors: Mapping[str, np.ndarray], config: SDUNetConfig, source
     sd.finish()
     x = jnp.zeros((1, 2 ** (len(config.block_out_channels) - 1), 2 ** (len(config.block_out_channels) - 1),
                    config.in_channels))
+    added = {"text_embeds": jnp.zeros((1, config.pooled_dim)), "time_ids": jnp.zeros((1, 6))} if (
+        config.addition_time_embed_dim) else {}
     expected = jax.eval_shape(lambda: unet.init(jax.random.PRNGKey(0), x, jnp.zeros((1,)),
-                                                jnp.zeros((1, 1, config.cross_attention_dim))))["params"]
+                                                jnp.zeros((1, 1, config.cross_attention_dim)), **added))["params"]
     check_params(params, expected, source)
     return params
 

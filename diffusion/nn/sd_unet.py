@@ -29,14 +29,13 @@ from diffusion.nn.transformer2d import Transformer2D
 
 # options of diffusers' UNet2DConditionModel that change the network, with the value we implement
 _DEFAULTS = {
-    "act_fn": "silu", "center_input_sample": False, "class_embed_type": None, "addition_embed_type": None,
+    "act_fn": "silu", "center_input_sample": False, "class_embed_type": None,
     "encoder_hid_dim": None, "time_cond_proj_dim": None, "only_cross_attention": False,
     "dual_cross_attention": False, "resnet_time_scale_shift": "default", "time_embedding_type": "positional",
     "mid_block_type": "UNetMidBlock2DCrossAttn", "conv_in_kernel": 3, "conv_out_kernel": 3,
     "num_class_embeds": None, "attention_type": "default", "resnet_skip_time_act": False,
     "resnet_out_scale_factor": 1.0, "time_embedding_dim": None, "timestep_post_act": None,
     "cross_attention_norm": None, "mid_block_only_cross_attention": None, "class_embeddings_concat": False,
-    "addition_time_embed_dim": None, "projection_class_embeddings_input_dim": None,
     "reverse_transformer_layers_per_block": None, "time_embedding_act_fn": None, "mid_block_scale_factor": 1,
 }
 _PAIRS = {"CrossAttnDownBlock2D": "CrossAttnUpBlock2D", "DownBlock2D": "UpBlock2D"}
@@ -56,6 +55,10 @@ class SDUNetConfig:
     ``num_heads`` and ``transformer_layers`` are per down block (the up path uses them
     reversed, the middle block the last). ``use_linear_projection`` (SD 2.x) changes only
     the stored layout of ``proj_in`` / ``proj_out``, not the function.
+    ``addition_time_embed_dim > 0``: SDXL's ``text_time`` added embedding, the pooled text
+    embedding ``[B, P]`` and the sinusoids of six size / crop numbers ``[B, 6]`` through an MLP
+    (``add_embedding``, input ``projection_class_embeddings_input_dim = P + 6 x that dim``),
+    added to the time embedding.
     """
 
     in_channels: int = 4
@@ -72,6 +75,13 @@ class SDUNetConfig:
     norm_num_groups: int = 32
     norm_eps: float = 1e-5
     sample_size: int = 64
+    addition_time_embed_dim: int = 0
+    projection_class_embeddings_input_dim: int = 0
+
+    @property
+    def pooled_dim(self) -> int:
+        """``P``, the pooled text embedding's width of a ``text_time`` UNet (0: none)."""
+        return self.projection_class_embeddings_input_dim - 6 * self.addition_time_embed_dim
 
     def __post_init__(self):
         n = len(self.block_out_channels)
@@ -80,6 +90,10 @@ class SDUNetConfig:
         bad = [b for b in self.down_block_types if b not in _PAIRS]
         if bad:
             raise ValueError(f"SD UNet config: down block types {bad} are not supported; expected {sorted(_PAIRS)}")
+        if self.addition_time_embed_dim and self.pooled_dim <= 0:
+            raise ValueError(f"SD UNet config: projection_class_embeddings_input_dim="
+                             f"{self.projection_class_embeddings_input_dim} leaves no room for a pooled text embedding "
+                             f"beside 6 x addition_time_embed_dim={self.addition_time_embed_dim}")
         for w, h in zip(self.block_out_channels, self.num_heads):
             if w % h:
                 raise ValueError(f"SD UNet config: block width {w} is not divisible by its {h} attention heads")
@@ -95,6 +109,10 @@ class SDUNetConfig:
         for key, default in _DEFAULTS.items():
             if d.get(key, default) != default:
                 raise ValueError(f"SD UNet config: {key}={d[key]!r} is not supported (only {default!r})")
+        added = d.get("addition_embed_type")
+        if added not in (None, "text_time"):
+            raise ValueError(f"SD UNet config: addition_embed_type={added!r} is not supported (only None or "
+                             "'text_time', SDXL's)")
         down = tuple(d.get("down_block_types", cls.down_block_types))
         n = len(down)
         up = tuple(d.get("up_block_types", ()))
@@ -111,7 +129,10 @@ class SDUNetConfig:
             use_linear_projection=bool(d.get("use_linear_projection", False)),
             flip_sin_to_cos=bool(d.get("flip_sin_to_cos", True)), freq_shift=float(d.get("freq_shift", 0)),
             norm_num_groups=d.get("norm_num_groups", 32), norm_eps=float(d.get("norm_eps", 1e-5)),
-            sample_size=d.get("sample_size", 64))
+            sample_size=d.get("sample_size", 64),
+            addition_time_embed_dim=int(d.get("addition_time_embed_dim") or 0) if added else 0,
+            projection_class_embeddings_input_dim=int(d.get("projection_class_embeddings_input_dim") or 0)
+            if added else 0)
 
 
 def diffusers_timestep(t: jnp.ndarray, num_train_timesteps: int) -> jnp.ndarray:
@@ -210,15 +231,26 @@ class SDUNet(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray | None, t: jnp.ndarray, context: jnp.ndarray | None = None,
                  guidance: jnp.ndarray | None = None, train: bool = False, modes: Modes = COMPUTE,
-                 part: str = "all", features: EncoderFeatures | None = None) -> jnp.ndarray:
+                 part: str = "all", features: EncoderFeatures | None = None, text_embeds: jnp.ndarray | None = None,
+                 time_ids: jnp.ndarray | None = None) -> jnp.ndarray:
+        """``text_embeds [B, P]`` and ``time_ids [B, 6]``: a ``text_time`` (SDXL) UNet's added
+        conditions (the pooled text embedding; original size, crop corner, target size)."""
         c = self.config
         check_part(part, modes, features, temporal=False)
         self._check(x, context, guidance, modes)
+        self._check_added(text_embeds, time_ids)
         b = features.batch if part == "decode" else x.shape[0]
         k = diffusers_timestep(jnp.broadcast_to(jnp.asarray(t, jnp.float32), (b,)), self.num_train_timesteps)
         temb = timestep_embedding(k, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift).astype(self.dtype)
         temb = nn.Dense(4 * c.block_out_channels[0], dtype=self.dtype, name="time_embedding_linear_1")(temb)
         temb = nn.Dense(4 * c.block_out_channels[0], dtype=self.dtype, name="time_embedding_linear_2")(nn.silu(temb))
+        if c.addition_time_embed_dim:
+            ids = jnp.broadcast_to(jnp.asarray(time_ids, jnp.float32), (b, 6)).reshape(-1)
+            sizes = timestep_embedding(ids, c.addition_time_embed_dim, c.flip_sin_to_cos, c.freq_shift).reshape(b, -1)
+            added = jnp.concatenate([jnp.asarray(text_embeds, jnp.float32), sizes], axis=-1).astype(self.dtype)
+            added = nn.Dense(4 * c.block_out_channels[0], dtype=self.dtype, name="add_embedding_linear_1")(added)
+            temb = temb + nn.Dense(4 * c.block_out_channels[0], dtype=self.dtype,
+                                   name="add_embedding_linear_2")(nn.silu(added))
         context = context.astype(self.dtype)
         conv = lambda width, name, stride=1: nn.Conv(width, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),  # noqa: E731
                                                      dtype=self.dtype, name=name)
@@ -269,6 +301,21 @@ class SDUNet(nn.Module):
 
         h = nn.silu(nn.GroupNorm(c.norm_num_groups, epsilon=c.norm_eps, dtype=self.dtype, name="conv_norm_out")(h))
         return conv(c.out_channels, "conv_out")(h).astype(jnp.float32)
+
+    def _check_added(self, text_embeds, time_ids) -> None:
+        c = self.config
+        if not c.addition_time_embed_dim:
+            if text_embeds is not None or time_ids is not None:
+                raise ValueError("this SD UNet takes no text_embeds / time_ids (they are SDXL's added conditions)")
+            return
+        if text_embeds is None or text_embeds.ndim != 2 or text_embeds.shape[-1] != c.pooled_dim:
+            got = None if text_embeds is None else text_embeds.shape
+            raise ValueError(f"this SDXL-style UNet needs cond['text_embeds'] of shape [B, {c.pooled_dim}] (the pooled "
+                             f"text embedding), got {got}")
+        if time_ids is None or time_ids.shape[-1] != 6:
+            got = None if time_ids is None else time_ids.shape
+            raise ValueError(f"this SDXL-style UNet needs cond['time_ids'] of shape [B, 6] (original size, crop "
+                             f"corner, target size), got {got}")
 
     def _check(self, x, context, guidance, modes: Modes) -> None:
         levels = len(self.config.block_out_channels) - 1

@@ -36,6 +36,15 @@ SD2 = dict(SD1, block_out_channels=(16, 32, 32), layers_per_block=2, use_linear_
            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=(2, 4, 4))
 
 
+# SDXL's layout: no attention in the first block, several transformer layers per block, linear
+# projections, heads from attention_head_dim, and the text_time added embedding (pooled text 16 wide
+# here, six size numbers through 8-wide sinusoids)
+SDXL = dict(SD1, block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
+            attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+            addition_time_embed_dim=8, projection_class_embeddings_input_dim=16 + 6 * 8)
+
+
 def tiny_unet(tmp_path, kwargs, seed=0):
     torch.manual_seed(seed)
     model = diffusers.UNet2DConditionModel(**kwargs).eval()
@@ -67,6 +76,27 @@ def test_sd_unet_matches_diffusers(tmp_path, kwargs):
         err, scale = float(np.max(np.abs(np.asarray(ours) - theirs))), float(np.max(np.abs(theirs)))
         print(f"k={k}: max abs diff {err:.2e} of scale {scale:.2f}")
         assert err <= RTOL * scale
+
+
+def test_sdxl_style_unet_with_its_added_conditions_matches_diffusers(tmp_path):
+    ref = tiny_unet(tmp_path, SDXL)
+    config, params = load_unet(tmp_path)
+    assert config.pooled_dim == 16
+    x, ctx = inputs()
+    rng = np.random.default_rng(1)
+    pooled = rng.standard_normal((2, 16)).astype(np.float32)
+    time_ids = np.array([[1024, 1024, 0, 0, 1024, 1024], [512, 768, 32, 16, 1024, 1024]], np.float32)
+    net = SDUNet(config)
+    ours = net.apply({"params": params}, x, jnp.full((2,), 0.5), ctx, text_embeds=pooled, time_ids=time_ids)
+    with torch.no_grad():
+        theirs = ref(torch.tensor(x.transpose(0, 3, 1, 2)), 499, encoder_hidden_states=torch.tensor(ctx),
+                     added_cond_kwargs={"text_embeds": torch.tensor(pooled), "time_ids": torch.tensor(time_ids)}).sample
+    theirs = theirs.numpy().transpose(0, 2, 3, 1)
+    assert np.max(np.abs(np.asarray(ours) - theirs)) <= RTOL * np.max(np.abs(theirs))
+    other = net.apply({"params": params}, x, jnp.full((2,), 0.5), ctx, text_embeds=pooled, time_ids=time_ids[::-1])
+    assert np.max(np.abs(np.asarray(other) - np.asarray(ours))) > 1e-3  # the sizes reach the output
+    with pytest.raises(ValueError, match=r"needs cond\['time_ids'\]"):
+        net.apply({"params": params}, x, jnp.full((2,), 0.5), ctx, text_embeds=pooled)
 
 
 @pytest.fixture(scope="module")
