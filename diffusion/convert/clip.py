@@ -15,8 +15,9 @@ from diffusion.nn.text.clip import CLIPTextConfig, CLIPTextEncoder
 
 def convert_clip_text(tensors: Mapping[str, np.ndarray], config: CLIPTextConfig, source: str) -> dict:
     """Flax params from a CLIPTextModel state dict (keys ``text_model.*``; a bare
-    ``CLIPTextTransformer``'s keys without the prefix are accepted too). The
-    ``text_projection`` of a ``CLIPTextModelWithProjection`` is not used and is refused."""
+    ``CLIPTextTransformer``'s keys without the prefix are accepted too). A
+    ``CLIPTextModelWithProjection``'s ``text_projection`` is read when the config has a
+    ``projection_dim`` (its architectures say so), refused otherwise."""
     prefix = "text_model." if any(k.startswith("text_model.") for k in tensors) else ""
     sd = StateDict(tensors, source)
     p = f"{prefix}embeddings"
@@ -30,6 +31,8 @@ def convert_clip_text(tensors: Mapping[str, np.ndarray], config: CLIPTextConfig,
             "layer_norm1": sd.norm(f"{layer}.layer_norm1"), "layer_norm2": sd.norm(f"{layer}.layer_norm2"),
             "fc1": sd.linear(f"{layer}.mlp.fc1"), "fc2": sd.linear(f"{layer}.mlp.fc2"),
         }
+    if config.projection_dim:
+        params["text_projection"] = sd.linear("text_projection", bias=False)
     sd.finish(ignore=("position_ids",))
     expected = jax.eval_shape(lambda: CLIPTextEncoder(config).init(
         jax.random.PRNGKey(0), jnp.zeros((1, config.max_position_embeddings), jnp.int32)))["params"]

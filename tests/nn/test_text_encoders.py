@@ -64,6 +64,27 @@ def test_clip_text_matches_transformers(tmp_path, hidden_act, eos):
         close(skipped, ref.final_layer_norm(out.hidden_states[-2]))
 
 
+def test_sdxl_second_encoder_with_projection_and_raw_penultimate_states(tmp_path):
+    """SDXL's text_encoder_2 (CLIPTextModelWithProjection): the pooled output through
+    text_projection, and the pipeline's hidden_states[-2] (no final LayerNorm)."""
+    torch.manual_seed(1)
+    config = transformers.CLIPTextConfig(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=3,
+                                         num_attention_heads=4, max_position_embeddings=16, hidden_act="gelu",
+                                         eos_token_id=2, bos_token_id=0, pad_token_id=1, projection_dim=24)
+    ref = transformers.CLIPTextModelWithProjection(config).eval()
+    ref.save_pretrained(tmp_path, safe_serialization=True)
+    ours_config, params = load_clip_text(tmp_path)
+    assert ours_config.projection_dim == 24
+    ids = ids_with_eos(95)
+    raw, pooled = CLIPTextEncoder(ours_config).apply({"params": params}, ids, raw_skip=1)
+    with torch.no_grad():
+        out = ref(torch.tensor(ids), output_hidden_states=True)
+    close(pooled, out.text_embeds)
+    close(raw, out.hidden_states[-2])
+    plain, _ = CLIPTextEncoder(ours_config).apply({"params": params}, ids)
+    close(plain, out.last_hidden_state)
+
+
 def test_clip_conversion_names_bad_keys(tmp_path):
     tiny_clip(tmp_path)
     tensors = load_state_dict(tmp_path)

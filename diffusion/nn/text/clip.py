@@ -29,6 +29,7 @@ class CLIPTextConfig:
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
     eos_token_id: int = 2
+    projection_dim: int = 0  # > 0: a CLIPTextModelWithProjection's text_projection (SDXL's second encoder)
 
     def __post_init__(self):
         if self.hidden_act not in ACTIVATIONS:
@@ -43,7 +44,9 @@ class CLIPTextConfig:
         """From a transformers ``config.json`` (a ``CLIPTextConfig``, or a ``CLIPConfig``'s
         ``text_config``); fields we do not use are ignored."""
         d = dict(d.get("text_config") or d)
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+        projected = "CLIPTextModelWithProjection" in (d.get("architectures") or ())
+        fields = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d and f.name != "projection_dim"}
+        return cls(**fields, projection_dim=int(d.get("projection_dim", 512)) if projected else 0)
 
 
 class CLIPAttention(nn.Module):
@@ -83,14 +86,21 @@ class CLIPTextEncoder(nn.Module):
     ``skip`` ("clip skip", as diffusers' pipelines): the hidden states ``skip`` layers
     before the last, through the final LayerNorm. ``pooled`` is the final hidden state at
     the end-of-text token (transformers' rule: the largest id when ``eos_token_id == 2``,
-    the first ``eos_token_id`` otherwise).
+    the first ``eos_token_id`` otherwise), through ``text_projection`` when the config has one.
+    ``raw_skip`` (SDXL's pipeline: ``hidden_states[-(skip + 2)]`` with ``skip + 1`` here): the
+    hidden states ``raw_skip`` layers before the last *without* the final LayerNorm, while
+    ``pooled`` still comes from the full depth.
     """
 
     config: CLIPTextConfig
 
     @nn.compact
-    def __call__(self, ids: jnp.ndarray, skip: int = 0) -> tuple[jnp.ndarray, jnp.ndarray]:
+    def __call__(self, ids: jnp.ndarray, skip: int = 0, raw_skip: int = 0) -> tuple[jnp.ndarray, jnp.ndarray]:
         c = self.config
+        if raw_skip and skip:
+            raise ValueError("give clip skip or raw_skip (SDXL's penultimate states), not both")
+        if not 0 <= raw_skip < c.num_hidden_layers:
+            raise ValueError(f"raw_skip must be in [0, {c.num_hidden_layers - 1}], got {raw_skip}")
         if ids.shape[-1] > c.max_position_embeddings:
             raise ValueError(f"{ids.shape[-1]} tokens, but this CLIP text model has {c.max_position_embeddings} "
                              "positions: tokenize with truncation to that length")
@@ -99,11 +109,18 @@ class CLIPTextEncoder(nn.Module):
         x = nn.Embed(c.vocab_size, c.hidden_size, name="token_embedding")(ids)
         x = x + nn.Embed(c.max_position_embeddings, c.hidden_size, name="position_embedding")(
             jnp.arange(ids.shape[-1]))[None]
-        for i in range(c.num_hidden_layers - skip):
+        depth = c.num_hidden_layers if raw_skip else c.num_hidden_layers - skip
+        raw = x
+        for i in range(depth):
             x = CLIPLayer(c, name=f"layers_{i}")(x)
+            if i == c.num_hidden_layers - 1 - raw_skip:
+                raw = x
         if skip and self.is_initializing():  # the skipped layers get parameters (one checkpoint for every skip)
             for i in range(c.num_hidden_layers - skip, c.num_hidden_layers):
                 CLIPLayer(c, name=f"layers_{i}")(x)
         hidden = nn.LayerNorm(epsilon=c.layer_norm_eps, name="final_layer_norm")(x)
         eos = jnp.argmax(ids, -1) if c.eos_token_id == 2 else jnp.argmax(ids == c.eos_token_id, -1)
-        return hidden, hidden[jnp.arange(ids.shape[0]), eos]
+        pooled = hidden[jnp.arange(ids.shape[0]), eos]
+        if c.projection_dim:
+            pooled = nn.Dense(c.projection_dim, use_bias=False, name="text_projection")(pooled)
+        return (raw if raw_skip else hidden), pooled
