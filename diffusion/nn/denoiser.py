@@ -15,8 +15,8 @@ from diffusion.schedules import Schedule
 
 
 def network_cond(cond: Mapping[str, jax.Array] | None) -> dict:
-    """The condition inputs the network takes (all but guidance's ``null_context``)."""
-    return {k: v for k, v in (cond or {}).items() if k != "null_context"}
+    """The condition inputs the network takes (all but guidance's ``null_*`` conditions)."""
+    return {k: v for k, v in (cond or {}).items() if not k.startswith("null_")}
 
 
 @struct.dataclass
@@ -49,7 +49,7 @@ class Denoiser:
         (``[B]`` for images); ``cond``: e.g. ``{"label": [B] int}``; ``cache``: the
         variable collections of :meth:`init_cache` (``{}``/None: nothing cached);
         ``step`` is unused here (per-step schedules of transforms read it).
-        ``cond["null_context"]`` (guidance's null condition of a text model) is dropped:
+        ``cond["null_context"]`` and any ``null_*`` (guidance's null conditions) are dropped:
         the network never sees it.
 
         Returns ``(Prediction, cache)`` with the collections this call wrote.

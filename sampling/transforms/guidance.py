@@ -20,7 +20,8 @@ class Guided:
 
     The conditional and unconditional branches run as one ``[2B]`` batch; the
     unconditional branch gets the null label (class-conditional models) or, for a text
-    model, ``cond["null_context"]`` (the negative or empty prompt's context) as its context;
+    model, ``cond["null_context"]`` (the negative or empty prompt's context) as its context, and
+    any other input ``k`` its ``cond["null_k"]`` where given (SDXL's pooled embedding and sizes);
     the same affine combination of x0 and eps keeps ``x_t = alpha x0 + sigma eps``.
     ``scale = 1`` is the conditional model, ``0`` the unconditional one. ``scale`` is a
     traced leaf: sweeping it does not recompile. The cache covers the ``[2B]`` batch, so
@@ -48,19 +49,24 @@ class Guided:
         return Prediction(x0=mix(both.x0), eps=mix(both.eps)), cache
 
     def _both(self, cond):
+        """The ``[2B]`` condition: each input ``k`` followed by its ``null_k`` where the batch has one
+        (a text model's ``null_context``; SDXL's ``null_text_embeds`` and ``null_time_ids``), repeated
+        otherwise; a class-conditional model's labels followed by the null label."""
         cond = dict(cond or {})
-        if "context" in cond:
-            if "null_context" not in cond:
-                raise ValueError("classifier-free guidance of a text model needs cond['null_context'] (the context "
-                                 "of the negative or empty prompt)")
-            null = cond.pop("null_context")
-            both = {k: jnp.concatenate([v, v]) for k, v in cond.items()}
-            return {**both, "context": jnp.concatenate([cond["context"], null])}
-        if "label" not in cond:
+        nulls = {k[len("null_"):]: cond.pop(k) for k in list(cond) if k.startswith("null_")}
+        orphans = sorted(set(nulls) - set(cond))
+        if orphans:
+            raise ValueError(f"guidance got null conditions for inputs the batch does not have: {orphans}")
+        if "context" in cond and "context" not in nulls:
+            raise ValueError("classifier-free guidance of a text model needs cond['null_context'] (the context "
+                             "of the negative or empty prompt)")
+        if "context" not in cond and "label" not in cond:
             raise ValueError("classifier-free guidance needs cond['label'] (a class-conditional model) or "
                              "cond['context'] and cond['null_context'] (a text model)")
-        both = {k: jnp.concatenate([v, v]) for k, v in cond.items()}  # every [B, ...] input, e.g. a guidance scale
-        return {**both, "label": jnp.concatenate([cond["label"], jnp.full_like(cond["label"], self.null_label)])}
+        both = {k: jnp.concatenate([v, nulls.get(k, v)]) for k, v in cond.items()}  # e.g. a [B] guidance scale
+        if "context" not in cond:
+            both["label"] = jnp.concatenate([cond["label"], jnp.full_like(cond["label"], self.null_label)])
+        return both
 
     def init_cache(self, params, x_t, cond=None, num_steps=None, modes: Modes = COMPUTE):
         """The inner denoiser's cache for the doubled ``[2B]`` batch."""

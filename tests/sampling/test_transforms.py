@@ -41,6 +41,27 @@ def test_guidance_closed_form_and_one_batched_call():
         np.testing.assert_allclose(np.asarray(a * pred.x0 + s * pred.eps), np.asarray(x), atol=1e-5)
 
 
+def test_guidance_pairs_every_input_with_its_null():
+    """A text model's context with null_context, and any other input with its null_* (SDXL's pooled
+    embedding and sizes): the unconditional half gets the nulls, the rest is repeated."""
+    seen = {}
+
+    class Record(LabelMeans):
+        def __call__(self, params, x_t, t, cond=None, **kw):
+            seen.update(cond)
+            return super().__call__(params, x_t, t, {"label": jnp.zeros(x_t.shape[0], jnp.int32)}, **kw)
+
+    cond = {"context": jnp.ones((2, 3, 4)), "null_context": jnp.zeros((2, 3, 4)), "text_embeds": jnp.ones((2, 5)),
+            "null_text_embeds": -jnp.ones((2, 5)), "time_ids": jnp.full((2, 6), 7.0)}
+    Guided(Record(SCHED, MEANS), 2.0, null_label=-1)(None, jnp.ones((2, 2)), jnp.asarray(0.5), cond)
+    np.testing.assert_array_equal(np.asarray(seen["context"])[:, 0, 0], [1, 1, 0, 0])
+    np.testing.assert_array_equal(np.asarray(seen["text_embeds"])[:, 0], [1, 1, -1, -1])
+    np.testing.assert_array_equal(np.asarray(seen["time_ids"])[:, 0], [7, 7, 7, 7])
+    with pytest.raises(ValueError, match="null conditions for inputs the batch does not have: \\['pooled'\\]"):
+        Guided(Record(SCHED, MEANS), 2.0)(None, jnp.ones((2, 2)), jnp.asarray(0.5),
+                                          {**cond, "null_pooled": jnp.ones((2, 5))})
+
+
 def test_guidance_needs_labels():
     with pytest.raises(ValueError, match="class-conditional"):
         Guided(LabelMeans(SCHED, MEANS), 2.0)(None, jnp.ones((2, 2)), jnp.asarray(0.5), None)
