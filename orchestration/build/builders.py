@@ -162,7 +162,8 @@ def first_per_class(source, n: int, name: str = "the dataset"):
 def network_inputs(config: ml_collections.ConfigDict, info: DatasetInfo, batch: int) -> dict[str, jax.ShapeDtypeStruct]:
     """The network's inputs for ``batch`` samples, abstract: ``x [batch, *sample_shape]``,
     ``t [batch]``, a ``label`` when class-conditional, a ``guidance`` scale when
-    w-conditioned, a ``context [batch, max_length, cross_attention_dim]`` for a text model."""
+    w-conditioned, a ``context [batch, max_length, cross_attention_dim]`` for a text model (and
+    SDXL's ``text_embeds [batch, P]`` and ``time_ids [batch, 6]``)."""
     f32 = jnp.float32
     inputs = {"x": jax.ShapeDtypeStruct((batch, *sample_shape(config, info)), f32),
               "t": jax.ShapeDtypeStruct((batch,), f32)}
@@ -171,8 +172,11 @@ def network_inputs(config: ml_collections.ConfigDict, info: DatasetInfo, batch: 
     if config.model.guidance_embed:
         inputs["guidance"] = jax.ShapeDtypeStruct((batch,), f32)
     if config.get("text") is not None:
-        width = sd_unet_config(config.model).cross_attention_dim
-        inputs["context"] = jax.ShapeDtypeStruct((batch, config.text.max_length, width), f32)
+        unet = sd_unet_config(config.model)
+        inputs["context"] = jax.ShapeDtypeStruct((batch, config.text.max_length, unet.cross_attention_dim), f32)
+        if unet.addition_time_embed_dim:  # SDXL's added conditions
+            inputs["text_embeds"] = jax.ShapeDtypeStruct((batch, unet.pooled_dim), f32)
+            inputs["time_ids"] = jax.ShapeDtypeStruct((batch, 6), f32)
     return inputs
 
 

@@ -30,8 +30,18 @@ def prompt_encoder(workdir: str | pathlib.Path, config: ml_collections.ConfigDic
     enc = load_from(workdir, "text_encoder", ("clip_text", "bert"))
     tok = load_from(workdir, "tokenizer", ("tokenizer",))
     params = enc.params if loras is None else loras.on_text_encoder(enc.config, enc.params)
-    return PromptEncoder(enc.kind, tok.tokenizer, enc.config, params, int(config.text.max_length),
-                         int(config.text.get("clip_skip", 0) or 0), batch_size)
+    first = PromptEncoder(enc.kind, tok.tokenizer, enc.config, params, int(config.text.max_length),
+                          int(config.text.get("clip_skip", 0) or 0), batch_size)
+    if config.text.get("kind") != "sdxl":
+        return first
+    from diffusion.nn.text.sdxl_prompts import SDXLPromptEncoder
+
+    enc2 = load_from(workdir, "text_encoder_2", ("clip_text",))
+    tok2 = load_from(workdir, "tokenizer_2", ("tokenizer",))
+    second = PromptEncoder("clip_text", tok2.tokenizer, enc2.config, enc2.params, int(config.text.max_length_2), 0,
+                           batch_size)
+    size = int(config.data.resolution)
+    return SDXLPromptEncoder(first, second, bool(config.text.get("force_zeros_for_empty_prompt", True)), (size, size))
 
 
 def text_conds(encoder: PromptEncoder, prompts: Sequence[str], negative_prompt: str = "") -> dict[str, np.ndarray]:
@@ -41,6 +51,8 @@ def text_conds(encoder: PromptEncoder, prompts: Sequence[str], negative_prompt: 
     tokenizer has no token for) is said on stderr, one ``warning:`` line each."""
     for note in prompt_notices(encoder.tokenizer, [*prompts, negative_prompt], encoder.max_length):
         print(f"warning: {note}", file=sys.stderr, flush=True)
+    if hasattr(encoder, "conds"):  # SDXL: two encoders, the pooled embedding and the sizes too
+        return encoder.conds(list(prompts), negative_prompt)
     context = encoder(list(prompts))
     null = encoder([negative_prompt])
     return {"context": context, "null_context": np.broadcast_to(null, context.shape).copy()}

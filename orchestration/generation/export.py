@@ -64,6 +64,9 @@ def export_diffusers(workdir: str | pathlib.Path, out: str | pathlib.Path, ckpt:
                          "Stable Diffusion-family runs (imported, fine-tuned or distilled) export")
     if run.caps.frames is not None or getattr(run.caps, "w_conditioned", False):
         raise ValueError(f"{workdir}: a video or guidance-conditioned student has no diffusers pipeline")
+    if (run.config.get("text") or {}).get("kind") == "sdxl":
+        raise ValueError(f"{workdir} is an SDXL run: writing SDXL back to diffusers is not built yet (its second text "
+                         "encoder); SD 1.x / 2.x runs export")
     meta = find_meta(run.workdir, run.config)
     layout = read_layout(meta)
     step = run.select(ckpt)[0]

@@ -76,10 +76,19 @@ def _scheduler(folder: pathlib.Path) -> tuple[dict, str, list[str]]:
 DTYPES = ("float32", "bfloat16")  # the compute dtype of the imported run (config.model.dtype)
 
 
+def _is_sdxl(folder: pathlib.Path) -> bool:
+    """A folder with a second text encoder (``StableDiffusionXLPipeline``'s layout)."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except ValueError as e:
+        raise ConversionError(f"{folder / 'model_index.json'} is not valid JSON ({e})") from None
+    return bool(index.get("text_encoder_2")) and index["text_encoder_2"][0] is not None
+
+
 def _weights_read(folder: pathlib.Path, variant: str | None) -> dict:
     """``{component: {"files": [...], "dtypes": [...]}}`` of what the import reads."""
     out = {}
-    for name in ("unet", "vae", "text_encoder"):
+    for name in ("unet", "vae", "text_encoder") + (("text_encoder_2",) if _is_sdxl(folder) else ()):
         files = weight_files(folder / name, variant)
         out[name] = {"files": [str(f.relative_to(folder)) for f in files],
                      "dtypes": sorted({d for f in files if f.is_file() for d in file_dtypes(f)})}
@@ -106,10 +115,12 @@ def convert_pipeline(folder: str | pathlib.Path, variant: str | None = None, dty
     if not (folder / "model_index.json").is_file():
         raise ConversionError(f"{folder} has no model_index.json: not a diffusers pipeline folder (save one with "
                               "pipeline.save_pretrained(folder))")
-    missing = [name for name in SUBFOLDERS if not (folder / name).is_dir()]
+    sdxl = _is_sdxl(folder)
+    wanted = SUBFOLDERS + (("text_encoder_2", "tokenizer_2") if sdxl else ())
+    missing = [name for name in wanted if not (folder / name).is_dir()]
     if missing:
-        raise ConversionError(f"{folder} lacks the sub-folder(s) {missing}; a Stable Diffusion pipeline folder has "
-                              f"{list(SUBFOLDERS)}")
+        raise ConversionError(f"{folder} lacks the sub-folder(s) {missing}; a Stable Diffusion{' XL' if sdxl else ''} "
+                              f"pipeline folder has {list(wanted)}")
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype {dtype!r} is not a compute dtype here; expected one of {', '.join(DTYPES)}")
     diffusion, sampler, notes = _scheduler(folder)
@@ -126,17 +137,39 @@ def convert_pipeline(folder: str | pathlib.Path, variant: str | None = None, dty
     vae_config, vae_params = load_vae(folder / "vae", variant)
     clip_config, clip_params = load_clip_text(folder / "text_encoder", variant)
     tokenizer = load_tokenizer(folder / "tokenizer")
-    if unet_config.cross_attention_dim != clip_config.hidden_size:
-        raise ConversionError(f"unet cross_attention_dim={unet_config.cross_attention_dim} but the text encoder's "
-                              f"hidden_size={clip_config.hidden_size}: the parts do not belong together")
+    second = None
+    if sdxl:
+        second = load_clip_text(folder / "text_encoder_2", variant), load_tokenizer(folder / "tokenizer_2")
+        (clip2, _), _ = second
+        if not clip2.projection_dim:
+            raise ConversionError(f"{folder / 'text_encoder_2'} is not a CLIPTextModelWithProjection (SDXL's second "
+                                  "encoder gives the pooled, projected embedding)")
+        if unet_config.pooled_dim != clip2.projection_dim:
+            raise ConversionError(f"the unet's added embedding takes a pooled embedding of {unet_config.pooled_dim} "
+                                  f"but text_encoder_2 projects to {clip2.projection_dim}")
+    elif unet_config.addition_time_embed_dim:
+        raise ConversionError(f"{folder / 'unet'} is an SDXL UNet (addition_embed_type='text_time') but the folder "
+                              "has no text_encoder_2")
+    widths = clip_config.hidden_size + (second[0][0].hidden_size if second else 0)
+    if unet_config.cross_attention_dim != widths:
+        raise ConversionError(f"unet cross_attention_dim={unet_config.cross_attention_dim} but the text encoder(s) "
+                              f"give {widths}: the parts do not belong together")
     if unet_config.in_channels != vae_config.latent_channels:
         raise ConversionError(f"unet in_channels={unet_config.in_channels} but the VAE has "
                               f"{vae_config.latent_channels} latent channels")
     max_length = min(int(tokenizer.model_max_length), clip_config.max_position_embeddings)
     config = _config(unet_config, vae_config, diffusion, sampler, max_length, folder)
     config.model.dtype = dtype
-    return {"config": config, "unet": unet_params, "text_encoder": (clip_config, clip_params),
-            "vae": (vae_config, vae_params), "notes": notes, "weights": weights}
+    out = {"config": config, "unet": unet_params, "text_encoder": (clip_config, clip_params),
+           "vae": (vae_config, vae_params), "notes": notes, "weights": weights}
+    if second:
+        (clip2, params2), tokenizer2 = second
+        index = json.loads((folder / "model_index.json").read_text())
+        config.text.kind = "sdxl"
+        config.text.max_length_2 = min(int(tokenizer2.model_max_length), clip2.max_position_embeddings)
+        config.text.force_zeros_for_empty_prompt = bool(index.get("force_zeros_for_empty_prompt", True))
+        out["text_encoder_2"] = (clip2, params2)
+    return out
 
 
 def describe_weights(record: dict) -> str:
@@ -191,6 +224,9 @@ def import_pipeline(folder: str | pathlib.Path, workdir: str | pathlib.Path, var
         components.save_params(component_dir(tmp, "text_encoder"), "clip_text", *converted["text_encoder"])
         components.save_params(component_dir(tmp, "vae"), "vae", *converted["vae"])
         components.save_tokenizer(component_dir(tmp, "tokenizer"), pathlib.Path(folder) / "tokenizer")
+        if "text_encoder_2" in converted:
+            components.save_params(component_dir(tmp, "text_encoder_2"), "clip_text", *converted["text_encoder_2"])
+            components.save_tokenizer(component_dir(tmp, "tokenizer_2"), pathlib.Path(folder) / "tokenizer_2")
         save_meta(tmp, pathlib.Path(folder), variant)
         write_config(tmp, config_json)
         manager = checkpoint.make_manager(tmp, keep_last=1)

@@ -33,13 +33,14 @@ def tensor_layout(folder: pathlib.Path, variant: str | None) -> dict[str, list[i
 def save_meta(dest_workdir: pathlib.Path, folder: pathlib.Path, variant: str | None) -> None:
     """Writes ``<dest_workdir>/diffusers/`` from the pipeline ``folder`` being imported."""
     meta = dest_workdir / META
-    for name in MODELS:
+    models = MODELS + (("text_encoder_2",) if (folder / "text_encoder_2").is_dir() else ())
+    for name in models:
         (meta / name).mkdir(parents=True, exist_ok=True)
         shutil.copy(folder / name / "config.json", meta / name / "config.json")
     (meta / "scheduler").mkdir(exist_ok=True)
     shutil.copy(folder / "scheduler" / "scheduler_config.json", meta / "scheduler" / "scheduler_config.json")
     shutil.copy(folder / "model_index.json", meta / "model_index.json")
-    layout = {name: tensor_layout(folder / name, variant) for name in MODELS}
+    layout = {name: tensor_layout(folder / name, variant) for name in models}
     (meta / LAYOUT).write_text(json.dumps(layout) + "\n")
 
 
