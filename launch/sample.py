@@ -7,6 +7,7 @@ r"""Samples a trained work directory with any solver and sampling transform.
         [--prompts_file prompts.txt] [--negative_prompt "blurry"] --guidance 7.5 --num 4 \
         [--initial_noise latents.npy]   # diffusers' latents, [N, H, W, C]: diffusers' image
         [--lora style.safetensors:0.8 --lora detail.safetensors]
+        [--prompt_2 "..." --negative_prompt_2 "..." --original_size 1024,1024 --crop 0,0 --target_size 1024,1024]  # SDXL
     python -m launch.sample --workdir runs/moving_digits --plan i2v [--given_frames 0] \
         [--source heldout]    # also --plan sync, interp, long:64, pyramid:2
 
@@ -45,11 +46,42 @@ flags.DEFINE_string("initial_noise", None, "A .npy of standard-normal noise [N, 
                     "latents= (before init_noise_sigma), transposed to channels last; N is --num.")
 flags.DEFINE_multi_string("lora", [], "A LoRA file (diffusers / PEFT or kohya format) added to an SD-family run's "
                           "UNet and text encoder, as FILE or FILE:SCALE; repeat for several.")
+flags.DEFINE_multi_string("prompt_2", [], "SDXL: the second text encoder's prompt (default: --prompt); repeat "
+                          "as --prompt.")
+flags.DEFINE_string("negative_prompt_2", "", "SDXL: the second text encoder's negative prompt (default: "
+                    "--negative_prompt).")
+flags.DEFINE_string("original_size", None, "SDXL's size conditioning H,W (default: the image size).")
+flags.DEFINE_string("crop", None, "SDXL's crop-corner conditioning TOP,LEFT (default: 0,0).")
+flags.DEFINE_string("target_size", None, "SDXL's target-size conditioning H,W (default: the image size).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output file of the same sampler, checkpoint, seed and num.")
 cli.define_distributed_flags()
 flags.adopt_module_key_flags(cli)  # every flag defined through cli shows in --help
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
+
+
+def _pair(name: str, lo: int):
+    text = getattr(FLAGS, name)
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2 or min(values) < lo:
+        raise ValueError(f"--{name} takes two integers >= {lo} as A,B, got {text!r}")
+    return values
+
+
+def sdxl_options() -> dict:
+    """The SDXL flags that are set, as ``draw``'s ``sdxl`` options."""
+    out = {}
+    if FLAGS.prompt_2:
+        out["prompts_2"] = list(FLAGS.prompt_2)
+    if FLAGS.negative_prompt_2:
+        out["negative_prompt_2"] = FLAGS.negative_prompt_2
+    for name, key, lo in (("original_size", "original_size", 1), ("crop", "crop", 0), ("target_size", "target_size", 1)):
+        if getattr(FLAGS, name) is not None:
+            out[key] = _pair(name, lo)
+    return out
 
 
 def main(argv):
@@ -60,7 +92,8 @@ def main(argv):
     written = write_samples(FLAGS.workdir, overrides=cli.sampler_overrides(), num=FLAGS.num, ckpt=FLAGS.ckpt,
                             seed=FLAGS.seed, batch_size=FLAGS.batch_size, prompts=cli.read_prompts(),
                             negative_prompt=FLAGS.negative_prompt, source=FLAGS.source, overwrite=FLAGS.overwrite,
-                            initial_noise=FLAGS.initial_noise, loras=[parse_lora_spec(t) for t in FLAGS.lora])
+                            initial_noise=FLAGS.initial_noise, loras=[parse_lora_spec(t) for t in FLAGS.lora],
+                            sdxl=sdxl_options())
     if written.paths:
         print(written.summary())
 

@@ -8,8 +8,9 @@ tokenizer trained offline), saves it with each scheduler SD-family folders ship 
 prediction), imports each with ``import_pipeline`` (what ``launch.import_weights`` runs), samples
 two prompts with the imported default sampler at 10 steps and guidance 7.5 from diffusers' own
 initial latents, and prints the max abs difference to diffusers' image (floats in [0, 1]) and
-the uint8 images' largest difference in levels and share of differing pixels; then what the
-import wrote before issue 27 (DDIM on the leading grid) on the same folders.
+the uint8 images' largest difference in levels and share of differing pixels; the same for a
+tiny SDXL pipeline (tests/launch/test_import_sdxl.py); then what the import wrote before issue 27
+(DDIM on the leading grid) on the same SD folders.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from orchestration.build.run_loader import load_run  # noqa: E402
 from orchestration.generation.draw import draw  # noqa: E402
 from orchestration.weights.importer import import_pipeline  # noqa: E402
 from sampling.spec import SamplerSpec  # noqa: E402
+from tests.launch.test_import_sdxl import tiny_sdxl  # noqa: E402
 from tests.launch.test_import_weights import PROMPT, tiny_pipeline  # noqa: E402
 
 BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
@@ -47,12 +49,12 @@ FOLDERS = [  # (row, scheduler class, options)
 PREDICTIONS = (("eps", "epsilon"), ("v", "v_prediction"))
 
 
-def compare(pipe, folder, run_dir, prompts, latents, sampler=None):
+def compare(pipe, folder, run_dir, prompts, latents, sampler=None, guidance=7.5):
     with torch.no_grad():
-        ref = pipe(prompts, num_inference_steps=10, guidance_scale=7.5, latents=latents.clone(),
+        ref = pipe(prompts, num_inference_steps=10, guidance_scale=guidance, latents=latents.clone(),
                    output_type="np").images
     run = load_run(run_dir)
-    spec = SamplerSpec.parse(sampler or run.config.sample.sampler).merged({"steps": 10})
+    spec = SamplerSpec.parse(sampler or run.config.sample.sampler).merged({"steps": 10, "guidance": guidance})
     images, _ = draw(run, run.params(0), spec, 2, prompts=prompts, x_T=latents.permute(0, 2, 3, 1).numpy())
     ours = np.clip(images / 2 + 0.5, 0, 1)
     levels = np.abs(np.round(ours * 255).astype(int) - np.round(ref * 255).astype(int))
@@ -78,6 +80,11 @@ def main():
                 _, diff, levels, share = compare(pipe, folder, run_dir, prompts, latents,
                                                  "solver=ddim;steps=10;grid=leading;guidance=7.5")
                 before.append(f"| {row} | {short} | {diff:.2e} | {levels} | {share:.1%} |")
+    xl = tiny_sdxl(root / "sdxl")  # SDXL's family: two text encoders, text_time UNet, Euler on leading steps
+    import_pipeline(root / "sdxl", root / "sdxl_run")
+    sampler, diff, levels, share = compare(xl, root / "sdxl", root / "sdxl_run", prompts, latents, guidance=5.0)
+    rows.append(f"| Euler, leading: an SDXL folder (guidance 5) | eps | `{sampler}` | {diff:.2e} | {levels} | "
+                f"{share:.1%} | none |")
     print("| folder's scheduler | prediction | sampler the import writes (at 10 steps) | max abs difference | "
           "max uint8 levels | pixels off | import notes |\n|---|---|---|---|---|---|---|")
     print("\n".join(rows))

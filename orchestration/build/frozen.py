@@ -44,7 +44,8 @@ def prompt_encoder(workdir: str | pathlib.Path, config: ml_collections.ConfigDic
     return SDXLPromptEncoder(first, second, bool(config.text.get("force_zeros_for_empty_prompt", True)), (size, size))
 
 
-def text_conds(encoder: PromptEncoder, prompts: Sequence[str], negative_prompt: str = "") -> dict[str, np.ndarray]:
+def text_conds(encoder: PromptEncoder, prompts: Sequence[str], negative_prompt: str = "",
+               sdxl: dict | None = None) -> dict[str, np.ndarray]:
     """``{"context": [N, L, D], "null_context": [N, L, D]}``: the prompts' contexts and,
     for classifier-free guidance, the negative prompt's (the empty prompt's by default).
     What tokenizing loses of a prompt (tokens cut at the encoder's length, characters the
@@ -52,7 +53,9 @@ def text_conds(encoder: PromptEncoder, prompts: Sequence[str], negative_prompt: 
     for note in prompt_notices(encoder.tokenizer, [*prompts, negative_prompt], encoder.max_length):
         print(f"warning: {note}", file=sys.stderr, flush=True)
     if hasattr(encoder, "conds"):  # SDXL: two encoders, the pooled embedding and the sizes too
-        return encoder.conds(list(prompts), negative_prompt)
+        return encoder.conds(list(prompts), negative_prompt, **(sdxl or {}))
+    if sdxl:
+        raise ValueError(f"{', '.join('--' + k for k in sdxl)} apply to SDXL runs only; this run has one text encoder")
     context = encoder(list(prompts))
     null = encoder([negative_prompt])
     return {"context": context, "null_context": np.broadcast_to(null, context.shape).copy()}

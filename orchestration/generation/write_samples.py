@@ -59,12 +59,14 @@ def check_writable(directory: pathlib.Path) -> None:
         raise OSError(f"cannot write the samples to {directory}: {e.strerror or e}") from None
 
 
-def sample_name(spec_tag: str, step: int, seed: int, num: int, prompts: list[str], negative_prompt: str) -> str:
+def sample_name(spec_tag: str, step: int, seed: int, num: int, prompts: list[str], negative_prompt: str,
+                sdxl: dict | None = None) -> str:
     """The output name; prompts add a short hash of themselves (several prompt sets of one
     sampler never overwrite each other)."""
     name = f"{spec_tag}_ckpt{step}_seed{seed}_n{num}"
     if prompts:
-        digest = hashlib.sha256(json.dumps([prompts, negative_prompt]).encode()).hexdigest()[:8]
+        texts = [prompts, negative_prompt] + ([sorted((k, str(v)) for k, v in sdxl.items())] if sdxl else [])
+        digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:8]
         name += f"_prompts{digest}"
     return name
 
@@ -82,7 +84,7 @@ def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None,
                   ckpt: str = "latest", seed: int = 0, batch_size: int = 500, prompts: list[str] | None = None,
                   negative_prompt: str = "", source: str | None = None, overwrite: bool = False,
                   progress: bool = True, initial_noise: str | pathlib.Path | None = None,
-                  loras: list[tuple[str, float]] | None = None) -> Written:
+                  loras: list[tuple[str, float]] | None = None, sdxl: dict | None = None) -> Written:
     """Samples checkpoint ``ckpt`` of ``workdir`` with its ``config.sample.sampler`` merged
     with ``overrides`` (sampler keys, ``SamplerSpec.merged``) and writes the files above.
 
@@ -92,7 +94,8 @@ def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None,
     noise ``[N, H, W, C]`` to start from (``orchestration.generation.initial_noise``); the
     output name then carries its digest instead of depending on ``seed`` alone. ``loras``:
     ``[(file, scale)]`` LoRA files added to the UNet and text encoder (``orchestration.build.lora``;
-    the name carries a digest of the files and scales).
+    the name carries a digest of the files and scales). ``sdxl``: an SDXL run's second prompts and
+    size conditions (``orchestration.generation.draw.draw``; recorded, and in the name's prompt digest).
 
     Raises:
       ValueError: a bad count, sampler, prompt or source (before anything is read or written).
@@ -123,7 +126,7 @@ def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None,
         raise ValueError("--source names the split a video plan's given frames come from; this sampler gives none "
                          "(use --plan i2v or interp, or --given_frames with a plan)")
     step = run.select(ckpt)[0]
-    name = sample_name(spec.tag(), step, seed, num, prompts, negative_prompt)  # tags may hold dots (eta0.5)
+    name = sample_name(spec.tag(), step, seed, num, prompts, negative_prompt, sdxl)  # tags may hold dots (eta0.5)
     if truth is not None:
         name += f"_{source}"
     if x_T is not None:
@@ -139,7 +142,7 @@ def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None,
     params = run.params(step)
     t0 = time.perf_counter()
     images, conds = draw(run, params, spec, num, seed=seed, batch_size=batch_size, prompts=prompts,
-                         negative_prompt=negative_prompt, progress=progress, x_T=x_T,
+                         negative_prompt=negative_prompt, progress=progress, x_T=x_T, sdxl=sdxl,
                          external=external_for(run.workdir, spec), truth=truth, mesh=all_devices_mesh())
     seconds = time.perf_counter() - t0
     videos = images.ndim == 5
@@ -148,6 +151,8 @@ def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None,
     settings = {"ckpt": step, "seed": seed, "num": num, "seconds": seconds, **record_fields(spec)}
     if prompts:
         settings["negative_prompt"] = negative_prompt
+    if sdxl:
+        settings["sdxl"] = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in sdxl.items()}
     if truth is not None:
         settings["source"] = source
     if loras:

@@ -71,3 +71,39 @@ def test_import_then_sample_matches_the_sdxl_pipeline(imported, negative):
     assert np.abs(ref[0] - ref[1]).max() > 1e-2
     assert conds["time_ids"].tolist() == [[16, 16, 0, 0, 16, 16]] * 2
     assert (np.abs(conds["null_text_embeds"]).max() == 0) == (negative is None)
+
+
+def test_second_prompts_and_size_conditions(imported, tmp_path):
+    """--prompt_2 / --negative_prompt_2 and the micro-conditioning, through the CLI's own path."""
+    from orchestration.generation.write_samples import write_samples
+
+    pipe, root, _ = imported
+    latents = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = pipe(PROMPTS, prompt_2=["a big 5", "two digits"], negative_prompt=["blurry"] * 2,
+                   negative_prompt_2=["a thin 2"] * 2, original_size=(32, 24), crops_coords_top_left=(4, 2),
+                   target_size=(16, 16), num_inference_steps=6, guidance_scale=4.0, latents=latents.clone(),
+                   output_type="np").images
+    noise = tmp_path / "latents.npy"
+    np.save(noise, latents.permute(0, 2, 3, 1).numpy())
+    written = write_samples(root / "run", overrides={"steps": 6, "guidance": 4.0}, prompts=PROMPTS,
+                            negative_prompt="blurry", initial_noise=noise, progress=False,
+                            sdxl={"prompts_2": ["a big 5", "two digits"], "negative_prompt_2": "a thin 2",
+                                  "original_size": (32, 24), "crop": (4, 2), "target_size": (16, 16)})
+    ours = np.load(written.paths[0])["images"].astype(int)
+    diff = np.abs(ours - (ref * 255).round().astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.02, (diff.max(), (diff > 0).mean())
+
+
+def test_bad_sdxl_flags_are_one_line_errors(imported):
+    from orchestration.build.frozen import text_conds
+    from tests.launch.test_sample_evaluate import assert_one_line_error, probe
+
+    _, root, _ = imported
+    w = str(root / "run")
+    zero, short = probe("launch.sample", ["--workdir", w, "--prompt", "a", "--original_size", "0,5"],
+                        ["--workdir", w, "--prompt", "a", "--crop", "3"])
+    assert_one_line_error(zero, "--original_size takes two integers >= 1 as A,B, got '0,5'")
+    assert_one_line_error(short, "--crop takes two integers >= 0 as A,B, got '3'")
+    with pytest.raises(ValueError, match="apply to SDXL runs only"):
+        text_conds(load_run(root / "run").prompt_encoder().first, ["a"], "", {"crop": (0, 0)})

@@ -48,25 +48,29 @@ class SDXLPromptEncoder:
     def max_length(self) -> int:
         return self.first.max_length
 
-    def encode(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``(context [N, L, D1 + D2], pooled [N, P])`` float32."""
+    def encode(self, prompts: Sequence[str], prompts_2: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(context [N, L, D1 + D2], pooled [N, P])`` float32; ``prompts_2`` go to the second encoder
+        (default: ``prompts``), as the pipeline's ``prompt_2``."""
         states, pooled = [], None
-        for encoder, apply in zip((self.first, self.second), self._apply):
-            ids, _ = encoder.ids(list(prompts))
+        for encoder, apply, texts in zip((self.first, self.second), self._apply, (prompts, prompts_2 or prompts)):
+            ids, _ = encoder.ids(list(texts))
             hidden, pooled = apply(encoder.params, ids)
             states.append(np.asarray(hidden, np.float32))
         return np.concatenate(states, axis=-1), np.asarray(pooled, np.float32)
 
-    def conds(self, prompts: Sequence[str], negative_prompt: str = "",
-              original_size: tuple[int, int] | None = None, crop: tuple[int, int] = (0, 0),
-              target_size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-        """The UNet's conditions and guidance's nulls for ``prompts`` (``[N, ...]`` each)."""
-        context, pooled = self.encode(prompts)
+    def conds(self, prompts: Sequence[str], negative_prompt: str = "", prompts_2: Sequence[str] | None = None,
+              negative_prompt_2: str = "", original_size: tuple[int, int] | None = None,
+              crop: tuple[int, int] = (0, 0), target_size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+        """The UNet's conditions and guidance's nulls for ``prompts`` (``[N, ...]`` each); the ``_2``
+        texts go to the second encoder (default: the first's), the sizes are ``(height, width)``."""
+        if prompts_2 is not None and len(prompts_2) != len(prompts):
+            raise ValueError(f"{len(prompts_2)} second prompts for {len(prompts)} prompts")
+        context, pooled = self.encode(prompts, prompts_2)
         n = len(prompts)
         if not negative_prompt and self.force_zeros_for_empty_prompt:
             null_context, null_pooled = np.zeros_like(context), np.zeros_like(pooled)
         else:
-            c, p = self.encode([negative_prompt])
+            c, p = self.encode([negative_prompt], [negative_prompt_2 or negative_prompt])
             null_context, null_pooled = np.broadcast_to(c, context.shape).copy(), np.broadcast_to(p, pooled.shape).copy()
         ids = np.asarray([*(original_size or self.size), *crop, *(target_size or self.size)], np.float32)
         time_ids = np.broadcast_to(ids, (n, 6)).copy()
