@@ -24,7 +24,7 @@ from typing import Mapping
 
 import numpy as np
 
-from diffusion.convert.tensors import ConversionError, _safetensors, _torch_bin
+from diffusion.convert.tensors import ConversionError, load_state_dict
 
 COMPONENTS = ("unet", "text_encoder")
 KOHYA_PREFIX = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder"}
@@ -38,11 +38,11 @@ def read_lora_file(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dic
     path = pathlib.Path(path)
     if not path.is_file():
         raise ConversionError(f"--lora {path} is not a file")
+    tensors = load_state_dict(path)
     if path.suffix == ".bin":
-        return _torch_bin(path), {}
+        return tensors, {}
     from safetensors import safe_open
 
-    tensors = _safetensors(path)
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}

@@ -24,7 +24,7 @@ class ConversionError(ValueError):
     """A checkpoint that does not fit the model: a missing, unused or mis-shaped tensor."""
 
 
-def _header(path: pathlib.Path) -> tuple[dict, int]:
+def safetensors_header(path: pathlib.Path) -> tuple[dict, int]:
     """``(header, data offset)`` of a safetensors file: an 8-byte little-endian length, then JSON."""
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -45,7 +45,7 @@ def _header(path: pathlib.Path) -> tuple[dict, int]:
 def _bf16_tensors(path: pathlib.Path) -> dict[str, np.ndarray]:
     """The bfloat16 tensors of a safetensors file as float32 (numpy has no bfloat16, so safetensors'
     numpy reader refuses them): each raw little-endian 16-bit pattern becomes a float32's top half."""
-    header, start = _header(path)
+    header, start = safetensors_header(path)
     size, out = path.stat().st_size, {}
     for name, info in header.items():
         if name == "__metadata__" or not isinstance(info, dict) or info.get("dtype") != "BF16":
@@ -67,7 +67,7 @@ def file_dtypes(path: pathlib.Path) -> list[str]:
     """The tensor dtypes a safetensors file holds (``F16``, ``BF16``, ``F32``, ...), sorted; ``[]`` for others."""
     if path.suffix != ".safetensors":
         return []
-    header, _ = _header(path)
+    header, _ = safetensors_header(path)
     return sorted({info.get("dtype", "?") for name, info in header.items()
                    if name != "__metadata__" and isinstance(info, dict)})
 

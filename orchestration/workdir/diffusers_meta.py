@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 
-from diffusion.convert.tensors import _header, load_state_dict, weight_files
+from diffusion.convert.tensors import load_state_dict, safetensors_header, weight_files
 
 META = "diffusers"  # <workdir>/diffusers/
 MODELS = ("unet", "vae", "text_encoder")
@@ -23,7 +23,7 @@ def tensor_layout(folder: pathlib.Path, variant: str | None) -> dict[str, list[i
     layout: dict[str, list[int]] = {}
     for file in weight_files(folder, variant):
         if file.suffix == ".safetensors":
-            header, _ = _header(file)
+            header, _ = safetensors_header(file)
             layout.update({k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"})
         else:
             layout.update({k: list(np.shape(v)) for k, v in load_state_dict(file).items()})
