@@ -1,8 +1,8 @@
 """A Stable Diffusion-family work directory -> a diffusers pipeline folder (``launch.export_weights``).
 
-Writes what ``StableDiffusionPipeline.from_pretrained`` loads: ``model_index.json``, ``unet/``
-(the run's checkpoint: an imported, fine-tuned or distilled UNet), ``vae/``, ``text_encoder/``,
-``tokenizer/`` and ``scheduler/`` (the scheduler of the run's sampler,
+Writes what ``StableDiffusionPipeline.from_pretrained`` (or the XL pipeline's) loads:
+``model_index.json``, ``unet/`` (the run's checkpoint: an imported, fine-tuned or distilled UNet),
+``vae/``, ``text_encoder/``, ``tokenizer/`` (SDXL: ``text_encoder_2/``, ``tokenizer_2/``) and ``scheduler/`` (the scheduler of the run's sampler,
 ``orchestration.weights.schedulers.scheduler_config``). Weights go back through the importer's
 own converters run in reverse (``diffusion.convert.invert``), onto the tensor names and shapes
 the import read (``<workdir>/diffusers/``, kept by the import; a run distilled or fine-tuned
@@ -30,7 +30,7 @@ from orchestration.weights.schedulers import scheduler_config
 from sampling.spec import SamplerSpec
 
 WEIGHT_NAMES = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
-                "text_encoder": "model.safetensors"}
+                "text_encoder": "model.safetensors", "text_encoder_2": "model.safetensors"}
 
 
 def _save(path: pathlib.Path, tensors: dict[str, np.ndarray]) -> None:
@@ -64,22 +64,22 @@ def export_diffusers(workdir: str | pathlib.Path, out: str | pathlib.Path, ckpt:
                          "Stable Diffusion-family runs (imported, fine-tuned or distilled) export")
     if run.caps.frames is not None or getattr(run.caps, "w_conditioned", False):
         raise ValueError(f"{workdir}: a video or guidance-conditioned student has no diffusers pipeline")
-    if (run.config.get("text") or {}).get("kind") == "sdxl":
-        raise ValueError(f"{workdir} is an SDXL run: writing SDXL back to diffusers is not built yet (its second text "
-                         "encoder); SD 1.x / 2.x runs export")
     meta = find_meta(run.workdir, run.config)
     layout = read_layout(meta)
     step = run.select(ckpt)[0]
     unet_config = read_config(meta / "unet", SDUNetConfig, "diffusers UNet2DConditionModel")
-    text, vae = (components.load(component_dir(run.workdir, n)) for n in ("text_encoder", "vae"))
+    vae = components.load(component_dir(run.workdir, "vae"))
     spec = SamplerSpec.parse(run.config.sample.sampler)
     scheduler, notes = scheduler_config(spec, dict(run.config.diffusion), run.config.model.pred_type)
     tensors = {
         "unet": invert(lambda t: convert_unet(t, unet_config, "unet"), layout["unet"], run.params(step), "unet"),
         "vae": invert(lambda t: convert_vae(t, vae.config, "vae"), layout["vae"], vae.params, "vae"),
-        "text_encoder": invert(lambda t: convert_clip_text(t, text.config, "text_encoder"), layout["text_encoder"],
-                               text.params, "text_encoder"),
     }
+    encoders = [n for n in ("text_encoder", "text_encoder_2") if n in layout]  # SDXL has the second
+    for name in encoders:
+        text = components.load(component_dir(run.workdir, name))
+        tensors[name] = invert(lambda t, c=text.config, n=name: convert_clip_text(t, c, n), layout[name], text.params,
+                               name)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-export-", dir=out.parent))
     try:
@@ -87,8 +87,9 @@ def export_diffusers(workdir: str | pathlib.Path, out: str | pathlib.Path, ckpt:
             (tmp / name).mkdir()
             shutil.copy(meta / name / "config.json", tmp / name / "config.json")
             _save(tmp / name / WEIGHT_NAMES[name], weights)
-        shutil.copytree(component_dir(run.workdir, "tokenizer"), tmp / "tokenizer",
-                        ignore=shutil.ignore_patterns(components.MANIFEST))
+        for name in ("tokenizer", "tokenizer_2")[:len(encoders)]:
+            shutil.copytree(component_dir(run.workdir, name), tmp / name,
+                            ignore=shutil.ignore_patterns(components.MANIFEST))
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
         index = json.loads((meta / "model_index.json").read_text())

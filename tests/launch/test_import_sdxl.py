@@ -107,3 +107,26 @@ def test_bad_sdxl_flags_are_one_line_errors(imported):
     assert_one_line_error(short, "--crop takes two integers >= 0 as A,B, got '3'")
     with pytest.raises(ValueError, match="apply to SDXL runs only"):
         text_conds(load_run(root / "run").prompt_encoder().first, ["a"], "", {"crop": (0, 0)})
+
+
+def test_an_sdxl_run_exports_to_a_folder_diffusers_samples_the_same(imported):
+    """Export then diffusers' StableDiffusionXLPipeline.from_pretrained: every tensor as imported, the
+    same image."""
+    from diffusion.convert.tensors import load_state_dict
+    from orchestration.generation.export import export_diffusers
+
+    pipe, root, _ = imported
+    record = export_diffusers(root / "run", root / "out")
+    assert record["scheduler"] == "EulerDiscreteScheduler" and record["notes"] == []
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        a, b = load_state_dict(root / "pipe" / name), load_state_dict(root / "out" / name)
+        a = {k: v for k, v in a.items() if "position_ids" not in k}
+        assert sorted(a) == sorted(b) and all(np.array_equal(np.asarray(a[k], np.float32), b[k]) for k in a), name
+    again = diffusers.StableDiffusionXLPipeline.from_pretrained(root / "out", add_watermarker=False)
+    again.set_progress_bar_config(disable=True)
+    latents = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        want = pipe(PROMPTS, num_inference_steps=4, guidance_scale=5.0, latents=latents.clone(), output_type="np").images
+        got = again(PROMPTS, num_inference_steps=4, guidance_scale=5.0, latents=latents.clone(),
+                    output_type="np").images
+    np.testing.assert_allclose(got, want, atol=1e-6)
