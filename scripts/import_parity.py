@@ -1,7 +1,7 @@
 """How closely an imported Stable Diffusion folder reproduces diffusers' own image, one row per
 stock scheduler and per family (the evidence behind docs/results/sd_import.md).
 
-    .venv/bin/python -m scripts.import_parity
+    .venv/bin/python -m scripts.import_parity [WORD ...]   # only the rows whose name holds a WORD ("SDXL": its row)
 
 Builds the tiny random StableDiffusionPipeline of tests/launch/test_import_weights.py (BPE
 tokenizer trained offline), saves it with each scheduler SD-family folders ship (eps and v
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -61,7 +62,7 @@ def compare(pipe, folder, run_dir, prompts, latents, sampler=None, guidance=7.5)
     return spec.to_string(), np.abs(ours - ref).max(), levels.max(), (levels > 0).mean()
 
 
-def main():
+def main(words=()):
     root = pathlib.Path(tempfile.mkdtemp())
     prompts = [PROMPT, "a small 3"]
     pipe = tiny_pipeline(root / "pipe")
@@ -69,6 +70,8 @@ def main():
     rows, before = [], []
     for short, prediction in PREDICTIONS:
         for i, (row, cls, options) in enumerate(FOLDERS):
+            if words and not any(w in row for w in words):
+                continue
             pipe.scheduler = getattr(diffusers, cls)(**BETAS, prediction_type=prediction, **options)
             folder, run_dir = root / f"{short}{i}", root / f"{short}{i}_run"
             pipe.save_pretrained(folder, safe_serialization=True)
@@ -80,11 +83,13 @@ def main():
                 _, diff, levels, share = compare(pipe, folder, run_dir, prompts, latents,
                                                  "solver=ddim;steps=10;grid=leading;guidance=7.5")
                 before.append(f"| {row} | {short} | {diff:.2e} | {levels} | {share:.1%} |")
-    xl = tiny_sdxl(root / "sdxl")  # SDXL's family: two text encoders, text_time UNet, Euler on leading steps
-    import_pipeline(root / "sdxl", root / "sdxl_run")
-    sampler, diff, levels, share = compare(xl, root / "sdxl", root / "sdxl_run", prompts, latents, guidance=5.0)
-    rows.append(f"| Euler, leading: an SDXL folder (guidance 5) | eps | `{sampler}` | {diff:.2e} | {levels} | "
-                f"{share:.1%} | none |")
+    if not words or "SDXL" in words:  # SDXL's family: two text encoders, text_time UNet, Euler on leading steps
+        xl = tiny_sdxl(root / "xl" / "pipe")
+        import_pipeline(root / "xl" / "pipe", root / "xl" / "run")
+        sampler, diff, levels, share = compare(xl, root / "xl" / "pipe", root / "xl" / "run", prompts, latents,
+                                               guidance=5.0)
+        rows.append(f"| Euler, leading: an SDXL folder (guidance 5) | eps | `{sampler}` | {diff:.2e} | {levels} | "
+                    f"{share:.1%} | none |")
     print("| folder's scheduler | prediction | sampler the import writes (at 10 steps) | max abs difference | "
           "max uint8 levels | pixels off | import notes |\n|---|---|---|---|---|---|---|")
     print("\n".join(rows))
@@ -94,4 +99,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(tuple(sys.argv[1:]))
