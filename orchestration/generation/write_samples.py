@@ -108,12 +108,12 @@ def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None,
     run = load_run(workdir)
     if loras:
         run = run.with_loras(loras)  # every file read and checked now
-    x_T = None
+    x_T = digest = None
     if initial_noise is not None:
         if run.caps.frames is not None:
             raise ValueError("--initial_noise applies to image models; video models draw their own noise per plan")
         x_T = read_initial_noise(initial_noise, run.sample_shape, num)
-        num = x_T.shape[0]
+        num, digest = x_T.shape[0], noise_digest(x_T)
     num = int(run.config.sample.num) if num is None else num
     check_prompts(run, prompts)  # before the parameters are read
     spec = SamplerSpec.parse(run.config.sample.sampler).merged(overrides or {})
@@ -130,7 +130,7 @@ def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None,
     if truth is not None:
         name += f"_{source}"
     if x_T is not None:
-        name += f"_noise{noise_digest(x_T)}"
+        name += f"_noise{digest}"
     if loras:
         name += f"_lora{lora_digest(loras)}"
     npz, png = (pathlib.Path(workdir) / "samples" / f"{name}.{ext}" for ext in ("npz", "png"))
@@ -158,7 +158,7 @@ def write_samples(workdir: str | pathlib.Path, *, overrides: dict | None = None,
     if loras:
         settings["loras"] = [{"file": str(pathlib.Path(f).resolve()), "scale": s} for f, s in loras]
     if x_T is not None:
-        settings["initial_noise"] = {"file": str(pathlib.Path(initial_noise).resolve()), "digest": noise_digest(x_T)}
+        settings["initial_noise"] = {"file": str(pathlib.Path(initial_noise).resolve()), "digest": digest}
     extra = {} if truth is None else {"truth": to_uint8(truth)}
     with files.replacing(npz) as f:  # a killed run leaves no half file that a rerun would refuse to replace
         np.savez_compressed(f, images=to_uint8(images), **extra,
