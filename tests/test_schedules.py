@@ -112,3 +112,15 @@ def test_sigma_reading_agrees_on_training_steps_and_inverts():
     ve = lambda sch: np.asarray(sch.alpha_sigma(between)[1] / sch.alpha_sigma(between)[0])  # noqa: E731
     lin, log = ve(SigmaInterpolated(base, "sigma")), ve(SigmaInterpolated(base, "log_sigma"))
     assert np.all(lin >= log * (1 - 1e-6))  # a chord of a convex function in log lies above it
+
+
+def test_the_sigma_readings_differ_by_the_documented_7e_5():
+    """docs/design/diffusers_schedulers.md: between training steps diffusers' linear-in-sigma reading and
+    ours (linear in log alpha_bar) differ by up to 7e-5 in sigma / alpha (SD's betas, 50 linspace steps)."""
+    from diffusion.sigma_schedule import SigmaInterpolated
+
+    base = make_schedule("scaled_linear")
+    t = (np.linspace(0, 999, 50) + 1.0) / 1000
+    ve = lambda s: np.asarray(s.alpha_sigma(jnp.asarray(t))[1] / s.alpha_sigma(jnp.asarray(t))[0], np.float64)  # noqa: E731
+    rel = np.max(np.abs(ve(base) / ve(SigmaInterpolated(base, "sigma")) - 1))
+    assert 5e-5 < rel < 1e-4, rel

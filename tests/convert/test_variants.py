@@ -93,3 +93,7 @@ def test_choosing_between_variants(pipelines, tmp_path):
         weight_files(both)
     with pytest.raises(ConversionError, match="unknown weights variant 'int8'"):
         weight_files(both, "int8")
+    from orchestration.weights.importer import convert_pipeline
+
+    with pytest.raises(ConversionError, match="--dtype 'float16' is not a compute dtype here"):
+        convert_pipeline(plain, dtype="float16")

@@ -97,3 +97,20 @@ def test_export_refusals_are_one_line_errors(imported, tmp_path):
     assert_one_line_error(not_a_run, "has no config.json")
     assert_one_line_error(is_file, "is a file; choose a folder")
     assert a_file.read_text() == "x" and not (tmp_path / "o").exists()
+
+
+def test_an_export_stopped_mid_write_leaves_no_folder(imported, tmp_path, monkeypatch):
+    from orchestration.generation import export
+
+    calls = []
+
+    def die_on_second(path, tensors):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a kill would stop it, one component written
+        return original(path, tensors)
+    original = export._save
+    monkeypatch.setattr(export, "_save", die_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        export_diffusers(imported / "run", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

@@ -69,7 +69,9 @@ def test_initial_noise_from_the_command_line_gives_diffusers_uint8_image(base_pi
         ref = pipe([PROMPT] * 2, num_inference_steps=10, guidance_scale=7.5, latents=latents.clone(),
                    output_type="np").images
     ref_uint8 = (ref * 255).round().astype(np.uint8)  # diffusers' numpy_to_pil
-    good, nchw, nan, pickled, text = (tmp_path / f"{n}.npy" for n in ("good", "nchw", "nan", "pickled", "text"))
+    good, nchw, nan, pickled, text, empty = (tmp_path / f"{n}.npy" for n in ("good", "nchw", "nan", "pickled", "text",
+                                                                             "empty"))
+    np.save(empty, np.zeros((0, 8, 8, 4), np.float32))
     np.save(good, latents.permute(0, 2, 3, 1).numpy())
     np.save(nchw, latents.numpy())
     np.save(nan, np.full((2, 8, 8, 4), np.nan, np.float32))
@@ -77,11 +79,11 @@ def test_initial_noise_from_the_command_line_gives_diffusers_uint8_image(base_pi
     text.write_text("not an array")
     w = str(tmp_path / "run")
     common = ["--workdir", w, "--steps", "10", "--guidance", "7.5", "--prompt", PROMPT]
-    ok, wrong_layout, not_finite, objects, garbage, count, missing = probe(
+    ok, wrong_layout, not_finite, objects, garbage, count, missing, none = probe(
         "launch.sample", common + ["--initial_noise", str(good)], common + ["--initial_noise", str(nchw)],
         common + ["--initial_noise", str(nan)], common + ["--initial_noise", str(pickled)],
         common + ["--initial_noise", str(text)], common + ["--initial_noise", str(good), "--num", "3"],
-        common + ["--initial_noise", str(tmp_path / "missing.npy")])
+        common + ["--initial_noise", str(tmp_path / "missing.npy")], common + ["--initial_noise", str(empty)])
     assert ok["code"] == 0, ok
     assert_one_line_error(wrong_layout, "channels first, as diffusers' latents")
     assert_one_line_error(not_finite, "NaN or infinite")
@@ -89,6 +91,7 @@ def test_initial_noise_from_the_command_line_gives_diffusers_uint8_image(base_pi
     assert_one_line_error(garbage, "is not a readable .npy array")
     assert_one_line_error(count, "holds 2 samples' noise but --num is 3")
     assert_one_line_error(missing, "is not a file")
+    assert_one_line_error(none, "with N >= 1")
     (npz,) = (tmp_path / "run" / "samples").glob("*.npz")
     data = np.load(npz)
     diff = np.abs(data["images"].astype(int) - ref_uint8.astype(int))

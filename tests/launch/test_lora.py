@@ -135,6 +135,10 @@ def test_a_lora_that_fits_no_tensor_is_named(setup, tmp_path):
     save_file({"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": np.ones((4, 32), np.float32)}, str(one))
     with pytest.raises(ConversionError, match="only one LoRA factor"):
         lora_deltas(one, layouts)
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ConversionError, match="could not read"):
+        lora_deltas(damaged, layouts)
     assert parse_lora_spec("a/b.safetensors:0.5") == ("a/b.safetensors", 0.5)
     assert parse_lora_spec("b.safetensors") == ("b.safetensors", 1.0)
     with pytest.raises(ValueError, match="must be a scale"):
@@ -156,7 +160,22 @@ def test_lora_from_the_command_line(setup, tmp_path):
     assert_one_line_error(nan_scale, "the scale must be a finite number")
     (npz,) = (root / "run" / "samples").glob("*_lora*.npz")
     assert json.loads(str(np.load(npz)["settings"]))["loras"][0]["scale"] == 0.7
-    made, again = probe("launch.merge_lora", ["--workdir", w, "--lora", lora, "--out", str(tmp_path / "m")],
-                        ["--workdir", w, "--lora", lora, "--out", str(tmp_path / "m")])
+    made, again, no_lora = probe("launch.merge_lora", ["--workdir", w, "--lora", lora, "--out", str(tmp_path / "m")],
+                                 ["--workdir", w, "--lora", lora, "--out", str(tmp_path / "m")],
+                                 ["--workdir", w, "--out", str(tmp_path / "m2")])
     assert made["code"] == 0, made
     assert_one_line_error(again, "exists and is not an empty folder")
+    assert_one_line_error(no_lora, "give at least one --lora")
+    assert not (tmp_path / "m2").exists()
+
+
+def test_a_merge_killed_mid_write_leaves_nothing(setup, tmp_path, monkeypatch):
+    from diffusion.train import checkpoint
+    from orchestration.generation.merge_lora import merge_loras
+
+    def die(*a, **k):
+        raise KeyboardInterrupt  # as a kill would stop it, after the components are written
+    monkeypatch.setattr(checkpoint, "save", die)
+    with pytest.raises(KeyboardInterrupt):
+        merge_loras(setup / "run", [(str(setup / "peft" / "pytorch_lora_weights.safetensors"), 1.0)], tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
