@@ -105,3 +105,14 @@ def add_deltas(convert: Callable[[Mapping[str, np.ndarray]], Any], layout: Mappi
             value[mask] += numbers[k][where[mask]]
         out.append(value)
     return jax.tree_util.tree_unflatten(tree, out)
+
+
+def addresses_by_path(convert: Callable[[Mapping[str, np.ndarray]], Any], layout: Mapping[str, tuple[int, ...]],
+                      params: Any, source: str) -> tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """``(sorted foreign keys, {"a/b/kernel": (owner key numbers, flat indices)})``: for each param
+    leaf, named by its path, the foreign tensor (index into the keys) and the element each of its
+    elements comes from (arrays of the leaf's shape)."""
+    keys, leaves, _ = _addresses(convert, layout, params, source)
+    paths = ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in
+             jax.tree_util.tree_flatten_with_path(params)[0]]
+    return keys, {path: (who, where) for path, (_, who, where) in zip(paths, leaves)}

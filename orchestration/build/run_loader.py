@@ -58,18 +58,34 @@ class LoadedRun:
 
     def params(self, step: int) -> Any:
         """The EMA parameters of checkpoint ``step`` (only they are read), with the run's LoRAs added."""
+        params = self._restore(step, "ema_params", lambda: init_params(self.config, self.info, jax.random.PRNGKey(0)))
+        return params if self.loras is None else self.loras.on_unet(params)
+
+    def trained_params(self, step: int) -> Any:
+        """The trained (not averaged) parameters of checkpoint ``step``: for a run trained with
+        LoRA (``train.lora_rank > 0``) the ``{"base", "adapters"}`` tree of
+        ``diffusion/train/lora.py``, else the network params."""
+        from diffusion.train import lora
+
+        def shapes():
+            params = init_params(self.config, self.info, jax.random.PRNGKey(0))
+            rank = int(self.config.train.get("lora_rank", 0))
+            return lora.init(params, rank, jax.random.PRNGKey(0)) if rank > 0 else params
+
+        return self._restore(step, "params", shapes)
+
+    def _restore(self, step: int, field: str, shapes) -> Any:
         if step not in self.steps:
             raise FileNotFoundError(f"no checkpoint at step {step} in {self.workdir}/checkpoints; "
                                     f"available steps: {self.steps}")
-        shapes = jax.eval_shape(lambda: init_params(self.config, self.info, jax.random.PRNGKey(0)))
         on_one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this process's first
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_one_device), shapes)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_one_device),
+                                jax.eval_shape(shapes))
         manager = checkpoint.reader(self.workdir)
         try:
-            params = checkpoint.restore_subtree(manager, step, {"ema_params": abstract})["ema_params"]
+            return checkpoint.restore_subtree(manager, step, {field: abstract})[field]
         finally:
             manager.close()
-        return params if self.loras is None else self.loras.on_unet(params)
 
     def select(self, spec: str) -> list[int]:
         """``latest``, ``all`` or a comma list of steps -> checkpoint steps (checked)."""
