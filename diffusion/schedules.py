@@ -77,6 +77,12 @@ class Schedule(abc.ABC):
     def t_from_log_alpha_bar(self, lab: Array) -> Array:
         """The time whose ``log alpha_bar`` is ``lab`` (inverse of :meth:`log_alpha_bar`)."""
 
+    def network_time(self, t: Array) -> Array:
+        """The time the network is told at time ``t`` (the denoiser's input to the network; its
+        prediction is still read at ``t``): ``t`` itself, except where a reading of a foreign
+        scheduler rounds it (``diffusion.sigma_schedule``)."""
+        return t
+
 
 @functools.lru_cache(maxsize=None)
 def _discrete_table(kind: str, num_steps: int, beta_start: float, beta_end: float) -> np.ndarray:

@@ -13,6 +13,11 @@ solver moves on diffusers' sigmas (docs/design/diffusers_schedulers.md).
 
 Time convention as everywhere: diffusers' timestep ``tau`` is our ``t = (tau + 1) / T``.
 Below ``t = 1 / T`` (only ``t = 0`` is ever used there) the base schedule is read.
+
+diffusers' DPM-Solver multistep with Karras sigmas steps on the Karras sigmas but hands the
+network the timesteps rounded to the training steps (``timesteps.round()`` in its
+``set_timesteps``): ``round_network_time=True`` tells the network ``(round(tau) + 1) / T``
+(:meth:`network_time`) while the prediction is read at the unrounded time.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class SigmaInterpolated(Schedule):
 
     base: DiscreteSchedule = dataclasses.field(default_factory=DiscreteSchedule)
     interpolation: str = "sigma"
+    round_network_time: bool = False
 
     def __post_init__(self):
         if self.interpolation not in INTERPOLATIONS:
@@ -63,6 +69,15 @@ class SigmaInterpolated(Schedule):
         tau = jnp.asarray(t, jnp.float32) * self.num_steps - 1.0
         value = jnp.interp(tau, jnp.arange(self.num_steps, dtype=jnp.float32), self._table())
         return jnp.exp(value) if self.interpolation == "log_sigma" else value
+
+    def network_time(self, t):
+        """``t``, or with ``round_network_time`` the nearest training step ``(round(T t - 1) + 1) / T``
+        (half to even, as numpy's ``round``) at ``t >= 1 / T``."""
+        if not self.round_network_time:
+            return t
+        t = jnp.asarray(t, jnp.float32)
+        rounded = (jnp.round(t * self.num_steps - 1.0) + 1.0) / self.num_steps
+        return jnp.where(self._on_table(t), rounded, t)
 
     def _on_table(self, t):
         return jnp.asarray(t, jnp.float32) * self.num_steps >= 1.0

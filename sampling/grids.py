@@ -38,6 +38,9 @@
   sigma (diffusers' ``use_karras_sigmas`` on the ``linspace`` spacing), each placed at the time
   whose ``log sigma`` interpolates the table (diffusers' ``_sigma_to_t``), then ``0``; sampled
   with the ``log sigma`` reading of the schedule, so the solver steps on the Karras sigmas.
+* ``dpm_karras``: the ``karras`` grid as diffusers' DPM-Solver multistep (and UniPC) runs it
+  with ``use_karras_sigmas``: the solver steps on the same Karras sigmas, but the network is
+  told the timesteps rounded to training steps (``SigmaInterpolated.round_network_time``).
 * ``dpm_linspace``, ``dpm_leading``: the spacings of diffusers' DPM-Solver multistep (and
   UniPC, DEIS) schedulers: ``N + 1`` training steps, rounded, the last (``0``) dropped:
   ``round(linspace(0, T - 1, N + 1))`` reversed, and ``k (T // (N + 1)) + 1`` (``steps_offset=1``)
@@ -62,7 +65,7 @@ from diffusion.schedules import DiscreteSchedule, Schedule
 from diffusion.sigma_schedule import SigmaInterpolated, sigma_table
 
 GRIDS = ("uniform", "leading", "trailing", "quadratic", "logsnr", "tsdpm", "adm", "lcm", "linspace", "karras",
-         "dpm_linspace", "dpm_leading")
+         "dpm_karras", "dpm_linspace", "dpm_leading")
 ENDS = {"0": 0, "1": 1}  # a grid's "@E" suffix: its last time in training steps
 KARRAS_RHO = 7.0
 LCM_SKIP = 50  # the lcm grid's lattice: LCM's num_ddim_timesteps, distill.num_skip of a consistency student
@@ -113,10 +116,12 @@ def check_grid(name: str) -> str:
 def sampling_schedule(name: str, schedule: Schedule) -> Schedule:
     """The schedule a sampler on grid ``name`` reads: diffusers' reading between training steps
     for the grids whose times are fractional diffusers timesteps (``linspace``: sigma linear;
-    ``karras``: log sigma linear; ``diffusion.sigma_schedule``), else ``schedule`` itself."""
+    ``karras``: log sigma linear; ``dpm_karras``: that, with the network told rounded timesteps;
+    ``diffusion.sigma_schedule``), else ``schedule`` itself."""
     kind, _ = split_grid(name)
-    if kind in ("linspace", "karras") and isinstance(schedule, DiscreteSchedule):
-        return SigmaInterpolated(schedule, "sigma" if kind == "linspace" else "log_sigma")
+    if kind in ("linspace", "karras", "dpm_karras") and isinstance(schedule, DiscreteSchedule):
+        return SigmaInterpolated(schedule, "sigma" if kind == "linspace" else "log_sigma",
+                                 round_network_time=kind == "dpm_karras")
     return schedule
 
 
@@ -171,9 +176,9 @@ def _network_times(kind: str, n: int, schedule: Schedule) -> np.ndarray:
     if kind == "dpm_leading":
         tau = (np.arange(n + 1) * (T // (n + 1))).round()[::-1][:-1] + 1
         return (tau + 1.0) / T
-    if kind == "karras":
+    if kind in ("karras", "dpm_karras"):
         if not isinstance(schedule, DiscreteSchedule):
-            raise ValueError("the karras grid places sigmas on a discrete schedule's training steps; this model's "
+            raise ValueError(f"the {kind} grid places sigmas on a discrete schedule's training steps; this model's "
                              f"schedule is continuous ({type(schedule).__name__}): use logsnr")
         return karras_times(n, schedule)
     if kind == "logsnr":

@@ -44,6 +44,7 @@ FOLDERS = [  # (row, scheduler class, options)
     ("DPM-Solver++ 3M, trailing", "DPMSolverMultistepScheduler", dict(timestep_spacing="trailing", solver_order=3,
                                                                       lower_order_final=False)),
     ("DPM-Solver++ 2M, linspace (its default)", "DPMSolverMultistepScheduler", dict(steps_offset=1)),
+    ("DPM-Solver++ 2M Karras", "DPMSolverMultistepScheduler", dict(steps_offset=1, use_karras_sigmas=True)),
     ("UniPC, linspace (its default)", "UniPCMultistepScheduler", dict(steps_offset=1)),
     ("Heun (no solver here)", "HeunDiscreteScheduler", {}),
 ]

@@ -60,25 +60,28 @@ class Denoiser:
             t = jnp.broadcast_to(t, x_t.shape[:1])
         cache = dict(cache or {})
         kwargs = dict(**network_cond(cond), train=train, rngs={"dropout": rng} if rng is not None else {}, modes=modes)
+        told = self.schedule.network_time(t)
         if cache:
-            raw, written = self.module.apply({"params": params, **cache}, x_t, t, mutable=list(cache), **kwargs)
+            raw, written = self.module.apply({"params": params, **cache}, x_t, told, mutable=list(cache), **kwargs)
             cache = {**cache, **written}
         else:
-            raw = self.module.apply({"params": params}, x_t, t, **kwargs)
+            raw = self.module.apply({"params": params}, x_t, told, **kwargs)
         alpha, sigma = self.schedule.alpha_sigma(t)
         return to_prediction(raw, self.pred_type, x_t, alpha, sigma), cache
 
     def encode(self, params: Any, x_t: jax.Array, t: jax.Array, cond: Mapping[str, jax.Array] | None = None):
         """TiUE's encoder half of the network (docs/design/tiue.md): ``EncoderFeatures``."""
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x_t.shape[:1])
-        return self.module.apply({"params": params}, x_t, t, **network_cond(cond), method="encode")
+        return self.module.apply({"params": params}, x_t, self.schedule.network_time(t), **network_cond(cond),
+                                 method="encode")
 
     def decode_raw(self, params: Any, features: Any, t: jax.Array, cond: Mapping[str, jax.Array] | None = None
                    ) -> jax.Array:
         """The decoder half on ``features`` with the time embedding of ``t [B]``: the
         network's raw ``pred_type`` output ``[B, ...]`` (:meth:`prediction` reads it)."""
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (features.batch,))
-        return self.module.apply({"params": params}, features, t, **network_cond(cond), method="decode")
+        return self.module.apply({"params": params}, features, self.schedule.network_time(t), **network_cond(cond),
+                                 method="decode")
 
     def prediction(self, raw: jax.Array, x_t: jax.Array, t: jax.Array) -> Prediction:
         """A raw network output at ``(x_t, t)`` as a :class:`Prediction`."""

@@ -8,7 +8,7 @@ chain to float32 rounding (tests/sampling/test_diffusers_schedulers.py):
 ``PNDMScheduler``              ``plms`` (``skip_prk_steps``; ``plms_combine=v`` for v networks)
 ``EulerDiscreteScheduler``     ``euler`` (``init_sigma=1`` for linspace / trailing spacing)
 ``EulerAncestralDiscrete...``  ``euler;ancestral=1``
-``DPMSolverMultistep...``      ``dpmpp2m`` / ``dpmpp3m`` (``dpm_linspace``, ``dpm_leading``, trailing)
+``DPMSolverMultistep...``      ``dpmpp2m`` / ``dpmpp3m`` (``dpm_linspace``, ``dpm_leading``, trailing, ``dpm_karras``)
 ``UniPCMultistepScheduler``    ``unipc`` (order 2, bh2 / bh1; DPM-Solver's spacings)
 ``LCMScheduler``               ``consistency`` on the ``lcm`` grid
 =============================  ==============================================================
@@ -17,7 +17,8 @@ Timestep spacing -> grid: DDIM / PNDM ``leading`` + ``steps_offset=1`` is ``lead
 ``leading`` + offset 0 ``uniform``, ``trailing`` is ``trailing``; the chain's end follows
 ``set_alpha_to_one`` (DDIM, PNDM: ``@1`` when false) or ``final_sigmas_type`` (the sigma
 schedulers: ``@0`` for ``zero``). Euler's fractional ``linspace`` is the ``linspace`` grid,
-``use_karras_sigmas`` the ``karras`` grid.
+``use_karras_sigmas`` the ``karras`` grid; DPM-Solver's and UniPC's ``use_karras_sigmas`` the
+``dpm_karras`` grid (the same sigmas, the network told rounded timesteps).
 
 A class with no solver here, or an option it cannot reproduce, yields the nearest sampler and a
 note naming the class or option and the sampler written (never silent).
@@ -97,6 +98,12 @@ def _dpm_grid(s: dict, cls: str, notes: list[str]) -> str:
     """The grid of DPM-Solver / UniPC's spacings; the end follows ``final_sigmas_type``."""
     spacing, offset = s.get("timestep_spacing", "linspace"), int(s.get("steps_offset", 0))
     end = 1 if s.get("final_sigmas_type", "zero") == "sigma_min" else 0
+    if s.get("use_karras_sigmas"):  # the spacing is not read; the network gets rounded timesteps, but not on cosine
+        grid = "karras" if s.get("beta_schedule") == "squaredcos_cap_v2" else "dpm_karras"
+        if end == 1:
+            notes.append(f"{cls}: final_sigmas_type='sigma_min' with Karras sigmas makes the last step go from "
+                         f"sigma_min to sigma_min (no denoising); the sampler ends on the data (grid={grid})")
+        return grid
     if s.get("lambda_min_clipped", float("-inf")) != float("-inf"):
         notes.append(f"{cls}: lambda_min_clipped={s['lambda_min_clipped']} is not reproduced; the grid spans every "
                      "training step")
@@ -116,8 +123,7 @@ def _unipc(s: dict, cls: str, notes: list[str]) -> dict:
         notes.append(f"{cls}: solver_type={variant!r} is not reproduced; the sampler uses bh2")
         variant = "bh2"
     unsupported = [f"{k}={s[k]!r}" for k, default in (("solver_order", 2), ("predict_x0", True),
-                                                      ("disable_corrector", []), ("use_karras_sigmas", False),
-                                                      ("solver_p", None)) if k in s and s[k] != default]
+                                                      ("disable_corrector", []), ("solver_p", None)) if k in s and s[k] != default]
     if s.get("final_sigmas_type") == "sigma_min" and s.get("lower_order_final", True):
         unsupported.append("lower_order_final on a chain ending at sigma_min (unipc lowers only a step onto t = 0)")
     if unsupported:
@@ -134,9 +140,9 @@ def _dpm(s: dict, cls: str, notes: list[str]) -> dict:
                      "(DPM-Solver++ in data prediction)")
     if order not in (2, 3):
         notes.append(f"{cls}: solver_order={order} is not reproduced; the sampler uses {solver}")
-    if s.get("solver_type", "midpoint") != "midpoint" or s.get("use_karras_sigmas") or s.get("euler_at_final"):
-        notes.append(f"{cls}: solver_type / use_karras_sigmas / euler_at_final as configured are not reproduced; the "
-                     f"sampler uses {solver} with midpoint updates on the timestep spacing")
+    if s.get("solver_type", "midpoint") != "midpoint" or s.get("euler_at_final"):
+        notes.append(f"{cls}: solver_type / euler_at_final as configured are not reproduced; the "
+                     f"sampler uses {solver} with midpoint updates")
     if order == 3 and s.get("lower_order_final", True):
         notes.append(f"{cls}: lower_order_final lowers the second-to-last 3M step to order 2 below 15 steps; "
                      f"{solver} keeps order 3 there")
@@ -253,18 +259,20 @@ def scheduler_config(spec, diffusion: dict, pred_type: str) -> tuple[dict, list[
         if bool(knobs.get("init_sigma")) != (spacing in ("linspace", "trailing")):
             notes.append(f"init_sigma={knobs.get('init_sigma')} differs from diffusers' start on {spacing} spacing")
         return config, notes
-    dpm_spacing = {"trailing": ("trailing", 0), "dpm_linspace": ("linspace", 0), "dpm_leading": ("leading", 1)}
+    dpm_spacing = {"trailing": ("trailing", 0), "dpm_linspace": ("linspace", 0), "dpm_leading": ("leading", 1),
+                   "dpm_karras": ("linspace", 0)}
+    karras = {"use_karras_sigmas": grid == "dpm_karras"}
     if spec.solver in ("dpmpp2m", "dpmpp3m") and grid in dpm_spacing:
         order = 2 if spec.solver == "dpmpp2m" else 3
         spacing, offset = dpm_spacing[grid]
         return {**base, "_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver++",
                 "solver_order": order, "timestep_spacing": spacing, "steps_offset": offset,
-                "lower_order_final": order == 2}, notes
+                "lower_order_final": order == 2, **karras}, notes
     if spec.solver == "unipc" and grid in dpm_spacing:
         spacing, offset = dpm_spacing[grid]
         return {**base, "_class_name": "UniPCMultistepScheduler", "solver_order": 2, "predict_x0": True,
                 "solver_type": knobs.get("variant", "bh2"), "timestep_spacing": spacing, "steps_offset": offset,
-                "lower_order_final": True}, notes
+                "lower_order_final": True, **karras}, notes
     if spec.solver == "consistency" and grid == "lcm":
         return {**base, "_class_name": "LCMScheduler", "original_inference_steps": 50}, notes
     notes.append(f"solver {spec.solver} on grid {grid} has no diffusers scheduler: the folder gets DDIM on the leading "

@@ -20,6 +20,7 @@ FOLDERS = {
     "euler_karras": ("EulerDiscreteScheduler", dict(use_karras_sigmas=True), "eps"),
     "dpm_trailing": ("DPMSolverMultistepScheduler", dict(timestep_spacing="trailing"), "eps"),
     "dpm_default": ("DPMSolverMultistepScheduler", dict(steps_offset=1), "v"),  # linspace: the default
+    "dpm_karras": ("DPMSolverMultistepScheduler", dict(steps_offset=1, use_karras_sigmas=True), "eps"),  # DPM++ 2M Karras
     "unipc_default": ("UniPCMultistepScheduler", dict(steps_offset=1), "eps"),
     "ddim_trailing_alpha_min": ("DDIMScheduler", dict(timestep_spacing="trailing", set_alpha_to_one=False,
                                                       clip_sample=False), "eps"),
@@ -69,6 +70,8 @@ def test_the_sampler_strings_of_sd_folders():
     ({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++",
       "timestep_spacing": "trailing"}, ["algorithm_type='sde-dpmsolver++'", "dpmpp2m"]),
     ({"_class_name": "EulerDiscreteScheduler", "interpolation_type": "log_linear"}, ["interpolation_type"]),
+    ({"_class_name": "DPMSolverMultistepScheduler", "use_karras_sigmas": True, "final_sigmas_type": "sigma_min"},
+     ["final_sigmas_type='sigma_min' with Karras sigmas", "grid=dpm_karras"]),
 ])
 def test_what_cannot_be_reproduced_is_a_note_naming_it(config, words):
     values, notes = sampler_for(config, "eps")

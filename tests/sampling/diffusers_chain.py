@@ -46,7 +46,7 @@ class MixtureNetwork(Stateless):
 
     def __call__(self, params, x_t, t, cond=None, **_):
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x_t.shape[:1])
-        raw = network(x_t, t, self.pred_type)
+        raw = network(x_t, self.schedule.network_time(t), self.pred_type)
         return to_prediction(raw, self.pred_type, x_t, *self.schedule.alpha_sigma(t)), {}
 
 

@@ -95,6 +95,20 @@ def test_dpm_solver_pp_on_dpm_solvers_own_spacings(spacing, grid):
     close(ours("dpmpp2m", 15, grid, "v"), theirs(sched, 15, "v"))
 
 
+@pytest.mark.parametrize("solver,pred_type,steps", [("dpmpp2m", "eps", 20), ("dpmpp2m", "v", 8), ("dpmpp3m", "eps", 15),
+                                                     ("unipc", "eps", 12)])
+def test_multistep_solvers_on_karras_sigmas_as_diffusers_rounds_them(solver, pred_type, steps):
+    """DPM-Solver++ ("DPM++ 2M Karras") and UniPC with ``use_karras_sigmas``: the dpm_karras grid
+    steps on the Karras sigmas and tells the network the rounded timesteps, as diffusers does;
+    the karras grid (unrounded times) misses diffusers' chain, so the rounding is what is tested."""
+    cls = diffusers.UniPCMultistepScheduler if solver == "unipc" else diffusers.DPMSolverMultistepScheduler
+    options = {} if solver == "unipc" else dict(solver_order=int(solver[5]))
+    sched = cls(**SD_BETAS, use_karras_sigmas=True, prediction_type=PRED[pred_type], **options)
+    ref = theirs(sched, steps, pred_type)
+    close(ours(solver, steps, "dpm_karras", pred_type), ref)
+    assert np.abs(ours(solver, steps, "karras", pred_type) - ref).mean() > 1e-4
+
+
 @pytest.mark.parametrize("variant,pred_type,spacing,grid,options", [
     ("bh2", "eps", "trailing", "trailing", {}),
     ("bh2", "v", "linspace", "dpm_linspace", {}),
