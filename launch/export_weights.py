@@ -31,32 +31,11 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    import pathlib
+    from orchestration.generation.export import export_outputs
 
-    from orchestration.build.run_loader import load_run
-    from orchestration.generation.export import export_diffusers
-    from orchestration.generation.export_lora import check_lora_out, export_lora, lora_rank
-
-    if not (FLAGS.diffusers or FLAGS.lora_file):
-        raise ValueError("nothing to write: give --diffusers OUT (a pipeline folder), --lora_file OUT.safetensors "
-                         "(a LoRA-trained run's adapters), or both")
-    if FLAGS.lora_file:  # checked before the folder is written
-        check_lora_out(pathlib.Path(FLAGS.lora_file), FLAGS.overwrite)
-        run = load_run(FLAGS.workdir)
-        lora_rank(run)
-        step = run.select(FLAGS.ckpt)[0]
-    if FLAGS.diffusers:
-        record = export_diffusers(FLAGS.workdir, FLAGS.diffusers, ckpt=FLAGS.ckpt, overwrite=FLAGS.overwrite)
-        for note in record["notes"]:
-            print(f"note: {note}")
-        print(f"exported {FLAGS.workdir} (checkpoint {record['step']}) to {FLAGS.diffusers} "
-              f"(scheduler: {record['scheduler']})")
-    if FLAGS.lora_file:
-        record = export_lora(run, FLAGS.lora_file, step, overwrite=FLAGS.overwrite)
-        for note in record["notes"]:
-            print(f"note: {note}")
-        print(f"wrote the rank-{record['rank']} LoRA (alpha {record['alpha']:g}) of {record['modules']} modules of "
-              f"{FLAGS.workdir} (checkpoint {step}) to {FLAGS.lora_file}")
+    for line in export_outputs(FLAGS.workdir, FLAGS.diffusers, FLAGS.lora_file, ckpt=FLAGS.ckpt,
+                               overwrite=FLAGS.overwrite):
+        print(line)
 
 
 MAIN = cli.with_clean_errors(main)

@@ -102,3 +102,37 @@ def export_diffusers(workdir: str | pathlib.Path, out: str | pathlib.Path, ckpt:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"scheduler": scheduler["_class_name"], "notes": notes, "step": step}
+
+
+def export_outputs(workdir: str | pathlib.Path, diffusers: str | None, lora_file: str | None, ckpt: str = "latest",
+                   overwrite: bool = False) -> list[str]:
+    """``launch.export_weights``: the diffusers folder and / or the LoRA file of ``workdir``, every
+    output checked before the first is written. Returns the lines to print.
+
+    Raises:
+      ValueError: neither output, or a LoRA file asked of a run without adapters (and what
+        :func:`export_diffusers` and ``export_lora.export_lora`` raise).
+    """
+    from orchestration.build.run_loader import load_run
+    from orchestration.generation.export_lora import check_lora_out, export_lora, lora_rank
+
+    if not (diffusers or lora_file):
+        raise ValueError("nothing to write: give --diffusers OUT (a pipeline folder), --lora_file OUT.safetensors "
+                         "(a LoRA-trained run's adapters), or both")
+    lines = []
+    if lora_file:  # checked before the folder is written
+        check_lora_out(pathlib.Path(lora_file), overwrite)
+        run = load_run(workdir)
+        lora_rank(run)
+        step = run.select(ckpt)[0]
+    if diffusers:
+        record = export_diffusers(workdir, diffusers, ckpt=ckpt, overwrite=overwrite)
+        lines += [f"note: {n}" for n in record["notes"]]
+        lines.append(f"exported {workdir} (checkpoint {record['step']}) to {diffusers} "
+                     f"(scheduler: {record['scheduler']})")
+    if lora_file:
+        record = export_lora(run, lora_file, step, overwrite=overwrite)
+        lines += [f"note: {n}" for n in record["notes"]]
+        lines.append(f"wrote the rank-{record['rank']} LoRA (alpha {record['alpha']:g}) of {record['modules']} "
+                     f"modules of {workdir} (checkpoint {step}) to {lora_file}")
+    return lines
