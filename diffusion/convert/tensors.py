@@ -83,16 +83,23 @@ def _safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
         raise ConversionError(f"could not read {path}: {type(e).__name__}: {e}") from None
 
 
+TORCH_SUFFIXES = (".bin", ".pth", ".pt")  # torch pickles, read with weights_only=True
+
+
 def _torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
         raise ConversionError(f"{path} is a torch pickle: install torch (pip install -e \".[torch]\") or convert "
-                              "the folder to safetensors") from None
+                              "it to safetensors") from None
     try:
         tensors = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConversionError(f"could not read {path} with torch.load(weights_only=True): {e}") from None
+    except Exception as e:  # torch's messages run to paragraphs: keep the first sentence
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:160]
+        raise ConversionError(f"could not read {path} with torch.load(weights_only=True) "
+                              f"({type(e).__name__}{': ' + first if first else ''}): a damaged file?") from None
+    if not isinstance(tensors, Mapping) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise ConversionError(f"{path} holds a {type(tensors).__name__}, not a state dict of tensors")
     return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in tensors.items()}
 
 
@@ -159,7 +166,7 @@ def load_state_dict(path: str | pathlib.Path, variant: str | None = None) -> dic
     for file in weight_files(path, variant):
         if not file.is_file():
             raise ConversionError(f"{file} is missing (named by the folder's safetensors index)")
-        tensors.update(_torch_bin(file) if file.suffix == ".bin" else _safetensors(file))
+        tensors.update(_torch_bin(file) if file.suffix in TORCH_SUFFIXES else _safetensors(file))
     return tensors
 
 
