@@ -5,8 +5,10 @@
 train / heldout / novel), ``synthetic`` (benchmarks), ``none`` (a model without data, e.g. imported
 weights: its shape from ``resolution``, RGB), ``cifar10`` / ``mnist`` / ``fashion_mnist`` or any
 ``tfds:<name>`` (prepared TFDS data, no download), ``moving_digits`` (videos of bouncing digits,
-``diffusion/data/moving_digits.py``: splits train / heldout, ``frames`` per video). A TFDS
-dataset holding videos is read with ``frames`` set (``diffusion/data/tfds_source.py``).
+``diffusion/data/moving_digits.py``: splits train / heldout, ``frames`` per video),
+``imagefolder:<path>`` (captioned images with a ``metadata.jsonl``, ``diffusion/data/imagefolder.py``;
+one split, train). A TFDS dataset holding videos is read with ``frames`` set
+(``diffusion/data/tfds_source.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from diffusion.data.sources import DatasetInfo, digits_source, synthetic_source
 TFDS_ALIASES = ("cifar10", "mnist", "fashion_mnist")
 SCENES_SIZES = {"train": 60_000, "heldout": 2_000, "novel": 2_000}
 MOVING_DIGITS_SIZES = {"train": 20_000, "heldout": 1_000}
-DATASETS = ("digits", "digits_thick", "scenes", "moving_digits", "synthetic", *TFDS_ALIASES, "tfds:<name>")
+DATASETS = ("digits", "digits_thick", "scenes", "moving_digits", "synthetic", *TFDS_ALIASES, "tfds:<name>",
+            "imagefolder:<path>")
 
 
 def make_source(name: str, split: str, *, resolution: int | None = None, data_dir: str | None = None,
@@ -50,6 +53,14 @@ def make_source(name: str, split: str, *, resolution: int | None = None, data_di
         if split not in SCENES_SIZES:
             raise ValueError(f"unknown scenes split {split!r}; expected one of {', '.join(SCENES_SIZES)}")
         return ScenesSource(split, SCENES_SIZES[split]), DatasetInfo((CANVAS, CANVAS, 1), None, SCENES_SIZES[split])
+    if name.startswith("imagefolder:"):
+        from diffusion.data.imagefolder import ImageFolderSource
+
+        if split != "train":
+            raise ValueError(f"an image folder is one split (train), not {split!r}: give other images as their own "
+                             "imagefolder:<path>")
+        source = ImageFolderSource(name.removeprefix("imagefolder:"), resolution)
+        return source, DatasetInfo((resolution, resolution, 3), None, len(source))
     if name == "none":
         r = resolution or 512
         return [], DatasetInfo((r, r, 3), None, 0)
