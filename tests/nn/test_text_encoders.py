@@ -85,6 +85,18 @@ def test_sdxl_second_encoder_with_projection_and_raw_penultimate_states(tmp_path
     close(plain, out.last_hidden_state)
 
 
+def test_a_config_without_some_fields_reads_transformers_defaults():
+    """Older transformers wrote only the fields that differ from its defaults: those left out
+    are transformers' (eos 49407, width 512), not SD 1.x's."""
+    from diffusion.nn.text.clip import TRANSFORMERS_DEFAULTS, CLIPTextConfig
+
+    theirs = transformers.CLIPTextConfig()
+    assert all(getattr(theirs, k) == v for k, v in TRANSFORMERS_DEFAULTS.items())
+    ours = CLIPTextConfig.from_dict({"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+                                     "architectures": ["CLIPTextModelWithProjection"]})
+    assert (ours.eos_token_id, ours.hidden_size, ours.projection_dim, ours.vocab_size) == (49407, 768, 512, 49408)
+
+
 def test_clip_conversion_names_bad_keys(tmp_path):
     tiny_clip(tmp_path)
     tensors = load_state_dict(tmp_path)

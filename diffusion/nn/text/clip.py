@@ -42,11 +42,19 @@ class CLIPTextConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CLIPTextConfig":
         """From a transformers ``config.json`` (a ``CLIPTextConfig``, or a ``CLIPConfig``'s
-        ``text_config``); fields we do not use are ignored."""
-        d = dict(d.get("text_config") or d)
+        ``text_config``); fields we do not use are ignored. A field the file leaves out takes
+        transformers' default (``TRANSFORMERS_DEFAULTS``), as ``from_pretrained`` would: older
+        transformers wrote only the fields that differ from its defaults."""
+        d = {**TRANSFORMERS_DEFAULTS, **dict(d.get("text_config") or d)}
         projected = "CLIPTextModelWithProjection" in (d.get("architectures") or ())
         fields = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d and f.name != "projection_dim"}
-        return cls(**fields, projection_dim=int(d.get("projection_dim", 512)) if projected else 0)
+        return cls(**fields, projection_dim=int(d["projection_dim"]) if projected else 0)
+
+
+# transformers' CLIPTextConfig() (5.23.0), for fields a config.json leaves out
+TRANSFORMERS_DEFAULTS = {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
+                         "num_attention_heads": 8, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+                         "layer_norm_eps": 1e-5, "eos_token_id": 49407, "projection_dim": 512}
 
 
 class CLIPAttention(nn.Module):
