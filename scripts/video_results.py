@@ -66,6 +66,8 @@ SAMPLERS = {
 }
 SAMPLER_TEXT = {"reference": "DDIM 50 steps on ADM's grid, given frames at t = 1/T re-estimated by DDIM (FVDM's)",
                 "old": "DDIM 25 trailing steps, given frames clean at t = 0 and clamped (before issue 26)"}
+OLD_NOTE = {True: "the last section compares the sampler before issue 26",
+            False: "the sampler before issue 26 was not run on these models: `--samplers reference,old` adds it"}
 LEGACY_PLANS = ("i2v", "interp", "long", "pyramid")  # the plans whose given frames or lag the knobs change
 
 
@@ -260,7 +262,7 @@ def markdown(r: dict) -> str:
         f"{mach['date']} ({r['wall_s'] / 60:.0f} min for this invocation: sampling cells already in a run's "
         "`eval_results/report.json` are read back, each with its own sampling time).", "",
         f"Every cell: {r['num']} videos of {f} frames, sampled with FVDM's sampler: "
-        f"{SAMPLER_TEXT['reference']} (the last section compares the sampler before issue 26). Given frames come "
+        f"{SAMPLER_TEXT['reference']} ({OLD_NOTE[bool(r.get('old_sampler'))]}). Given frames come "
         "from the held-out split (glyphs never seen in training); FDs compare against the train split, in the "
         "features of the video probe ([../design/video.md](../design/video.md): real videos score about 5 at 1000 "
         "videos, frame-shuffled 39, static 123). Identity stability: the fraction of videos whose digit set "
