@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.ckpt_every = 500
     c.train.keep_last = 3
     c.train.keep_every = 0  # also keep every K-th step's checkpoint (0: off)
-    c.train.sample_every = 1000
+    c.train.sample_every = 1000  # a sample grid every N steps and after the last (0: none)
     c.train.max_consecutive_nonfinite = 20
     c.train.lora_rank = 0  # > 0: train only LoRA adapters of this rank on the attention projections
     c.train.lora_alpha = config_dict.placeholder(float)  # the adapters' scale alpha / rank (None: alpha = rank)

@@ -108,7 +108,7 @@ def with_frozen_parts(exp, config: ml_collections.ConfigDict, workdir: pathlib.P
 
     def callbacks(c, w):
         return [Callback(text_grid_callback(exp.denoiser, exp.caps, c, w, enc, vae, frozen.get("vae")),
-                         every=c.train.sample_every)]
+                         every=c.train.sample_every, at_end=c.train.sample_every > 0)]
 
     return dataclasses.replace(exp, transforms=transforms, preprocess=lambda b: prep(frozen, b),
                                before_training=before_training, callbacks=callbacks if enc is not None else None)

@@ -180,7 +180,7 @@ def _run_locked(config, config_json: dict, workdir: pathlib.Path, exp: Experimen
         callbacks = exp.callbacks(config, workdir)
     else:
         callbacks = [Callback(cbs.sample_grid_callback(den, caps, info, config, workdir),
-                              every=config.train.sample_every)]
+                              every=config.train.sample_every, at_end=config.train.sample_every > 0)]
     if wants_fd:
         callbacks.append(Callback(cbs.final_fd_callback(den, caps, info, config, workdir), at_end=True))
     settings = LoopSettings(config.train.num_steps, config.train.log_every, config.train.ckpt_every,

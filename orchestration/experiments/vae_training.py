@@ -68,4 +68,5 @@ def vae_callbacks(vae: AutoencoderKL, config: ml_collections.ConfigDict, workdir
                   f"{result['latent_std']:.3f} -> scaling factor {result['scaling_factor']:.4f}", flush=True)
         return {"psnr_heldout": result["psnr_heldout"]}
 
-    return [Callback(grid, every=config.train.sample_every), Callback(final, at_end=True)]
+    return [Callback(grid, every=config.train.sample_every, at_end=config.train.sample_every > 0),
+            Callback(final, at_end=True)]

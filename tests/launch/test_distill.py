@@ -234,14 +234,16 @@ def test_guided_student_at_w_equals_its_teacher_before_training(teacher):
     t_run = load(teacher)
     cfg = student_config(smoke(digits_guided, teacher), t_run)
     student = build_denoiser(cfg, t_run.info)
-    fresh = init_params(cfg, t_run.info, jax.random.PRNGKey(1))
+    # jitted: one compile each instead of every initializer's and every op's (most of this test's time)
+    fresh = jax.jit(lambda key: init_params(cfg, t_run.info, key))(jax.random.PRNGKey(1))
     t_params = t_run.params(t_run.steps[-1])
     params = _start_from(fresh, t_params)
     x = jax.random.normal(jax.random.PRNGKey(2), (4, 8, 8, 1))
     t, label = jax.numpy.full((4,), 0.6), jax.numpy.arange(4)
-    want = t_run.denoiser(t_params, x, t, {"label": label})[0].x0
+    want = jax.jit(lambda p: t_run.denoiser(p, x, t, {"label": label})[0].x0)(t_params)
+    student_x0 = jax.jit(lambda p, w: student(p, x, t, {"label": label, "guidance": jax.numpy.full((4,), w)})[0].x0)
     for w in (1.0, 2.5, 7.0):
-        got = student(params, x, t, {"label": label, "guidance": jax.numpy.full((4,), w)})[0].x0
+        got = student_x0(params, w)
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
 
 

@@ -171,7 +171,12 @@ def test_a_dead_process_makes_the_others_exit_instead_of_hanging():
     outs = [p.communicate(timeout=120)[0] for p in procs]  # a hang fails here
     assert procs[1].returncode == 3
     assert procs[0].returncode != 0, outs[0][-2000:]
-    assert "process 0: JaxRuntimeError" in outs[0] and "Task 1 heartbeat timeout" in outs[0], outs[0][-3000:]
+    # the survivor learns of the death either in its collective (the JaxRuntimeError it reports)
+    # or, when the coordination service's error poll comes first (seen on a loaded machine),
+    # from the service itself, which terminates it: both exit instead of hanging
+    raised = "process 0: JaxRuntimeError" in outs[0] and "Task 1 heartbeat timeout" in outs[0]
+    polled = "The following tasks are unhealthy" in outs[0] and "Terminating process" in outs[0]
+    assert raised or polled, outs[0][-3000:]
 
 
 def test_explicit_settings_and_an_unreachable_coordinator_are_one_line_errors():

@@ -1,5 +1,7 @@
 """Sharded training on 8 fake CPU devices equals one device; checkpoints move between meshes."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -25,12 +27,18 @@ def _run(mesh, steps=2, video=False):
     return state, metrics, shardings
 
 
+@functools.lru_cache(maxsize=None)
+def _sharded(video):
+    """2 steps on the (4, 2) mesh, once: the equality and the checkpoint tests share it."""
+    return _run(make_mesh(4, 2), video=video)
+
+
 @pytest.mark.parametrize("video", [False, True], ids=["image", "video"])
 def test_sharded_step_equals_single_device_step(video):
     """Also for the video UNet with FVDM's per-frame times (p = 0.5: the per-batch coin and
     the per-frame draws come from the same rng on both meshes)."""
     single, m1, _ = _run(make_mesh(1, 1, jax.devices()[:1]), video=video)
-    sharded, m8, shardings = _run(make_mesh(4, 2), video=video)
+    sharded, m8, shardings = _sharded(video)
     # something really is split over the fsdp axis
     specs = [s.spec for s in jax.tree.leaves(shardings.params)]
     assert any("fsdp" in tuple(sp) for sp in specs)
@@ -40,7 +48,7 @@ def test_sharded_step_equals_single_device_step(video):
 
 
 def test_checkpoint_restores_onto_another_mesh(tmp_path):
-    state, _, _ = _run(make_mesh(4, 2), steps=1)
+    state, _, _ = _sharded(False)
     mngr = checkpoint.make_manager(tmp_path, keep_last=2)
     checkpoint.save(mngr, 1, state, {"note": "4x2"})
     mngr.wait_until_finished()
