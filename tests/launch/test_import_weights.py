@@ -27,18 +27,10 @@ PROMPT = "a photo of an astronaut riding a horse"
 
 
 def train_clip_tokenizer(folder):
-    """A CLIP-style BPE (``</w>`` word ends) trained on a few sentences with `tokenizers`,
-    saved as vocab.json + merges.txt and read back by transformers' CLIPTokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """The tiny pipelines' CLIP tokenizer (``tests/clip_tokenizer.py``) on ``CORPUS``."""
+    from tests.clip_tokenizer import train_clip_tokenizer as train
 
-    folder.mkdir(parents=True)
-    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<|startoftext|>", "<|endoftext|>"],
-                                  end_of_word_suffix="</w>", show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.model.save(str(folder))  # vocab.json, merges.txt
-    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+    return train(folder, CORPUS)
 
 
 def tiny_pipeline(path):

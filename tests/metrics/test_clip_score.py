@@ -32,18 +32,9 @@ VISION = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_att
 
 
 def _tokenizer(folder):
-    """A CLIP-style BPE (``</w>`` word ends), as tests/launch/test_import_weights.py trains one
-    (not imported from there: that module pulls in diffusers and the orchestration layer, 5 s)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tests.clip_tokenizer import train_clip_tokenizer
 
-    folder.mkdir(parents=True)
-    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=100, special_tokens=["<|startoftext|>", "<|endoftext|>"],
-                                  end_of_word_suffix="</w>", show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.model.save(str(folder))
-    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    return train_clip_tokenizer(folder, CORPUS, vocab_size=100, max_length=77)
 
 
 def _jitter(model, seed, scale=0.2):
