@@ -72,8 +72,9 @@ def test_folder_and_split_errors(tmp_path):
     folder = write_folder(tmp_path / "folder")
     with pytest.raises(ValueError, match="one split"):
         make_source(f"imagefolder:{folder}", "heldout", resolution=16)
-    with pytest.raises(ValueError, match="resolution, an integer >= 1"):
-        make_source(f"imagefolder:{folder}", "train", resolution=None)
+    for bad in (None, 0, -16):
+        with pytest.raises(ValueError, match="resolution, an integer >= 1"):
+            make_source(f"imagefolder:{folder}", "train", resolution=bad)
     (folder / "metadata.jsonl").write_text("\n\n")
     with pytest.raises(ValueError, match="lists no images"):
         make_source(f"imagefolder:{folder}", "train", resolution=16)

@@ -4,6 +4,7 @@ sampler's image; export then import is the identity on every tensor; a changed U
 fine-tune or distillation writes) goes out changed."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -122,7 +123,7 @@ def test_an_export_stopped_mid_write_leaves_no_folder(imported, tmp_path, monkey
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_lora_run_exports_the_lora_file_diffusers_adds_exactly(imported, tmp_path):
+def test_a_lora_run_exports_the_lora_file_diffusers_adds_exactly(imported, tmp_path, monkeypatch):
     """A run trained with LoRA (``train.lora_rank``) -> ``--lora_file``: diffusers'
     ``load_lora_weights`` + ``fuse_lora`` on the base folder gives the run's merged UNet on every
     tensor (float32 rounding), and our own ``--lora`` reader adds the same update back. Until an
@@ -180,3 +181,21 @@ def test_a_lora_run_exports_the_lora_file_diffusers_adds_exactly(imported, tmp_p
     ours = add_deltas(convert, layout, base, lora_deltas(tmp_path / "out" / "lora.safetensors", {"unet": layout})["unet"],
                       "unet")
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), ours, merged)
+
+    # refusals before any write, and a write killed midway leaves the old file whole
+    run, out = load_run(wd), tmp_path / "out" / "lora.safetensors"
+    before = out.read_bytes()
+    with pytest.raises(FileExistsError, match="exists; pass --overwrite"):
+        export_lora(run, out, 1)
+    (tmp_path / "folder.safetensors").mkdir()
+    with pytest.raises(FileExistsError, match="is a folder; name a file"):
+        export_lora(run, tmp_path / "folder.safetensors", 1)
+    import safetensors.numpy
+
+    def killed(tensors, path, metadata=None):
+        pathlib.Path(path).write_bytes(b"half")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(safetensors.numpy, "save_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_lora(run, out, 1, overwrite=True)
+    assert out.read_bytes() == before and sorted(p.name for p in out.parent.iterdir()) == ["lora.safetensors"]

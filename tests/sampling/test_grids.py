@@ -164,6 +164,7 @@ def test_a_bad_grid_end_is_a_clear_error(bad):
         make_grid(bad, 10, SCHED)
 
 
-def test_karras_needs_a_discrete_schedule():
-    with pytest.raises(ValueError, match="continuous"):
-        make_grid("karras", 10, make_schedule("cosine_logsnr"))
+@pytest.mark.parametrize("kind", ["karras", "dpm_karras"])
+def test_karras_needs_a_discrete_schedule(kind):
+    with pytest.raises(ValueError, match=f"the {kind} grid .* continuous"):
+        make_grid(kind, 10, make_schedule("cosine_logsnr"))
