@@ -29,6 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.frames = config_dict.placeholder(int)  # frames per video: set for a video dataset
     c.data.video_key = config_dict.placeholder(str)  # a TFDS dataset's video feature, when it holds several
     c.data.max_per_class = config_dict.placeholder(int)  # train on the first N examples of each class (None: all)
+    c.data.latent_sample = True  # latent models: a VAE posterior sample per step (diffusers'); False: its mean
+    c.data.cache_encodings = False  # latent text models: encode images and captions once, before the first step
 
     c.model = ml_collections.ConfigDict()
     c.model.kind = "unet"  # unet (the ADM UNet below) | sd_unet (diffusers' UNet2DConditionModel: model.sd_unet)
@@ -170,7 +172,8 @@ def upgrade_config(saved: dict) -> dict:
       ``model.kind`` ("unet"), ``model.remat`` ("off"), ``diffusion.beta_start`` / ``beta_end`` (None: the
       schedule's own), ``text`` and ``latent`` (None: a label model on pixels),
       ``train.lora_rank`` (0), ``train.lora_alpha`` (None) and ``train.lora_init`` ("normal"),
-      ``data.max_per_class`` (None: all);
+      ``data.max_per_class`` (None: all), ``data.latent_sample`` (False: the posterior mean
+      they trained on), ``data.cache_encodings`` (False);
     * ``sample`` / ``eval`` ``solver, steps, grid, guidance`` become one ``sampler`` spec;
     * ``distill`` keeps the fields of its method (one section used to hold every method's);
       a field the method gained since (PSO's ``references``) takes its default; a PSO or TiUE
@@ -198,6 +201,8 @@ def upgrade_config(saved: dict) -> dict:
     saved["train"].setdefault("lora_alpha", None)
     saved["train"].setdefault("lora_init", "normal")
     saved.setdefault("data", {}).setdefault("max_per_class", None)
+    saved["data"].setdefault("latent_sample", False)  # runs before it trained on the posterior mean
+    saved["data"].setdefault("cache_encodings", False)
     video = saved["data"].get("frames") is not None
     model.setdefault("temporal_cond", "none" if video else "adaln_zero")
     saved["diffusion"].setdefault("per_frame_group", 0 if video else 2)

@@ -44,8 +44,9 @@ def one_device():
 # The slowest files (module fixtures that train several runs) start first: with
 # `--dist loadfile` each file runs in one worker, and a long file scheduled last leaves the
 # other worker idle at the end (measured: ~3 min of the CI wall time).
-SLOWEST_FIRST = ("tests/launch/test_distill.py", "tests/orchestration/test_scenes_training.py",
-                 "tests/launch/test_multiprocess.py", "tests/launch/test_sample_evaluate.py")
+SLOWEST_FIRST = ("tests/launch/test_multiprocess.py", "tests/orchestration/test_scenes_training.py",
+                 "tests/launch/test_distill.py", "tests/launch/test_finetune.py",
+                 "tests/distill/test_training.py", "tests/launch/test_sample_evaluate.py")
 
 
 def pytest_collection_modifyitems(items):

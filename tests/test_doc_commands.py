@@ -140,7 +140,24 @@ def test_every_launch_command_parses_as_written():
 @pytest.mark.parametrize("path", [p for p in DOCS if plan(p)[0]], ids=lambda p: str(p.relative_to(ROOT)))
 def test_smoke_commands_run_as_written(path, tmp_path):
     (tmp_path / "configs").symlink_to(ROOT / "configs")
+    run = []
     for env, module, args in plan(path)[0]:
         proc = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=_env(env),
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"python -m {module} {shlex.join(args)}:\n{proc.stderr[-3000:]}"
+        run.append((env, module, args, proc))
+    if path.name == "README.md":
+        readme_tour_promises(run, tmp_path)
+
+
+def readme_tour_promises(run, cwd) -> None:
+    """What the README says its smoke training does: the FD-digits line, the work directory's
+    files, and a second run of the finished directory changing nothing and saying so."""
+    env, module, args, proc = next(r for r in run if r[1] == "launch.train")
+    assert "FD-digits at step 20" in proc.stdout
+    workdir = cwd / args[args.index("--workdir") + 1]
+    assert {p.name for p in workdir.iterdir()} >= {"config.json", "checkpoints", "metrics.jsonl", "tb", "samples",
+                                                   "fd_digits.json"}
+    again = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=_env(env), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0 and "already trained to step 20" in again.stdout, again.stderr[-3000:]

@@ -7,8 +7,9 @@ weights: its shape from ``resolution``, RGB), ``cifar10`` / ``mnist`` / ``fashio
 ``tfds:<name>`` (prepared TFDS data, no download), ``moving_digits`` (videos of bouncing digits,
 ``diffusion/data/moving_digits.py``: splits train / heldout, ``frames`` per video),
 ``imagefolder:<path>`` (captioned images with a ``metadata.jsonl``, ``diffusion/data/imagefolder.py``;
-one split, train). A TFDS dataset holding videos is read with ``frames`` set
-(``diffusion/data/tfds_source.py``).
+one split, train). A TFDS dataset holding videos is read with ``frames`` set, and for a
+text-to-image model as images with a ``caption`` (or ``text``) feature, resized and
+center-cropped as an image folder's (``diffusion/data/tfds_source.py``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ DATASETS = ("digits", "digits_thick", "scenes", "moving_digits", "synthetic", *T
 
 
 def make_source(name: str, split: str, *, resolution: int | None = None, data_dir: str | None = None,
-                frames: int | None = None, video_key: str | None = None):
+                frames: int | None = None, video_key: str | None = None, captions: bool = False):
     """Builds a data source by name (see module docstring); ``frames``: a video dataset's
-    frames per example; ``video_key``: which video of a TFDS dataset holding several."""
+    frames per example; ``video_key``: which video of a TFDS dataset holding several;
+    ``captions``: a text-to-image model's data (a TFDS dataset's images and captions,
+    resized to ``resolution``)."""
     tfds_name = name in TFDS_ALIASES or name.startswith("tfds:")
     if frames is not None and name != "moving_digits" and not tfds_name:
         raise ValueError(f"config.data.frames applies to video datasets (moving_digits or a TFDS video dataset); "
@@ -69,8 +72,9 @@ def make_source(name: str, split: str, *, resolution: int | None = None, data_di
     if tfds_name:
         from diffusion.data.tfds_source import tfds_source
 
-        source, info = tfds_source(name.removeprefix("tfds:"), split, data_dir, frames, video_key)
-        if resolution is not None and resolution != info.image_shape[0]:
+        source, info = tfds_source(name.removeprefix("tfds:"), split, data_dir, frames, video_key,
+                                   resolution if captions else None)
+        if not captions and resolution is not None and resolution != info.image_shape[0]:
             raise ValueError(f"dataset {name!r} has {info.image_shape[0]}x{info.image_shape[1]} images but "
                              f"config.data.resolution={resolution}; set it to {info.image_shape[0]}")
         return source, info

@@ -100,6 +100,14 @@ class ImageFolderSource:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def fingerprint(self) -> str:
+        """Every row with its image file's size and modification time (a cache of encodings
+        made from the folder is refused once these change)."""
+        def stat(name: str) -> str:
+            st = (self.folder / name).stat()
+            return f"{st.st_size}:{st.st_mtime_ns}"
+        return json.dumps([(name, caption, stat(name)) for name, caption in self.rows])
+
     def __getitem__(self, i: int) -> dict:
         from PIL import Image
 

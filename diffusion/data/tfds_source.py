@@ -39,6 +39,54 @@ class TfdsImageSource:
         return {"image": image.astype(np.float32) / 127.5 - 1.0, "label": np.int32(label)}
 
 
+class TfdsCaptionSource:
+    """``{"image": [R, R, 3] float32 in [-1, 1], "caption": str}`` of a TFDS dataset with an
+    image and a caption feature, each image preprocessed as an image folder's
+    (``diffusion/data/imagefolder.py``: diffusers' resize of the shorter side and center crop)."""
+
+    def __init__(self, source, name: str, caption_key: str, resolution: int):
+        self.source, self.name, self.caption_key, self.resolution = source, name, caption_key, resolution
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        from PIL import Image
+
+        from diffusion.data.imagefolder import center_crop, resize_shorter
+
+        record = self.source[i]
+        caption = record[self.caption_key]
+        caption = caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
+        if not caption.strip():
+            raise ValueError(f"TFDS dataset {self.name!r}, example {i}: its {self.caption_key!r} is empty; a caption "
+                             "dataset needs a caption for every image")
+        pixels = np.asarray(record["image"], np.uint8)
+        image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).convert("RGB")
+        image = center_crop(resize_shorter(image, self.resolution), self.resolution)
+        return {"image": np.asarray(image, np.float32) / 127.5 - 1.0, "caption": np.str_(caption)}
+
+
+CAPTION_KEYS = ("caption", "text")
+
+
+def _caption_key(name: str, features) -> str:
+    """The caption feature: a top-level text feature named one of ``CAPTION_KEYS``."""
+    import tensorflow_datasets as tfds
+
+    texts = sorted(k for k, f in features.items() if isinstance(f, tfds.features.Text)) \
+        if isinstance(features, tfds.features.FeaturesDict) else []
+    for key in CAPTION_KEYS:
+        if key in texts:
+            return key
+    nested = sorted(k for k in (features.keys() if isinstance(features, tfds.features.FeaturesDict) else ())
+                    if k not in texts and "caption" in k)
+    hint = (f"its captions ({', '.join(nested)}) are a list per image, which is not read yet" if nested
+            else f"its text features: {', '.join(texts) or 'none'}")
+    raise ValueError(f"TFDS dataset {name!r} has no caption for a text-to-image model: Kairos reads a text feature "
+                     f"named {' or '.join(CAPTION_KEYS)}; {hint}")
+
+
 def _arrays(features, rank: int) -> list[str]:
     """The uint8 features of ``rank`` (3: images, 4: videos), by name."""
     shapes, dtypes = features.shape, features.np_dtype
@@ -67,8 +115,11 @@ def _video_key(name: str, features, video_key: str | None) -> str:
 
 
 def tfds_source(name: str, split: str, data_dir: str | None = None, frames: int | None = None,
-                video_key: str | None = None) -> tuple[TfdsImageSource, DatasetInfo]:
-    """An image (or, with ``frames``, video) TFDS dataset as a Kairos source.
+                video_key: str | None = None, caption_resolution: int | None = None
+                ) -> tuple[TfdsImageSource | TfdsCaptionSource, DatasetInfo]:
+    """An image (or, with ``frames``, video) TFDS dataset as a Kairos source; with
+    ``caption_resolution`` (a text-to-image model's) its images and captions, resized and
+    center-cropped to that resolution (:class:`TfdsCaptionSource`).
 
     Raises:
       FileNotFoundError: when the dataset is not prepared under ``data_dir``, with how to
@@ -94,6 +145,15 @@ def tfds_source(name: str, split: str, data_dir: str | None = None, frames: int 
         hint = (f"it holds videos ({', '.join(videos)}): set config.data.frames" if videos
                 else "Kairos reads a uint8 [H, W, C] feature named 'image'")
         raise ValueError(f"TFDS dataset {name!r} has no image feature: {hint}")
+    if caption_resolution is not None:
+        if frames is not None:
+            raise ValueError("config.data.frames is set, but a text-to-image model reads images and captions")
+        if isinstance(caption_resolution, bool) or not isinstance(caption_resolution, int) or caption_resolution < 1:
+            raise ValueError(f"a caption dataset needs config.data.resolution, an integer >= 1, got "
+                             f"{caption_resolution!r}")
+        key = _caption_key(name, features)
+        r = caption_resolution
+        return TfdsCaptionSource(source, name, key, r), DatasetInfo((r, r, 3), None, len(source))
     key = "image" if frames is None else _video_key(name, features, video_key)
     shape = tuple(features.shape[key])
     if frames is not None:

@@ -181,12 +181,21 @@ class AutoencoderKL(nn.Module):
         return self.decode(self.encode(x)[0])
 
 
-def latents_from_images(vae: AutoencoderKL, params: Any, x: jnp.ndarray, rng: jax.Array | None = None) -> jnp.ndarray:
-    """Diffusion-space latents of images ``x [B, H, W, C]`` in ``[-1, 1]``: ``(posterior
-    mean, or a posterior sample when rng is given, - shift_factor) * scaling_factor``."""
+def latent_moments(vae: AutoencoderKL, params: Any, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``(mean, std)`` of the diffusion-space posterior of images ``x [B, H, W, C]`` in
+    ``[-1, 1]``: ``((posterior mean - shift_factor) * scaling_factor, posterior std *
+    scaling_factor)``, each ``[B, h, w, c]``; ``mean + std * eps`` is diffusers'
+    ``latent_dist.sample()`` in diffusion space."""
     mean, logvar = vae.apply({"params": params}, x, method=AutoencoderKL.encode)
-    z = mean if rng is None else mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
-    return (z - vae.config.shift_factor) * vae.config.scaling_factor
+    scale = vae.config.scaling_factor
+    return (mean - vae.config.shift_factor) * scale, jnp.exp(0.5 * logvar) * scale
+
+
+def latents_from_images(vae: AutoencoderKL, params: Any, x: jnp.ndarray, rng: jax.Array | None = None) -> jnp.ndarray:
+    """Diffusion-space latents of images ``x [B, H, W, C]`` in ``[-1, 1]``: the posterior
+    mean, or a posterior sample when ``rng`` is given (:func:`latent_moments`)."""
+    mean, std = latent_moments(vae, params, x)
+    return mean if rng is None else mean + std * jax.random.normal(rng, mean.shape, mean.dtype)
 
 
 def images_from_latents(vae: AutoencoderKL, params: Any, z: jnp.ndarray) -> jnp.ndarray:

@@ -25,6 +25,22 @@ def ema_decay_at(step: jax.Array, decay: float, warmup: bool = True) -> jax.Arra
     return jnp.minimum(decay, (1.0 + s) / (10.0 + s))
 
 
+LATENT_STD = "latent_std"  # a batch's VAE posterior std: its "image" is the mean, sampled each step
+LATENT_STREAM = 0x1A7E  # the step key's fold for that sample (the loss's own keys stay as they were)
+
+
+def sample_latents(batch: Any, rng: jax.Array) -> Any:
+    """``batch`` with ``image = image + latent_std * eps`` (diffusers'
+    ``latent_dist.sample()``; ``eps`` from ``fold_in(rng, LATENT_STREAM)``, the step's key, so
+    a resumed run draws the same) when it carries ``LATENT_STD``; else ``batch`` unchanged."""
+    if not isinstance(batch, dict) or LATENT_STD not in batch:
+        return batch
+    batch = dict(batch)
+    std, mean = batch.pop(LATENT_STD), batch["image"]
+    eps = jax.random.normal(jax.random.fold_in(rng, LATENT_STREAM), mean.shape, mean.dtype)
+    return {**batch, "image": mean + std * eps}
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, ema_decay: float,
                     ema_warmup: bool = True, after_update: Callable[..., TrainState] | None = None,
                     to_network: Callable[[Any], Any] | None = None,
@@ -34,7 +50,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, em
     A step whose loss or gradients are not finite leaves params, EMA and optimizer state
     untouched, increments ``skipped`` / ``consecutive_skipped`` and still advances
     ``step`` (its batch is consumed). Metrics: ``loss``, ``grad_norm``, ``finite``,
-    ``lr``-free aux values from the loss. ``after_update(state, carry) -> state`` runs last,
+    ``lr``-free aux values from the loss. A batch with a VAE posterior's std has its latents
+    sampled first (:func:`sample_latents`). ``after_update(state, carry) -> state`` runs last,
     on the advanced state (a method's extra state: a distillation round, an EMA target, a
     second network's optimizer step); ``carry`` is the loss's ``aux["carry"]`` (what that
     step needs from the loss's forward pass; not a metric), None when absent.
@@ -50,6 +67,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, em
 
     def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
+        batch = sample_latents(batch, rng)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng, state)
         aux = dict(aux)
         carry = aux.pop("carry", None)

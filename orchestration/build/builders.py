@@ -135,7 +135,7 @@ def build_source(config: ml_collections.ConfigDict, split: str = "train"):
     ``data.max_per_class`` examples of each class when set (:func:`first_per_class`)."""
     source, info = make_source(config.data.name, split, resolution=config.data.resolution,
                                data_dir=config.data.data_dir, frames=config.data.get("frames"),
-                               video_key=config.data.get("video_key"))
+                               video_key=config.data.get("video_key"), captions=config.get("text") is not None)
     n = config.data.get("max_per_class")
     if n is not None and split == "train":
         source = first_per_class(source, n, config.data.name)

@@ -93,7 +93,7 @@ def validate_config(config: ml_collections.ConfigDict, command: str) -> None:
     if name == "none":
         raise ValueError("config.data.name='none': this config holds a model without a dataset (imported weights); "
                          f"set config.data.name to one of {', '.join(DATASETS)} to train")
-    if name not in DATASETS and name not in TFDS_ALIASES and not str(name).startswith("tfds:"):
+    if name not in DATASETS and name not in TFDS_ALIASES and not str(name).startswith(("tfds:", "imagefolder:")):
         raise ValueError(f"unknown dataset config.data.name={name!r}; available: {', '.join(DATASETS)}")
     if not config.model.channel_mult or any(not isinstance(m, int) or m < 1 for m in config.model.channel_mult):
         raise ValueError(f"config.model.channel_mult must be positive integers, got {config.model.channel_mult!r}")

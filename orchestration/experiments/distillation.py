@@ -17,13 +17,13 @@ import pathlib
 import sys
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from diffusion.train.state import create_train_state
 from distill import registry
 from distill.registry import BuildArgs, Teacher, TeacherError
 from orchestration.build.builders import build_denoiser, build_source, init_params, model_caps, sample_shape
+from orchestration.experiments.init_from import start_from
 from orchestration.experiments.runner import Experiment, run_experiment
 from orchestration.build.builders import make_optimizer_from
 from orchestration.build.run_loader import LoadedRun, load_run
@@ -178,13 +178,10 @@ def distill(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, p
 def _start_from(fresh: dict, teacher: dict) -> dict:
     """The student's initial params: the teacher's, plus any new top-level module of the
     student (the w embedding) at its fresh initialisation."""
-    shapes = lambda tree: jax.tree.map(jnp.shape, tree)  # noqa: E731
-    missing = sorted(set(teacher) - set(fresh))
-    mismatched = sorted(k for k in teacher if k in fresh and shapes(teacher[k]) != shapes(fresh[k]))
-    if missing or mismatched:
-        raise TeacherError(f"the teacher's params do not fit the student network (missing: {missing}, "
-                           f"different shapes: {mismatched})")
-    return {**fresh, **teacher}
+    try:
+        return start_from(fresh, teacher, "the teacher")
+    except ValueError as e:
+        raise TeacherError(str(e)) from None
 
 
 def _chain(*hooks):

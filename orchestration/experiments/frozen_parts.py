@@ -17,8 +17,9 @@ from diffusion.data.captions import DropCaption, Tokenize
 from diffusion.metrics.grid import save_grid
 from diffusion.nn.text.prompts import PromptEncoder
 from diffusion.nn.text.tokenizer import load_tokenizer
-from diffusion.nn.vae import AutoencoderKL, latents_from_images
+from diffusion.nn.vae import AutoencoderKL, latent_moments
 from diffusion.train.loop import Callback
+from diffusion.train.step import LATENT_STD
 from orchestration.build.builders import build_source, sample_shape, sd_unet_config
 from orchestration.build.frozen import (decode_latents, prompt_encoder, resolve_source, text_conds,
                                         text_encoder_from, vae_from)
@@ -90,9 +91,16 @@ def with_frozen_parts(exp, config: ml_collections.ConfigDict, workdir: pathlib.P
 
     enc, vae = parts.get("text"), parts.get("vae")
 
+    sample_posterior = vae is not None and bool(config.data.get("latent_sample", False))
+
     @jax.jit
     def prep(frozen, batch):
-        out = {"image": batch["image"] if vae is None else latents_from_images(vae, frozen["vae"], batch["image"])}
+        if vae is None:
+            out = {"image": batch["image"]}
+        else:  # the posterior mean, and its std when the train step samples it (data.latent_sample)
+            out = dict(zip(("image", LATENT_STD), latent_moments(vae, frozen["vae"], batch["image"])))
+            if not sample_posterior:
+                del out[LATENT_STD]
         if enc is not None:
             out["context"] = enc.context(frozen["text"], batch["ids"], batch["mask"])
             out["null_context"] = jnp.broadcast_to(frozen["null_context"], out["context"].shape)
@@ -101,17 +109,59 @@ def with_frozen_parts(exp, config: ml_collections.ConfigDict, workdir: pathlib.P
     transforms = ()
     if enc is not None:
         transforms = (DropCaption(config.diffusion.cond_drop_prob), Tokenize(enc.tokenizer, enc.max_length))
+    source = exp.source
+    if config.data.get("cache_encodings"):
+        source, transforms, prep = _cached(exp.source, config, workdir, enc, vae, frozen, to_write, sample_posterior)
 
     def before_training(w: pathlib.Path) -> None:
         for write in to_write:
             write(w)
 
+    prompts = grid_prompts(config) if enc is not None and config.train.sample_every > 0 else []
+
     def callbacks(c, w):
-        return [Callback(text_grid_callback(exp.denoiser, exp.caps, c, w, enc, vae, frozen.get("vae")),
+        if not prompts:
+            return []
+        return [Callback(text_grid_callback(exp.denoiser, exp.caps, c, w, enc, vae, frozen.get("vae"), prompts),
                          every=c.train.sample_every, at_end=c.train.sample_every > 0)]
 
-    return dataclasses.replace(exp, transforms=transforms, preprocess=lambda b: prep(frozen, b),
+    return dataclasses.replace(exp, source=source, transforms=transforms, preprocess=lambda b: prep(frozen, b),
                                before_training=before_training, callbacks=callbacks if enc is not None else None)
+
+
+def _cached(source, config, workdir: pathlib.Path, enc, vae, frozen: dict, to_write: list, sample_posterior: bool):
+    """``(source, transforms, prep)`` reading the run's cached encodings
+    (``orchestration/experiments/encodings.py``); the cache is built before the first step,
+    after the components it is made with are stored. A cache of other data or components is
+    refused now, before anything is written."""
+    from diffusion.data.encoded import DropContext, EncodedFlip
+    from orchestration.experiments import encodings
+
+    if enc is None or vae is None:
+        raise ValueError("config.data.cache_encodings caches a latent text-to-image model's VAE latents and text "
+                         "states; this run has no " + ("text encoder" if enc is None else "VAE") + ": leave it False")
+    fingerprint = encodings.source_fingerprint(source)
+    encodings.check_cache(workdir, encodings.expected_manifest(config, workdir, fingerprint, len(source)))
+
+    def build(w: pathlib.Path) -> None:
+        expected = encodings.expected_manifest(config, w, fingerprint, len(source))  # the stored components' hashes
+        if not encodings.check_cache(w, expected):
+            encodings.build_cache(w, source, enc, vae, frozen["vae"], expected)
+
+    to_write.append(build)
+    null = np.asarray(frozen["null_context"])[0]
+    transforms = ((EncodedFlip(),) if config.data.random_flip else ()) + (
+        DropContext(config.diffusion.cond_drop_prob, null),)
+
+    @jax.jit
+    def prep(frozen, batch):
+        out = {"image": batch["image"], "context": batch["context"],
+               "null_context": jnp.broadcast_to(frozen["null_context"], batch["context"].shape)}
+        if sample_posterior:
+            out[LATENT_STD] = batch[LATENT_STD]
+        return out
+
+    return encodings.encoded_source(workdir, len(source)), transforms, prep
 
 
 def heldout_captions(config: ml_collections.ConfigDict, num: int) -> list[str]:
@@ -120,12 +170,30 @@ def heldout_captions(config: ml_collections.ConfigDict, num: int) -> list[str]:
     return [str(source[i]["caption"]) for i in range(min(num, len(source)))]
 
 
+def grid_prompts(config: ml_collections.ConfigDict) -> list[str]:
+    """The sample grids' prompts: ``config.sample.prompts`` when set, else the first
+    ``sample.num`` held-out captions.
+
+    Raises:
+      ValueError: neither (a dataset with one split, e.g. an image folder), before any write.
+    """
+    given = config.sample.get("prompts")
+    if given:
+        if isinstance(given, str) or not all(isinstance(p, str) and p.strip() for p in given):
+            raise ValueError(f"config.sample.prompts must be a list of non-empty prompts, got {given!r}")
+        return list(given)
+    try:
+        return heldout_captions(config, config.sample.num)
+    except ValueError as e:
+        raise ValueError(f"the sample grids need prompts and {e}: set config.sample.prompts (a list), or "
+                         "config.train.sample_every=0 for no grids") from None
+
+
 def text_grid_callback(denoiser, caps, config: ml_collections.ConfigDict, workdir: pathlib.Path,
-                       encoder: PromptEncoder, vae, vae_params):
-    """Writes ``samples/step_XXXXXX.png`` (decoded when latent) for the held-out captions,
-    listed row by row in ``samples/step_XXXXXX.txt``."""
+                       encoder: PromptEncoder, vae, vae_params, prompts: list[str]):
+    """Writes ``samples/step_XXXXXX.png`` (decoded when latent) for ``prompts``, listed row
+    by row in ``samples/step_XXXXXX.txt``."""
     spec = SamplerSpec.parse(config.sample.sampler)
-    prompts = heldout_captions(config, config.sample.num)
     conds = text_conds(encoder, prompts)
     shape = sample_shape(config, None)
 

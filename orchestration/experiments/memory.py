@@ -58,6 +58,9 @@ def estimate(config, devices=None) -> tuple:
     Raises:
       ValueError: a bad config, a VAE config, a mesh or batch that does not fit the devices.
     """
+    from orchestration.experiments.init_from import finetune_config
+
+    config, _ = finetune_config(config, None)  # a fine-tune's model is its base's
     validate_config(config, "train")
     if config.model.kind == "vae":
         raise ValueError("launch.memory estimates diffusion models; this config trains a VAE")

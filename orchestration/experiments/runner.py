@@ -44,7 +44,8 @@ class Experiment:
       source, info: the training data and its description.
       optimizer: the optax optimizer.
       make: ``(*make_args) -> TrainState``, the fresh state (run under ``jit``).
-      make_args: arrays ``make`` takes as arguments (e.g. teacher params).
+      make_args: arrays ``make`` takes as arguments (e.g. teacher params), or their shapes
+        (``jax.ShapeDtypeStruct``) when ``fresh_args`` loads them.
       loss_fn: the method's loss (``diffusion.train.step.LossFn``).
       after_update: the method's ``(state, carry) -> state`` after each step, or None.
       transforms: per-example grain maps of the input pipeline (caption dropout, tokens).
@@ -54,6 +55,8 @@ class Experiment:
       before_training: ``workdir -> None``, run under the lock before the first write of
         a run's files (components of a text-to-image run), or None.
       to_network: trained params -> network params (LoRA's merge, :func:`with_lora`), or None.
+      fresh_args: ``() -> make_args``, called only when a fresh state is made (a run started
+        from another run's params needs them at step 0 only), or None: ``make_args``.
     """
 
     denoiser: Any
@@ -70,6 +73,7 @@ class Experiment:
     callbacks: Callable | None = None
     before_training: Callable | None = None
     to_network: Callable | None = None
+    fresh_args: Callable[[], tuple] | None = None
 
 
 def with_lora(exp: Experiment, config: ml_collections.ConfigDict) -> Experiment:
@@ -162,12 +166,15 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
 def _run_locked(config, config_json: dict, workdir: pathlib.Path, exp: Experiment, mesh, progress: bool) -> dict:
     abstract, shardings = abstract_state(exp.make, mesh, *exp.make_args)
     data_iter = make_train_iterator(exp.source, config.train.batch_size, config.seed,
-                                    random_flip=config.data.random_flip, transforms=exp.transforms)
+                                    # cached encodings hold both orientations: their transform flips
+                                    random_flip=config.data.random_flip and not config.data.get("cache_encodings"),
+                                    transforms=exp.transforms)
     open_manager = lambda: checkpoint.make_manager(workdir, config.train.keep_last, config.train.keep_every)  # noqa: E731
     manager, state, latest = checkpoint.restore_newest_good(
         workdir, open_manager, abstract, data_iter, lambda text: print(text, file=sys.stderr, flush=True))
     if state is None:
-        state = init_state(exp.make, shardings, mesh, *exp.make_args)
+        args = exp.make_args if exp.fresh_args is None else exp.fresh_args()
+        state = init_state(exp.make, shardings, mesh, *args)
     else:
         print(f"resuming {workdir} from step {latest}", flush=True)
 

@@ -3,6 +3,7 @@ model (with a text or latent model's frozen parts) or a VAE, through the shared 
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import jax
@@ -10,9 +11,11 @@ import ml_collections
 
 from diffusion.train.objective import make_diffusion_loss
 from diffusion.train.setup import state_factory
+from diffusion.train.state import create_train_state
 from orchestration.build.builders import build_denoiser, build_source, init_params, make_optimizer_from, model_caps
 from orchestration.build.validation import validate_config
 from orchestration.experiments.frozen_parts import with_frozen_parts
+from orchestration.experiments.init_from import base_run, base_step, finetune_config, record_base, start_from
 from orchestration.experiments.runner import Experiment, run_experiment
 from orchestration.experiments.vae_training import vae_experiment
 
@@ -28,17 +31,44 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, pro
       diffusion.train.loop.Preempted: stopped by SIGTERM / SIGINT after saving.
       diffusion.train.loop.NonFiniteError: the run kept producing NaN/Inf updates.
     """
+    config, base = finetune_config(config, workdir)
     validate_config(config, "train")
     if config.model.kind == "vae":
         return run_experiment(config, workdir, vae_experiment(config), progress=progress, devices=devices)
     source, info = build_source(config)
     denoiser, caps = build_denoiser(config, info), model_caps(config, info)
     optimizer = make_optimizer_from(config.train)
-    make = state_factory(lambda key: init_params(config, info, key), optimizer, jax.random.PRNGKey(config.seed))
     loss_fn = make_diffusion_loss(denoiser, config.diffusion.weighting, config.diffusion.cond_drop_prob,
                                   caps.null_label, float(config.diffusion.get("per_frame_prob", 0.0)),
                                   config.diffusion.get("per_frame_group", 2))
-    exp = Experiment(denoiser, caps, source, info, optimizer, make, loss_fn)
-    if caps.text or config.get("latent") is not None:
-        exp = with_frozen_parts(exp, config, pathlib.Path(workdir))
+    if config.get("init_from"):
+        exp = _from_base(config, workdir, base, denoiser, caps, source, info, optimizer, loss_fn)
+    else:
+        make = state_factory(lambda key: init_params(config, info, key), optimizer, jax.random.PRNGKey(config.seed))
+        exp = Experiment(denoiser, caps, source, info, optimizer, make, loss_fn)
+        if caps.text or config.get("latent") is not None:
+            exp = with_frozen_parts(exp, config, pathlib.Path(workdir))
     return run_experiment(config, workdir, exp, progress=progress, devices=devices)
+
+
+def _from_base(config, workdir, base, denoiser, caps, source, info, optimizer, loss_fn) -> Experiment:
+    """The experiment of a run started from ``config.init_from`` (``init_from.py``): the state
+    made from the base's params (read only for a fresh state), the base's components."""
+    rng = jax.random.PRNGKey(config.seed)
+    fresh = lambda: init_params(config, info, jax.random.fold_in(rng, 0))  # noqa: E731
+    where = f"config.init_from={config.init_from!r}"
+
+    def make(base_params):
+        return create_train_state(start_from(fresh(), base_params, where), optimizer, jax.random.fold_in(rng, 1))
+
+    def load() -> tuple:
+        run = base if base is not None else base_run(config)
+        return (run.params(base_step(run, workdir)),)
+
+    shapes = jax.eval_shape(fresh)
+    exp = Experiment(denoiser, caps, source, info, optimizer, make, loss_fn, make_args=(shapes,), fresh_args=load)
+    hooks = [record_base(config, base)]
+    if caps.text or config.get("latent") is not None:
+        exp = with_frozen_parts(exp, config, pathlib.Path(workdir), components_from=pathlib.Path(config.init_from))
+        hooks.insert(0, exp.before_training)
+    return dataclasses.replace(exp, before_training=lambda w: [hook(w) for hook in hooks])

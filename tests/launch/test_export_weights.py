@@ -1,10 +1,10 @@
 """Weights out (issue 27, item 7): an imported run -> ``launch.export_weights`` -> a diffusers
 folder that ``StableDiffusionPipeline.from_pretrained`` loads and samples with our plain
 sampler's image; export then import is the identity on every tensor; a changed UNet (what a
-fine-tune or distillation writes) goes out changed."""
+fine-tune or distillation writes) goes out changed. A LoRA fine-tune's ``--lora_file``:
+tests/launch/test_finetune.py."""
 
 import json
-import pathlib
 
 import numpy as np
 import pytest
@@ -121,81 +121,3 @@ def test_an_export_stopped_mid_write_leaves_no_folder(imported, tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         export_diffusers(imported / "run", tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
-
-
-def test_a_lora_run_exports_the_lora_file_diffusers_adds_exactly(imported, tmp_path, monkeypatch):
-    """A run trained with LoRA (``train.lora_rank``) -> ``--lora_file``: diffusers'
-    ``load_lora_weights`` + ``fuse_lora`` on the base folder gives the run's merged UNet on every
-    tensor (float32 rounding), and our own ``--lora`` reader adds the same update back. Until an
-    imported run can be fine-tuned (issue 28), the run is written as the trainer writes one: the
-    state's ``params`` the ``{"base", "adapters"}`` tree of ``lora.init`` with ``b`` moved off zero,
-    ``ema_params`` their merge."""
-    import shutil
-
-    import jax
-
-    from diffusion.convert.invert import add_deltas, invert
-    from diffusion.convert.lora import lora_deltas
-    from diffusion.convert.tensors import read_config
-    from diffusion.convert.unet import convert_unet
-    from diffusion.nn.sd_unet import SDUNetConfig
-    from diffusion.train import checkpoint, lora
-    from orchestration.generation.export_lora import export_lora
-    from orchestration.workdir.diffusers_meta import read_layout
-
-    root = imported
-    wd = tmp_path / "lora_run"
-    shutil.copytree(root / "run", wd, ignore=shutil.ignore_patterns("checkpoints"))
-    config = json.loads((wd / "config.json").read_text())
-    config["train"].update(lora_rank=4, lora_alpha=8.0)
-    (wd / "config.json").write_text(json.dumps(config))
-    base = load_run(root / "run").params(0)
-    tree = lora.init(base, 4, jax.random.PRNGKey(1))
-    tree["adapters"] = {p: {"a": ab["a"], "b": 0.05 * jax.random.normal(jax.random.PRNGKey(i), ab["b"].shape)}
-                        for i, (p, ab) in enumerate(sorted(tree["adapters"].items()))}
-    merged = lora.merge(tree, 8.0)
-    manager = checkpoint.make_manager(wd, keep_last=2)
-    try:
-        checkpoint.save(manager, 1, {"params": tree, "ema_params": merged}, config)
-        manager.wait_until_finished()
-    finally:
-        manager.close()
-
-    record = export_lora(load_run(wd), tmp_path / "out" / "lora.safetensors", 1)
-    assert record["rank"] == 4 and record["alpha"] == 8.0 and record["modules"] == len(tree["adapters"])
-    meta = root / "run" / "diffusers"
-    layout = read_layout(meta)["unet"]
-    convert = lambda t: convert_unet(t, read_config(meta / "unet", SDUNetConfig, "unet"), "unet")  # noqa: E731
-    want = invert(convert, layout, merged, "unet")
-    assert max(np.abs(want[k] - v).max() for k, v in invert(convert, layout, base, "unet").items()) > 1e-2
-
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(root / "pndm", safety_checker=None,
-                                                             requires_safety_checker=False)
-    pipe.load_lora_weights(tmp_path / "out", weight_name="lora.safetensors")
-    pipe.fuse_lora()
-    pipe.unload_lora_weights()
-    got = {k: v.numpy() for k, v in pipe.unet.state_dict().items()}
-    assert sorted(got) == sorted(want)
-    assert max(np.abs(got[k] - want[k]).max() for k in want) < 1e-6
-
-    ours = add_deltas(convert, layout, base, lora_deltas(tmp_path / "out" / "lora.safetensors", {"unet": layout})["unet"],
-                      "unet")
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), ours, merged)
-
-    # refusals before any write, and a write killed midway leaves the old file whole
-    run, out = load_run(wd), tmp_path / "out" / "lora.safetensors"
-    before = out.read_bytes()
-    with pytest.raises(FileExistsError, match="exists; pass --overwrite"):
-        export_lora(run, out, 1)
-    (tmp_path / "folder.safetensors").mkdir()
-    with pytest.raises(FileExistsError, match="is a folder; name a file"):
-        export_lora(run, tmp_path / "folder.safetensors", 1)
-    import safetensors.numpy
-
-    def killed(tensors, path, metadata=None):
-        pathlib.Path(path).write_bytes(b"half")
-        raise KeyboardInterrupt
-    monkeypatch.setattr(safetensors.numpy, "save_file", killed)
-    with pytest.raises(KeyboardInterrupt):
-        export_lora(run, out, 1, overwrite=True)
-    assert out.read_bytes() == before and sorted(p.name for p in out.parent.iterdir()) == ["lora.safetensors"]

@@ -38,8 +38,10 @@ def _env(devices: int) -> dict:
 
 
 def _train(workdir, *overrides) -> list[str]:
+    # no sample grids: each would compile a sampler in every process (launch.sample's test below
+    # checks that process 0 alone writes samples)
     return ["-m", "launch.train", "--config", "configs/digits_v.py:smoke", "--workdir", str(workdir),
-            "--config.eval.fd_digits=False", *overrides]
+            "--config.eval.fd_digits=False", "--config.train.sample_every=0", *overrides]
 
 
 def start_processes(command: list[str], count: int) -> list[subprocess.Popen]:
@@ -97,7 +99,7 @@ def test_processes_equal_one_and_only_process_0_writes(trained):
     a, b = losses(two), losses(one)
     assert sorted(a) == [5, 10, 15, 20]
     assert_equal_to_rounding(a, b)  # the same global batches, program and devices
-    # process 0 alone wrote the logs and grids: one metrics line per step, no per-process files
+    # process 0 alone wrote the logs and checkpoints: one metrics line per step, no per-process files
     assert len((two / "metrics.jsonl").read_text().splitlines()) == len((one / "metrics.jsonl").read_text().splitlines())
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
 
@@ -112,7 +114,8 @@ def test_sample_evaluate_and_distill_as_two_processes(trained, tmp_path):
     by_two = np.load(npz)["images"]
     run_one([*sample, "--overwrite"])
     assert np.array_equal(np.load(npz)["images"], by_two)  # bitwise: the same program over the same 8 devices
-    evaluate = ["--sweep", "solver=ddim;steps=4", "--num", "20", "--batch_size", "20"]
+    # the sample command's batch: its compiled sampler is reused (the compilation cache)
+    evaluate = ["--sweep", "solver=ddim;steps=4", "--num", "20", "--batch_size", "10"]
     outs = finish(start_processes(["-m", "launch.evaluate", "--workdir", str(two), *evaluate], 2))
     assert "wrote" in outs[0][0] and "wrote" not in outs[1][0]
     shutil.copytree(two / "checkpoints", tmp_path / "copy" / "checkpoints")  # the same params, not yet evaluated
@@ -139,7 +142,7 @@ def test_sample_evaluate_and_distill_as_two_processes(trained, tmp_path):
 def test_checkpoints_move_between_counts_and_one_sigterm_stops_every_process(trained):
     two, one = trained
     # the 2-process checkpoint resumes in 1 process on a (4, 2) mesh ...
-    later = ["--config.train.sample_every=0", "--config.train.log_every=2"]
+    later = ["--config.train.log_every=2"]
     resumed = run_one(_train(two, "--config.train.num_steps=30", "--config.mesh.fsdp=2", *later))
     assert "resuming" in resumed.stdout
     # ... and the 1-process one in 2 processes, until a SIGTERM to process 1 alone stops both at one step

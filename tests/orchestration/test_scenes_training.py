@@ -4,6 +4,7 @@ sees is exactly the encoders' output, a resumed run equals an uninterrupted one,
 trained work directory samples from prompts."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -13,7 +14,7 @@ from configs import scenes, scenes_vae
 from diffusion.data.pipeline import make_train_iterator
 from diffusion.nn.text.prompts import PromptEncoder
 from diffusion.nn.text.tokenizer import load_tokenizer
-from diffusion.nn.vae import AutoencoderKL, latents_from_images
+from diffusion.nn.vae import AutoencoderKL
 from orchestration.build.builders import build_denoiser, build_source, model_caps
 from orchestration.build.frozen import resolve_source, text_encoder_from
 from orchestration.experiments.frozen_parts import with_frozen_parts
@@ -71,8 +72,11 @@ def test_the_loss_sees_the_frozen_encoders_outputs(vae_workdir, tmp_path):
     # the raw batch holds tokens, never strings; the preprocessed one latents and contexts
     assert set(raw) == {"image", "ids", "mask"} and raw["ids"].dtype == np.int32
     vae_config, vae_params = trained_vae(vae_workdir)
-    want = latents_from_images(AutoencoderKL(vae_config), vae_params, raw["image"])
-    np.testing.assert_allclose(np.asarray(batch["image"]), np.asarray(want), rtol=1e-5, atol=1e-5)
+    # the posterior's mean and std (data.latent_sample: the train step samples mean + std * eps)
+    mean, logvar = AutoencoderKL(vae_config).apply({"params": vae_params}, raw["image"], method=AutoencoderKL.encode)
+    scale = vae_config.scaling_factor
+    np.testing.assert_allclose(np.asarray(batch["image"]), np.asarray(mean) * scale, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(batch["latent_std"]), np.exp(0.5 * np.asarray(logvar)) * scale, rtol=1e-5)
     kind, config, params = text_encoder_from(c.text.encoder)
     encoder = PromptEncoder(kind, load_tokenizer(resolve_source(c.text.tokenizer)), config, params, c.text.max_length)
     np.testing.assert_allclose(np.asarray(batch["context"]), np.asarray(encoder.encode_ids(raw["ids"], raw["mask"])),
@@ -85,10 +89,11 @@ def test_the_loss_sees_the_frozen_encoders_outputs(vae_workdir, tmp_path):
 
 def test_resumed_equals_uninterrupted_and_samples_from_prompts(vae_workdir, trained, tmp_path):
     one = trained
-    two = tmp_path / "two"
-    train(unet_config(vae_workdir, 3), two, progress=False, devices=jax.devices()[:1])
+    two = tmp_path / "two"  # the run as a kill after its step-5 checkpoint leaves it, resumed
+    shutil.copytree(one, two, ignore=shutil.ignore_patterns("6", ".lock"))
     train(unet_config(vae_workdir, 6), two, progress=False, devices=jax.devices()[:1])
     a, b = load_run(one), load_run(two)
+    assert a.steps == [5, 6] and b.steps == [5, 6]
     for x, y in zip(jax.tree.leaves(a.params(6)), jax.tree.leaves(b.params(6))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert sorted(p.name for p in (one / "components").iterdir()) == ["text_encoder", "tokenizer", "vae"]

@@ -1,6 +1,8 @@
 """A video run end to end at smoke size: moving digits through the loop with FVDM's
 per-frame times, a filmstrip of samples, an exact resume; and the video config errors."""
 
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -27,10 +29,11 @@ def video_config(steps=4):
 
 
 def test_a_video_run_trains_samples_a_filmstrip_and_resumes_exactly(tmp_path, video_run):
-    """``video_run`` trained 2 steps straight; here 1 step, then resumed to 2."""
+    """``video_run`` trained 2 steps straight; here as a kill after its step-1 checkpoint left it,
+    resumed to 2."""
     resumed = tmp_path / "resumed"
-    train(video_config(1), resumed, progress=False, devices=jax.devices()[:1])
-    train(video_config(2), resumed, progress=False, devices=jax.devices()[:1])
+    shutil.copytree(video_run, resumed, ignore=shutil.ignore_patterns("2", "step_000002.*", ".lock"))
+    train(video_run_config(), resumed, progress=False, devices=jax.devices()[:1])
     for a, b in zip(jax.tree.leaves(latest_params(video_run)), jax.tree.leaves(latest_params(resumed))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     run = load_run(video_run)
@@ -71,8 +74,14 @@ def video_run(tmp_path_factory):
     """A 2-step smoke video work directory (a filmstrip at step 2) shared by the resume,
     sampling and evaluation tests."""
     wd = tmp_path_factory.mktemp("video") / "v"
-    train(video_config(2), wd, progress=False, devices=jax.devices()[:1])
+    train(video_run_config(), wd, progress=False, devices=jax.devices()[:1])
     return wd
+
+
+def video_run_config():
+    c = video_config(2)
+    c.train.ckpt_every = 1  # a checkpoint at step 1 to resume from
+    return c
 
 
 def test_launch_sample_writes_an_i2v_run_as_a_filmstrip_a_gif_and_the_truth(video_run):
