@@ -42,8 +42,9 @@ def get_config(arg: str | None = None):
     c.diffusion.cond_drop_prob = 0.1  # captions dropped to "" for classifier-free guidance
     c.text = ml_collections.ConfigDict({"encoder": MINILM, "tokenizer": MINILM, "max_length": 20, "clip_skip": 0})
     c.latent = ml_collections.ConfigDict({"vae": "runs/scenes_vae"})
-    # sized to ~30 min on a 2-core CPU (about 2.5 steps/s: the frozen MiniLM and VAE encoders
-    # take about as long per batch as the UNet's step); with configs/scenes_vae.py the job is ~40 min
+    # sized to ~30 min on a 2-core CPU (about 2.7 steps/s, of which the frozen MiniLM and VAE
+    # encoders take 22%: 3.5 steps/s with data.cache_encodings, measured by
+    # benchmarks.encodings_cache); with configs/scenes_vae.py the job is ~40 min
     c.train.num_steps = 3600
     c.train.batch_size = 32
     c.train.lr = 5e-4
