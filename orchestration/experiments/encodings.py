@@ -11,8 +11,8 @@ encoding leaves no cache, and the next start removes the leftover and encodes ag
 
 The manifest records what the encodings depend on: the data's fingerprint, the hashes of
 the text encoder, tokenizer and VAE components, the resolution, the token length and the
-flip. A run whose data or components no longer match is refused before anything is
-written, naming what changed.
+flip, and each array file's size. A run whose data or components no longer match, or whose
+files are missing or truncated, is refused before anything is written, naming what differs.
 """
 
 from __future__ import annotations
@@ -87,6 +87,14 @@ def check_cache(workdir: pathlib.Path, expected: dict) -> bool:
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:
         raise ValueError(f"{path} is damaged or missing ({e}): delete {folder} to encode the data again") from None
+    files = saved.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ValueError(f"{path} lists no files: delete {folder} to encode the data again")
+    for name, size in files.items():
+        actual = (folder / name).stat().st_size if (folder / name).is_file() else None
+        if actual != size:
+            raise ValueError(f"{folder / name} is {'missing' if actual is None else f'{actual} bytes'} but the "
+                             f"manifest records {size}: the cache is damaged; delete {folder} to encode again")
     differs = [k for k in expected if saved.get(k) != expected[k]]
     if differs:
         what = "; ".join(f"{k}: cached {saved.get(k)!r}, now {expected[k]!r}" for k in differs)
@@ -114,7 +122,8 @@ def build_cache(workdir: pathlib.Path, source, encoder, vae, vae_params, expecte
             for name, value in arrays.items():
                 np.save(tmp / f"{name}.npy", value)
             manifest = {**expected, "captions": int(arrays["contexts"].shape[0]),
-                        "seconds": round(time.time() - t0, 1)}
+                        "seconds": round(time.time() - t0, 1),
+                        "files": {p.name: p.stat().st_size for p in sorted(tmp.glob("*.npy"))}}
             (tmp / CACHE_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
             tmp.rename(workdir / CACHE)
         except BaseException:

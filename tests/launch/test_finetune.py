@@ -217,6 +217,10 @@ def test_cached_encodings_train_as_the_encoders_do_and_resume_without_encoding_a
     finally:
         metadata.write_text(text)
     assert sorted(p.relative_to(changed) for p in changed.rglob("*")) == before
+    contexts = changed / "encodings" / "contexts.npy"
+    contexts.write_bytes(contexts.read_bytes()[:-100])  # truncated
+    with pytest.raises(ValueError, match="contexts.npy is .* bytes but the manifest records .*: the cache is damaged"):
+        train(finetune(root, cache=True, num_steps=6), changed, **ONE)
     (changed / "encodings" / "manifest.json").write_text("{")
     with pytest.raises(ValueError, match="manifest.json is damaged or missing"):
         train(finetune(root, cache=True, num_steps=6), changed, **ONE)
