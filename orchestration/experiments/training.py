@@ -61,12 +61,21 @@ def _from_base(config, workdir, base, denoiser, caps, source, info, optimizer, l
     def make(base_params):
         return create_train_state(start_from(fresh(), base_params, where), optimizer, jax.random.fold_in(rng, 1))
 
-    def load() -> tuple:
-        run = base if base is not None else base_run(config)
-        return (run.params(base_step(run, workdir)),)
+    def read(run) -> tuple:
+        step = base_step(run, workdir)
+        try:
+            params = run.params(step)
+        except ValueError as e:  # checkpoint.DamagedCheckpoint, or params of another network
+            raise ValueError(f"{where}: its checkpoint at step {step} cannot be started from: {e}") from None
+        jax.eval_shape(make, params)  # params that do not fit the network fail here
+        return (params,)
 
+    # a first start reads the base before anything is written (a damaged checkpoint is refused
+    # then); a resumed run reads it only if it must start over
+    first = read(base) if base is not None else None
     shapes = jax.eval_shape(fresh)
-    exp = Experiment(denoiser, caps, source, info, optimizer, make, loss_fn, make_args=(shapes,), fresh_args=load)
+    exp = Experiment(denoiser, caps, source, info, optimizer, make, loss_fn, make_args=(shapes,),
+                     fresh_args=(lambda: first) if first is not None else (lambda: read(base_run(config))))
     hooks = [record_base(config, base)]
     if caps.text or config.get("latent") is not None:
         exp = with_frozen_parts(exp, config, pathlib.Path(workdir), components_from=pathlib.Path(config.init_from))

@@ -153,6 +153,10 @@ def test_bad_finetune_settings_are_one_line_errors_that_write_nothing(root, tmp_
 
     (tmp_path / "untrained").mkdir()
     shutil.copy(root / "base" / "config.json", tmp_path / "untrained" / "config.json")
+    shutil.copytree(root / "base", tmp_path / "damaged")
+    for f in (tmp_path / "damaged" / "checkpoints" / "0" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 1000:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # half of each array file
     cmd = ["--config", "configs/sd_finetune.py", "--workdir", str(tmp_path / "w"),
            f"--config.data.name=imagefolder:{root / 'images'}"]
     base = f"--config.init_from={root / 'base'}"
@@ -164,6 +168,7 @@ def test_bad_finetune_settings_are_one_line_errors_that_write_nothing(root, tmp_
         ([*cmd, base, "--config.train.sample_every=2"], "the sample grids need prompts"),
         ([*cmd, base, "--config.data.name=imagefolder:" + str(tmp_path / "untrained")], "has no metadata.jsonl"),
         ([*cmd, base, "--config.train.lora_rank=-1"], "lora_rank must be an integer >= 0"),
+        ([*cmd, f"--config.init_from={tmp_path / 'damaged'}"], "its checkpoint at step 0 cannot be started from"),
     ]
     results = probe("launch.train", *[argv for argv, _ in cases])
     for result, (_, message) in zip(results, cases):
