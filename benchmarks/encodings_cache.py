@@ -37,6 +37,10 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.steps < 2 * WINDOW or args.steps % WINDOW:
         ap.error(f"--steps must be a multiple of {WINDOW}, at least {2 * WINDOW}")
+    if args.segments < 1:
+        ap.error("--segments must be >= 1")
+    if args.out and pathlib.Path(args.out).is_dir():
+        ap.error(f"--out {args.out} is a folder; name the JSON file to write")
 
     from configs.scenes import get_config
     from configs.scenes_vae import get_config as vae_config

@@ -115,6 +115,9 @@ def _validate_text_latent_betas(config: ml_collections.ConfigDict) -> None:
         if not text.get("encoder"):
             raise ValueError("config.text.encoder must name the text encoder's folder (or package:<module>/<folder>)")
     latent = config.get("latent")
+    if config.data.get("cache_encodings") and (text is None or latent is None):
+        raise ValueError("config.data.cache_encodings caches a latent text-to-image model's VAE latents and text "
+                         f"states; this run has no {'text encoder' if text is None else 'VAE'}: leave it False")
     if latent is not None and not latent.get("vae"):
         raise ValueError("config.latent.vae must name a Kairos VAE work directory or a diffusers AutoencoderKL folder: "
                          "give --config.latent.vae=runs/scenes_vae (trained with configs/scenes_vae.py, or its "

@@ -137,9 +137,6 @@ def _cached(source, config, workdir: pathlib.Path, enc, vae, frozen: dict, to_wr
     from diffusion.data.encoded import DropContext, EncodedFlip
     from orchestration.experiments import encodings
 
-    if enc is None or vae is None:
-        raise ValueError("config.data.cache_encodings caches a latent text-to-image model's VAE latents and text "
-                         "states; this run has no " + ("text encoder" if enc is None else "VAE") + ": leave it False")
     fingerprint = encodings.source_fingerprint(source)
     encodings.check_cache(workdir, encodings.expected_manifest(config, workdir, fingerprint, len(source)))
 

@@ -149,6 +149,8 @@ def record_base(config: ml_collections.ConfigDict, base: LoadedRun | None):
         if jax.process_index() != 0 or path.exists():
             return
         run = base if base is not None else base_run(config)
+        for leftover in workdir.glob(f".{META}-*"):  # a start killed while copying
+            shutil.rmtree(leftover, ignore_errors=True)
         if not (workdir / META).is_dir():
             try:
                 meta = find_meta(run.workdir, run.config)

@@ -164,6 +164,12 @@ def test_bad_finetune_settings_are_one_line_errors_that_write_nothing(root, tmp_
         ([*cmd], "config.init_from is '': name the work directory"),
         ([*cmd, f"--config.init_from={tmp_path / 'nowhere'}"], "has no config.json"),
         ([*cmd, f"--config.init_from={tmp_path / 'untrained'}"], "has no checkpoint yet"),
+        ([*cmd, f"--config.init_from={tmp_path / 'untrained' / 'config.json'}"], "has no config.json"),
+        ([*cmd, base, "--config.data.resolution=0"], "config.data.resolution=0, but the model of"),
+        ([*cmd, base, "--config.sample.prompts=('',)", "--config.train.sample_every=2"],
+         "config.sample.prompts must be a list of non-empty prompts"),
+        (["--config", "configs/digits.py:smoke", "--workdir", str(tmp_path / "w"), "--config.data.cache_encodings=True"],
+         "caches a latent text-to-image model's VAE latents and text states; this run has no text encoder"),
         ([*cmd, base, "--config.data.resolution=32"], "config.data.resolution=32, but the model of"),
         ([*cmd, base, "--config.train.sample_every=2"], "the sample grids need prompts"),
         ([*cmd, base, "--config.data.name=imagefolder:" + str(tmp_path / "untrained")], "has no metadata.jsonl"),
@@ -229,3 +235,26 @@ def test_cached_encodings_train_as_the_encoders_do_and_resume_without_encoding_a
     (changed / "encodings" / "manifest.json").write_text("{")
     with pytest.raises(ValueError, match="manifest.json is damaged or missing"):
         train(finetune(root, cache=True, num_steps=6), changed, **ONE)
+
+
+def test_a_start_killed_while_recording_its_base_leaves_no_half_copy(root, tmp_path, monkeypatch):
+    """The base's export layout is copied under a temporary name: a kill midway leaves no
+    ``diffusers/`` (a hard kill's temporary folder is removed by the next start), and
+    ``init_from.json``, written last, is only there once the copy is whole."""
+    from orchestration.experiments import init_from
+
+    config = finetune(root)
+    hook = init_from.record_base(config, init_from.base_run(config))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(init_from.shutil, "copytree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        hook(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    (tmp_path / ".diffusers-killed").mkdir()  # what a SIGKILL midway leaves
+    hook(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["diffusers", "init_from.json"]
+    assert sorted(p.name for p in (tmp_path / "diffusers").iterdir()) == sorted(
+        p.name for p in (root / "base" / "diffusers").iterdir())
